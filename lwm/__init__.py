@@ -1,0 +1,1 @@
+"""lwm: long-context video-language training in JAX."""
