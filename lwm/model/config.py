@@ -1,0 +1,106 @@
+"""Model configuration and the named sizes (`tiny` for tests up to LLaMA-2-7B's exact shapes)."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable", "everything_saveable")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """A LLaMA-style decoder with LWM's separate vision vocabulary.
+
+  Attributes (sizes):
+    vocab_size: text vocabulary (the base model's, kept as is).
+    vision_vocab_size: VQGAN codes plus `<eof>`/`<eov>` and spare ids (LWM: 8192 + 256).
+      0 builds a text-only model (no vision embedding or head).
+    head_dim: 0 means hidden_size // num_heads.
+  Attributes (long-sequence machinery):
+    dtype / param_dtype: activation and parameter dtypes, as names ("bfloat16", "float32").
+    remat_policy: one of REMAT_POLICIES, applied to each scanned layer.
+    ffn_chunk: tokens per feed-forward chunk (blockwise FFN, recomputed in the backward).
+    attention_block_q / attention_block_kv: ring attention tile sizes.
+    loss_chunk: tokens per cross-entropy chunk (the [seq, vocab] logits never exist at once).
+    text_loss_weight / vision_loss_weight: weights of the two cross-entropies (LWM: 0.5 / 0.5).
+  """
+  vocab_size: int = 32000
+  vision_vocab_size: int = 8448
+  hidden_size: int = 4096
+  intermediate_size: int = 11008
+  num_layers: int = 32
+  num_heads: int = 32
+  num_kv_heads: int = 32
+  head_dim: int = 0
+  rms_norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  initializer_range: float = 0.02
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+  remat_policy: str = "nothing_saveable"
+  ffn_chunk: int = 2048
+  attention_block_q: int = 512
+  attention_block_kv: int = 512
+  loss_chunk: int = 2048
+  text_loss_weight: float = 0.5
+  vision_loss_weight: float = 0.5
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
+                       f"num_kv_heads={self.num_kv_heads} (grouped-query attention)")
+    if not self.head_dim and self.hidden_size % self.num_heads:
+      raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
+                       f"num_heads={self.num_heads}; set head_dim explicitly")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+    for name in ("dtype", "param_dtype"):
+      jnp.dtype(getattr(self, name))  # Fails early on a misspelt dtype name.
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.hidden_size // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weight_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  def remat(self, fn):
+    """Wraps a layer function in `jax.checkpoint` with this config's policy."""
+    if self.remat_policy == "none":
+      return fn
+    policy = getattr(jax.checkpoint_policies, self.remat_policy)
+    return jax.checkpoint(fn, policy=policy, prevent_cse=False)
+
+
+CONFIGS = {
+    # Tests: every axis of an 8-device mesh divides it (heads 4, kv heads 2 for tp=2).
+    "tiny": ModelConfig(vocab_size=256, vision_vocab_size=64, hidden_size=64, intermediate_size=128,
+                        num_layers=2, num_heads=4, num_kv_heads=2, rope_theta=10000.0,
+                        dtype="float32", ffn_chunk=8, attention_block_q=8, attention_block_kv=8,
+                        loss_chunk=8),
+    # CPU demos.
+    "small": ModelConfig(vocab_size=32000, hidden_size=256, intermediate_size=688, num_layers=4,
+                         num_heads=8, num_kv_heads=4, ffn_chunk=512, loss_chunk=512),
+    # LWM's 1b preset (OpenLLaMA-style shapes).
+    "1b": ModelConfig(hidden_size=2048, intermediate_size=5504, num_layers=22, num_heads=16,
+                      num_kv_heads=16),
+    # LLaMA-2-7B: 6,738,415,616 text parameters.
+    "7b": ModelConfig(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
+                      num_kv_heads=32),
+}
+
+
+def get_config(name: str, **overrides) -> ModelConfig:
+  """Returns the named size with `overrides` applied (e.g. rope_theta=1e6)."""
+  if name not in CONFIGS:
+    raise ValueError(f"unknown model size {name!r}; expected one of {sorted(CONFIGS)}")
+  return CONFIGS[name].replace(**overrides)
