@@ -1,0 +1,200 @@
+"""The per-block attention compute of the ring: one query shard against one key/value block.
+
+This module is the one replaceable place for the block math (a Pallas or cuDNN kernel may take over
+later, if it returns what the merge needs: running max and sum forward, the global log-sum-exp
+backward). Queries and keys are visited in tiles of `block_q` x `block_kv` tokens; a tile that is
+entirely masked (above the causal diagonal, or between segments that cannot meet) is skipped with
+`lax.cond`, and no `[seq, seq]` array is ever formed. Statistics and accumulators are float32.
+
+Shapes: q, o, dq `[batch, n, heads, head_dim]`; k, v `[batch, n, kv_heads, head_dim]`;
+positions `[n]` (global token index); segment ids `[batch, n]` (0 = padding) or None;
+row statistics (m, l, lse, delta) `[batch, n, heads]`.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+MASK_VALUE = -1e30  # finite, so fully masked rows never produce inf - inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+  block_q: int
+  block_kv: int
+  causal: bool
+
+
+def _slice(x, start, size, axis=1):
+  return lax.dynamic_slice_in_dim(x, start, size, axis=axis)
+
+
+def _add_slice(x, update, start, axis=1):
+  return lax.dynamic_update_slice_in_dim(x, _slice(x, start, update.shape[axis], axis) + update,
+                                         start, axis=axis)
+
+
+def _segment_range(seg):
+  """Per row, the smallest and largest non-padding segment id of a tile: `[batch]` each."""
+  big = jnp.iinfo(jnp.int32).max
+  return jnp.where(seg == 0, big, seg).min(axis=1), jnp.where(seg == 0, -1, seg).max(axis=1)
+
+
+def _tile_needed(q_pos, kv_pos, q_seg, kv_seg, causal):
+  """False when every (query, key) pair of the tile is masked; positions are contiguous in a tile."""
+  needed = jnp.bool_(True)
+  if causal:
+    needed = q_pos[-1] >= kv_pos[0]
+  if q_seg is not None:
+    q_lo, q_hi = _segment_range(q_seg)
+    k_lo, k_hi = _segment_range(kv_seg)
+    needed &= jnp.any((q_lo <= k_hi) & (k_lo <= q_hi))
+  return needed
+
+
+def _tile_mask(q_pos, kv_pos, q_seg, kv_seg, causal):
+  """Visibility `[batch or 1, 1, 1, block_q, block_kv]` (broadcasts against grouped scores)."""
+  mask = jnp.ones((1, q_pos.shape[0], kv_pos.shape[0]), bool)
+  if causal:
+    mask &= q_pos[None, :, None] >= kv_pos[None, None, :]
+  if q_seg is not None:
+    mask &= (q_seg[:, :, None] == kv_seg[:, None, :]) & (q_seg[:, :, None] != 0)
+  return mask[:, None, None]
+
+
+def _grouped(x, kv_heads):
+  """[batch, n, heads, ...] -> [batch, n, kv_heads, groups, ...]."""
+  return x.reshape(x.shape[:2] + (kv_heads, x.shape[2] // kv_heads) + x.shape[3:])
+
+
+def _rows(stat, kv_heads):
+  """Row statistic [batch, n, heads] -> [batch, kv_heads, groups, n, 1] to broadcast on scores."""
+  return jnp.moveaxis(_grouped(stat, kv_heads), 1, 3)[..., None]
+
+
+def _unrows(stat):
+  """Inverse of `_rows` for a reduced statistic [batch, kv_heads, groups, n] -> [batch, n, heads]."""
+  stat = jnp.moveaxis(stat, 3, 1)
+  return stat.reshape(stat.shape[:2] + (-1,))
+
+
+def _scores(q, k, scale, precision):
+  return jnp.einsum("bqhgd,bkhd->bhgqk", q, k, precision=precision,
+                    preferred_element_type=jnp.float32) * scale
+
+
+def _pos_seg_tiles(q_pos, kv_pos, q_seg, kv_seg, qs, ks, tiling):
+  bq, bk = tiling.block_q, tiling.block_kv
+  qp, kp = _slice(q_pos, qs, bq, 0), _slice(kv_pos, ks, bk, 0)
+  qseg = None if q_seg is None else _slice(q_seg, qs, bq)
+  kseg = None if kv_seg is None else _slice(kv_seg, ks, bk)
+  return qp, kp, qseg, kseg
+
+
+def block_forward(q, k, v, q_pos, kv_pos, q_seg, kv_seg, state, tiling, precision=None):
+  """Folds one key/value block into the running softmax state `(o, m, l)` (float32)."""
+  n_q, n_kv, kv_heads = q.shape[1], k.shape[1], k.shape[2]
+  bq, bk = tiling.block_q, tiling.block_kv
+  scale = q.shape[-1] ** -0.5
+
+  def q_tile(i, state):
+    o, m, l = state
+    qs = i * bq
+    qc = _grouped(_slice(q, qs, bq), kv_heads)
+    acc = (_grouped(_slice(o, qs, bq), kv_heads), _rows(_slice(m, qs, bq), kv_heads)[..., 0],
+           _rows(_slice(l, qs, bq), kv_heads)[..., 0])
+
+    def kv_tile(j, acc):
+      ks = j * bk
+      qp, kp, qseg, kseg = _pos_seg_tiles(q_pos, kv_pos, q_seg, kv_seg, qs, ks, tiling)
+
+      def update(acc):
+        o_c, m_c, l_c = acc  # [b, bq, hkv, g, d], [b, hkv, g, bq] x2
+        mask = _tile_mask(qp, kp, qseg, kseg, tiling.causal)
+        s = jnp.where(mask, _scores(qc, _slice(k, ks, bk), scale, precision), MASK_VALUE)
+        m_new = jnp.maximum(m_c, s.max(-1))
+        p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+        alpha = jnp.exp(m_c - m_new)
+        vc = _slice(v, ks, bk)
+        pv = jnp.einsum("bhgqk,bkhd->bqhgd", p.astype(vc.dtype), vc, precision=precision,
+                        preferred_element_type=jnp.float32)
+        o_c = o_c * jnp.moveaxis(alpha, 3, 1)[..., None] + pv
+        return o_c, m_new, l_c * alpha + p.sum(-1)
+
+      return lax.cond(_tile_needed(qp, kp, qseg, kseg, tiling.causal), update, lambda a: a, acc)
+
+    o_c, m_c, l_c = lax.fori_loop(0, n_kv // bk, kv_tile, acc)
+    o = lax.dynamic_update_slice_in_dim(o, o_c.reshape(o_c.shape[:2] + (-1, o_c.shape[-1])), qs, 1)
+    m = lax.dynamic_update_slice_in_dim(m, _unrows(m_c), qs, 1)
+    l = lax.dynamic_update_slice_in_dim(l, _unrows(l_c), qs, 1)
+    return o, m, l
+
+  return lax.fori_loop(0, n_q // bq, q_tile, state)
+
+
+def init_state(q):
+  """Empty softmax state for queries q: o zeros, max at MASK_VALUE, sum zeros (all float32)."""
+  rows = q.shape[:3]
+  return (jnp.zeros(q.shape, jnp.float32), jnp.full(rows, MASK_VALUE, jnp.float32),
+          jnp.zeros(rows, jnp.float32))
+
+
+def finalize(state, dtype):
+  """Normalized output (0 for rows that saw no key) and the float32 log-sum-exp `[b, n, heads]`."""
+  o, m, l = state
+  seen = l > 0
+  o = jnp.where(seen[..., None], o / jnp.where(seen, l, 1.0)[..., None], 0.0)
+  lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
+  return o.astype(dtype), lse
+
+
+def block_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, dq, tiling,
+                   precision=None):
+  """Gradients from one key/value block: adds into dq (float32) and returns this block's dk, dv.
+
+  Uses the global log-sum-exp `lse` and `delta = rowsum(do * o)`, so each tile's probabilities are
+  the final ones: per-block statistics would give wrong gradients.
+  """
+  n_q, n_kv, kv_heads = q.shape[1], k.shape[1], k.shape[2]
+  bq, bk = tiling.block_q, tiling.block_kv
+  scale = q.shape[-1] ** -0.5
+
+  def kv_tile(j, carry):
+    dq, dk, dv = carry
+    ks = j * bk
+    kc, vc = _slice(k, ks, bk), _slice(v, ks, bk)
+
+    def q_tile(i, acc):
+      dq, dk_c, dv_c = acc
+      qs = i * bq
+      qp, kp, qseg, kseg = _pos_seg_tiles(q_pos, kv_pos, q_seg, kv_seg, qs, ks, tiling)
+
+      def update(acc):
+        dq, dk_c, dv_c = acc
+        qc, doc = _grouped(_slice(q, qs, bq), kv_heads), _grouped(_slice(do, qs, bq), kv_heads)
+        mask = _tile_mask(qp, kp, qseg, kseg, tiling.causal)
+        s = _scores(qc, kc, scale, precision)
+        p = jnp.where(mask, jnp.exp(s - _rows(_slice(lse, qs, bq), kv_heads)), 0.0)
+        dv_c += jnp.einsum("bhgqk,bqhgd->bkhd", p.astype(doc.dtype), doc, precision=precision,
+                           preferred_element_type=jnp.float32)
+        dp = jnp.einsum("bqhgd,bkhd->bhgqk", doc, vc, precision=precision,
+                        preferred_element_type=jnp.float32)
+        ds = (p * (dp - _rows(_slice(delta, qs, bq), kv_heads)) * scale).astype(q.dtype)
+        dq_c = jnp.einsum("bhgqk,bkhd->bqhgd", ds, kc, precision=precision,
+                          preferred_element_type=jnp.float32)
+        dq = _add_slice(dq, dq_c.reshape(dq_c.shape[:2] + (-1, dq_c.shape[-1])), qs)
+        dk_c += jnp.einsum("bhgqk,bqhgd->bkhd", ds, qc, precision=precision,
+                           preferred_element_type=jnp.float32)
+        return dq, dk_c, dv_c
+
+      return lax.cond(_tile_needed(qp, kp, qseg, kseg, tiling.causal), update, lambda a: a, acc)
+
+    zeros = jnp.zeros(kc.shape, jnp.float32)
+    dq, dk_c, dv_c = lax.fori_loop(0, n_q // bq, q_tile, (dq, zeros, zeros))
+    dk = lax.dynamic_update_slice_in_dim(dk, dk_c, ks, 1)
+    dv = lax.dynamic_update_slice_in_dim(dv, dv_c, ks, 1)
+    return dq, dk, dv
+
+  zeros = jnp.zeros(k.shape, jnp.float32)
+  return lax.fori_loop(0, n_kv // bk, kv_tile, (dq, zeros, zeros))
