@@ -1,0 +1,245 @@
+"""The image tokenizer: a Flax (NNX) VQGAN that turns frames into a grid of codebook indices and back.
+
+Named configs: `lwm` is LWM's tokenizer (256x256 frames -> 16x16 = 256 codes, codebook 8192, 16x
+downsampling via channel_mult (1,2,2,4,6), embedding dim 64, 128 hidden channels, no attention);
+`small` and `tiny` keep the same structure at CPU sizes.
+
+  model = VQGAN(get_config("tiny"), rngs=nnx.Rngs(0))
+  codes = model.encode(pixels)      # [n, H, W, 3] in [-1, 1] -> int32 [n, h, w]
+  pixels = model.decode(codes)      # -> [n, H, W, 3]
+  losses = model.losses(pixels)     # reconstruction, codebook, commitment (straight-through)
+"""
+import dataclasses
+import json
+import os
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class VQGANConfig:
+  resolution: int          # square frame side in pixels
+  channel_mult: tuple      # one entry per level; len - 1 downsamplings by 2
+  hidden_channels: int
+  num_res_blocks: int
+  codebook_size: int
+  embed_dim: int
+  num_groups: int          # GroupNorm groups; divides every channel count
+  commitment_cost: float = 0.25
+
+  @property
+  def downsample(self) -> int:
+    return 2 ** (len(self.channel_mult) - 1)
+
+  @property
+  def grid(self) -> int:
+    """Codes per side of a frame: resolution // downsample."""
+    return self.resolution // self.downsample
+
+  @property
+  def codes_per_frame(self) -> int:
+    return self.grid ** 2
+
+
+CONFIGS = {
+    "lwm": VQGANConfig(256, (1, 2, 2, 4, 6), 128, 2, 8192, 64, 32),
+    "small": VQGANConfig(64, (1, 2, 2, 4), 32, 1, 1024, 16, 8),
+    "tiny": VQGANConfig(16, (1, 2, 2), 8, 1, 64, 8, 4),
+}
+
+
+def get_config(name: str) -> VQGANConfig:
+  if name not in CONFIGS:
+    raise ValueError(f"VQGAN config must be one of {sorted(CONFIGS)}, got {name!r}")
+  return CONFIGS[name]
+
+
+class ResBlock(nnx.Module):
+  def __init__(self, cin: int, cout: int, groups: int, rngs: nnx.Rngs):
+    self.norm1 = nnx.GroupNorm(cin, num_groups=groups, rngs=rngs)
+    self.conv1 = nnx.Conv(cin, cout, (3, 3), rngs=rngs)
+    self.norm2 = nnx.GroupNorm(cout, num_groups=groups, rngs=rngs)
+    self.conv2 = nnx.Conv(cout, cout, (3, 3), rngs=rngs)
+    self.skip = nnx.Conv(cin, cout, (1, 1), rngs=rngs) if cin != cout else None
+
+  def __call__(self, x):
+    h = self.conv1(nnx.swish(self.norm1(x)))
+    h = self.conv2(nnx.swish(self.norm2(h)))
+    return h + (self.skip(x) if self.skip is not None else x)
+
+
+class Encoder(nnx.Module):
+  """[n, H, W, 3] -> [n, H/d, W/d, embed_dim]."""
+
+  def __init__(self, c: VQGANConfig, rngs: nnx.Rngs):
+    width = [c.hidden_channels * m for m in c.channel_mult]
+    self.conv_in = nnx.Conv(3, width[0], (3, 3), rngs=rngs)
+    layers, cin = [], width[0]
+    for level, cout in enumerate(width):
+      for _ in range(c.num_res_blocks):
+        layers.append(ResBlock(cin, cout, c.num_groups, rngs))
+        cin = cout
+      if level < len(width) - 1:
+        layers.append(nnx.Conv(cin, cin, (3, 3), strides=(2, 2), rngs=rngs))
+    self.layers = nnx.List(layers)
+    self.mid = nnx.List([ResBlock(cin, cin, c.num_groups, rngs) for _ in range(2)])
+    self.norm_out = nnx.GroupNorm(cin, num_groups=c.num_groups, rngs=rngs)
+    self.conv_out = nnx.Conv(cin, c.embed_dim, (3, 3), rngs=rngs)
+
+  def __call__(self, x):
+    x = self.conv_in(x)
+    for layer in [*self.layers, *self.mid]:
+      x = layer(x)
+    return self.conv_out(nnx.swish(self.norm_out(x)))
+
+
+class Decoder(nnx.Module):
+  """[n, h, w, embed_dim] -> [n, h*d, w*d, 3]."""
+
+  def __init__(self, c: VQGANConfig, rngs: nnx.Rngs):
+    width = [c.hidden_channels * m for m in c.channel_mult][::-1]
+    cin = width[0]
+    self.conv_in = nnx.Conv(c.embed_dim, cin, (3, 3), rngs=rngs)
+    self.mid = nnx.List([ResBlock(cin, cin, c.num_groups, rngs) for _ in range(2)])
+    layers = []
+    for level, cout in enumerate(width):
+      for _ in range(c.num_res_blocks):
+        layers.append(ResBlock(cin, cout, c.num_groups, rngs))
+        cin = cout
+      if level < len(width) - 1:
+        layers.append(Upsample(cin, rngs))
+    self.layers = nnx.List(layers)
+    self.norm_out = nnx.GroupNorm(cin, num_groups=c.num_groups, rngs=rngs)
+    self.conv_out = nnx.Conv(cin, 3, (3, 3), rngs=rngs)
+
+  def __call__(self, x):
+    x = self.conv_in(x)
+    for layer in [*self.mid, *self.layers]:
+      x = layer(x)
+    return self.conv_out(nnx.swish(self.norm_out(x)))
+
+
+class Upsample(nnx.Module):
+  def __init__(self, channels: int, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(channels, channels, (3, 3), rngs=rngs)
+
+  def __call__(self, x):
+    n, h, w, c = x.shape
+    return self.conv(jax.image.resize(x, (n, 2 * h, 2 * w, c), "nearest"))
+
+
+class VQGAN(nnx.Module):
+  def __init__(self, config: VQGANConfig, rngs: nnx.Rngs):
+    self.config = config
+    self.encoder = Encoder(config, rngs)
+    self.quant_conv = nnx.Conv(config.embed_dim, config.embed_dim, (1, 1), rngs=rngs)
+    init = nnx.initializers.uniform(2.0 / config.codebook_size)
+    self.codebook = nnx.Param(init(rngs.params(), (config.codebook_size, config.embed_dim)) -
+                              1.0 / config.codebook_size)
+    self.post_quant_conv = nnx.Conv(config.embed_dim, config.embed_dim, (1, 1), rngs=rngs)
+    self.decoder = Decoder(config, rngs)
+
+  def _latents(self, pixels):
+    return self.quant_conv(self.encoder(pixels))
+
+  def _nearest(self, z):
+    """Codebook indices [...] of latents z [..., embed_dim] (squared Euclidean distance)."""
+    book = self.codebook[...]
+    dist = (jnp.sum(z ** 2, -1, keepdims=True) - 2 * z @ book.T + jnp.sum(book ** 2, -1))
+    return jnp.argmin(dist, -1).astype(jnp.int32)
+
+  def encode(self, pixels):
+    """pixels [n, H, W, 3] in [-1, 1] -> codes int32 [n, h, w]."""
+    return self._nearest(self._latents(pixels))
+
+  def decode(self, codes):
+    """codes int32 [n, h, w] -> pixels [n, H, W, 3] (about [-1, 1])."""
+    return self.decoder(self.post_quant_conv(self.codebook[...][codes]))
+
+  def losses(self, pixels):
+    """Scalar losses on a batch `[n, H, W, 3]` in [-1, 1]; the gradient passes the quantizer straight through."""
+    z = self._latents(pixels)
+    quantized = self.codebook[...][self._nearest(z)]
+    codebook = jnp.mean((jax.lax.stop_gradient(z) - quantized) ** 2)
+    commitment = jnp.mean((z - jax.lax.stop_gradient(quantized)) ** 2)
+    straight = z + jax.lax.stop_gradient(quantized - z)
+    recon = self.decoder(self.post_quant_conv(straight))
+    l1 = jnp.mean(jnp.abs(recon - pixels))
+    l2 = jnp.mean((recon - pixels) ** 2)
+    total = l1 + l2 + codebook + self.config.commitment_cost * commitment
+    return {"loss": total, "l1": l1, "l2": l2, "codebook": codebook, "commitment": commitment}
+
+
+def to_pixels(frames) -> jnp.ndarray:
+  """uint8 frames -> float32 in [-1, 1]."""
+  return jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
+
+
+def psnr(a, b) -> float:
+  """PSNR in dB between two pixel arrays in [-1, 1]."""
+  mse = float(np.mean((np.clip(np.asarray(a), -1, 1) - np.asarray(b)) ** 2))
+  return 10 * np.log10(4.0 / max(mse, 1e-12))
+
+
+# ---- files: config.json + params.npz ------------------------------------------------------------
+
+def save(directory: str, model: VQGAN) -> None:
+  os.makedirs(directory, exist_ok=True)
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  arrays = {"/".join(str(k) for k in path): np.asarray(v[...]) for path, v in flat}
+  tmp = os.path.join(directory, "params.tmp.npz")
+  np.savez(tmp, **arrays)
+  os.replace(tmp, os.path.join(directory, "params.npz"))
+  config = dataclasses.asdict(model.config)
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(config, f, indent=1)
+
+
+def load(directory: str) -> VQGAN:
+  """Loads a VQGAN saved by `save` (config.json + params.npz)."""
+  config_path = os.path.join(directory, "config.json")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"no VQGAN at {directory!r}: {config_path} is missing; "
+                            "train one with scripts/train_vqgan.py")
+  with open(config_path) as f:
+    raw = json.load(f)
+  config = VQGANConfig(**{**raw, "channel_mult": tuple(raw["channel_mult"])})
+  model = nnx.eval_shape(lambda: VQGAN(config, rngs=nnx.Rngs(0)))
+  arrays = np.load(os.path.join(directory, "params.npz"))
+  state = nnx.state(model, nnx.Param)
+  flat = nnx.to_flat_state(state)
+  for path, var in flat:
+    key = "/".join(str(k) for k in path)
+    if key not in arrays or arrays[key].shape != var.shape:
+      raise ValueError(f"params.npz in {directory!r} lacks {key!r} with shape {var.shape}")
+    var.set_value(jnp.asarray(arrays[key]))
+  nnx.update(model, state)
+  return model
+
+
+class FrameEncoder:
+  """Jitted frames -> codes with a fixed batch size (the last batch is padded: one compilation)."""
+
+  def __init__(self, model: VQGAN, batch_size: int = 16):
+    self.config = model.config
+    self.batch_size = batch_size
+    graphdef, state = nnx.split(model)
+    self._encode = jax.jit(lambda state, frames: nnx.merge(graphdef, state).encode(to_pixels(frames)))
+    self._state = state
+
+  def __call__(self, frames: np.ndarray) -> np.ndarray:
+    """uint8 `[n, R, R, 3]` -> int32 `[n, codes_per_frame]` (row-major over the code grid)."""
+    r = self.config.resolution
+    if frames.shape[1:] != (r, r, 3):
+      raise ValueError(f"frames must be [n, {r}, {r}, 3] for this VQGAN, got {frames.shape}")
+    out = []
+    for start in range(0, len(frames), self.batch_size):
+      chunk = frames[start:start + self.batch_size]
+      padded = np.zeros((self.batch_size, r, r, 3), np.uint8)
+      padded[:len(chunk)] = chunk
+      out.append(np.asarray(self._encode(self._state, padded))[:len(chunk)])
+    codes = np.concatenate(out) if out else np.zeros((0, self.config.grid, self.config.grid), np.int32)
+    return codes.reshape(len(frames), -1).astype(np.int32)
