@@ -36,7 +36,7 @@ def loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_
 
   @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable,
                      prevent_cse=False)
-  def one_chunk(sums, chunk_inputs):
+  def one_chunk(_, chunk_inputs):
     h, t, is_vision, mask = chunk_inputs
     logits = jnp.einsum("bsd,dv->bsv", h, head_text, preferred_element_type=jnp.float32)
     ce = cross_entropy(logits, jnp.where(is_vision, 0, t))
@@ -45,11 +45,12 @@ def loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_
       ce = jnp.where(is_vision, cross_entropy(logits, jnp.where(is_vision, t, 0)), ce)
     mask = mask.astype(jnp.float32)
     text_w, vision_w = jnp.where(is_vision, 0.0, mask), jnp.where(is_vision, mask, 0.0)
-    return sums + jnp.stack([(ce * text_w).sum(), text_w.sum(), (ce * vision_w).sum(),
-                             vision_w.sum()]), None
+    return None, jnp.stack([(ce * text_w).sum(), text_w.sum(), (ce * vision_w).sum(),
+                            vision_w.sum()])
 
-  sums, _ = jax.lax.scan(one_chunk, jnp.zeros(4, jnp.float32), xs)
-  return sums
+  # Per-chunk sums as scan outputs, not a carry: the carry's varying-axes type would depend on the mesh.
+  _, sums = jax.lax.scan(one_chunk, None, xs)
+  return sums.sum(axis=0)
 
 
 def combine(sums, text_weight: float, vision_weight: float):
@@ -81,12 +82,12 @@ def loss_fn(model, batch: dict):
   head_text = model.head_text[...].astype(dt)
   head_vision = None if model.head_vision is None else model.head_vision[...].astype(dt)
   b = shd.batch_axes(mesh, hidden.shape[0])
-  reduce_axes = b + (("sp",) if mesh.shape["sp"] > 1 else ())
+  reduce_axes = b + ("sp",)  # Exactly the axes that shard the inputs below.
   seq_spec = P(b or None, "sp")
 
   def shard_sums(h, ht, hv, t, tv, m):
     sums = loss_sums(h, ht, hv, t, tv, m, chunk=config.loss_chunk)
-    return jax.lax.psum(sums, reduce_axes) if reduce_axes else sums
+    return jax.lax.psum(sums, reduce_axes)
 
   sums = jax.shard_map(
       shard_sums, mesh=mesh,

@@ -1,0 +1,58 @@
+"""The same parameters give the same loss and gradients on one device and on 8-device meshes."""
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from lwm import sharding as shd
+from lwm.model import Transformer, get_config, loss_fn
+from tests.model_testing import packed_batch, to_layout
+
+MESHES = {"sp8": (1, 1, 1, 8), "fsdp2_sp4": (1, 2, 1, 4), "tp2_sp4": (1, 1, 2, 4),
+          "dp2_fsdp2_tp2": (2, 2, 2, 1)}
+
+
+def loss_and_grads(config, params_np, batch_np, mesh):
+  graphdef, abstract = nnx.split(
+      nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), mesh=mesh)), nnx.Param)
+  sp = 1 if mesh is None else mesh.shape["sp"]
+  batch = to_layout(batch_np, sp)
+  params = jax.tree.map(lambda a, p: p.replace(value=a), params_np, abstract,
+                        is_leaf=lambda x: isinstance(x, nnx.Variable))
+  if mesh is not None:
+    params = jax.device_put(params, shd.param_shardings(abstract, mesh))
+    batch = jax.device_put(batch, shd.batch_shardings(mesh, 2, batch.keys()))
+
+  @jax.jit
+  def run(params, batch):
+    f = lambda p: loss_fn(nnx.merge(graphdef, p), batch)[0]
+    return jax.value_and_grad(f)(params)
+  loss, grads = run(params, batch)
+  return float(loss), jax.tree.map(np.asarray, grads)
+
+
+@pytest.fixture(scope="module")
+def reference():
+  config = get_config("tiny")
+  _, params = nnx.split(Transformer(config, rngs=nnx.Rngs(0)), nnx.Param)
+  params_np = jax.tree.map(lambda p: np.asarray(p[...]), params,
+                           is_leaf=lambda x: isinstance(x, nnx.Variable))
+  batch = packed_batch(config, batch=2, seq=32)
+  return config, params_np, batch, loss_and_grads(config, params_np, batch, None)
+
+
+@pytest.mark.parametrize("name", list(MESHES))
+def test_loss_and_grads_match_one_device(reference, name):
+  config, params_np, batch, (loss1, grads1) = reference
+  loss8, grads8 = loss_and_grads(config, params_np, batch, shd.make_mesh(*MESHES[name]))
+  assert abs(loss8 - loss1) <= 1e-5 * abs(loss1)
+  flat1, flat8 = jax.tree.leaves_with_path(grads1), jax.tree.leaves(grads8)
+  for (path, g1), g8 in zip(flat1, flat8):
+    err = np.linalg.norm(g8 - g1) / np.linalg.norm(g1)
+    assert err <= 1e-5, f"{jax.tree_util.keystr(path)}: relative error {err:.2e} on {name}"
+
+
+def test_loss_is_finite_and_uses_both_heads(reference):
+  config, params_np, batch, (loss1, grads1) = reference
+  assert np.isfinite(loss1) and loss1 > 0
+  assert np.abs(grads1["head_vision"]).max() > 0 and np.abs(grads1["embed_vision"]).max() > 0
