@@ -1,0 +1,138 @@
+"""The packing loader: tokenized examples -> shuffled, packed global batches on the mesh.
+
+  loader = Loader("out/", seq_len=32768, global_batch_size=8, seed=0, mesh=mesh)
+  batch = next(loader)          # dict of global jax.Array [8, 32768], sharded P(('dp','fsdp'), 'sp')
+  state = loader.get_state()    # small JSON-able dict; save it with the checkpoint
+  loader.set_state(state)       # a resumed run then sees exactly the same batches
+
+Batch fields (see `packing.assemble`): tokens, vision_mask, targets, target_vision_mask, loss_mask,
+segment_ids, positions. With a mesh, the sequence axis is in **zigzag order** for the mesh's `sp`
+size (`lwm.ops.to_zigzag`), ready for ring attention; `lwm.ops.from_zigzag` undoes it. Without a
+mesh, batches are NumPy arrays in natural order. The example order is a fresh permutation per epoch,
+fixed by the seed. Each process plans the whole batch (from lengths only) but reads and builds only
+the rows its devices hold.
+"""
+import json
+import os
+
+import numpy as np
+
+from lwm.data import packing
+from lwm.data.dataset import load_examples
+
+INDEX_FILE = "index.npz"
+BATCH_AXES = (("dp", "fsdp"), "sp")
+
+
+def load_index(data_dir: str, examples) -> dict:
+  """The packing index of a dataset: `data_dir/index.npz` (written by preprocess) or one full read."""
+  path = os.path.join(data_dir, INDEX_FILE)
+  if os.path.isfile(path):
+    with np.load(path) as z:
+      index = {k: z[k] for k in packing.INDEX_FIELDS}
+    if len(index["length"]) == len(examples):
+      return index
+  return packing.build_index(examples)
+
+
+def save_index(data_dir: str, index: dict) -> None:
+  tmp = os.path.join(data_dir, "index.tmp.npz")
+  np.savez(tmp, **index)
+  os.replace(tmp, os.path.join(data_dir, INDEX_FILE))
+
+
+class Loader:
+  """Iterator of packed batches; see the module docstring."""
+
+  def __init__(self, data_dir: str, seq_len: int, global_batch_size: int, seed: int = 0,
+               mesh=None, examples=None):
+    self.examples = load_examples(data_dir) if examples is None else examples
+    if len(self.examples) == 0:
+      raise ValueError(f"dataset {data_dir!r} has no examples")
+    self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
+    self.mesh = mesh
+    self.index = load_index(data_dir, self.examples) if examples is None else packing.build_index(
+        self.examples)
+    self.usable, self.status = packing.usable_lengths(self.index, seq_len)
+    self.state = packing.new_state()
+    self._order_cache = (None, None)
+    if mesh is not None:
+      self._setup_mesh(mesh)
+
+  def _setup_mesh(self, mesh):
+    import jax
+    from lwm.ops import to_zigzag
+    missing = {"dp", "fsdp", "sp"} - set(mesh.axis_names)
+    if missing:
+      raise ValueError(f"mesh axes must include dp, fsdp and sp, got {mesh.axis_names}")
+    rows_split = mesh.shape["dp"] * mesh.shape["fsdp"]
+    self.num_shards = mesh.shape["sp"]
+    if self.global_batch_size % rows_split:
+      raise ValueError(f"global_batch_size {self.global_batch_size} must be divisible by "
+                       f"dp * fsdp = {rows_split}")
+    if self.seq_len % (2 * self.num_shards):
+      raise ValueError(f"seq_len {self.seq_len} must be divisible by 2 * sp = {2 * self.num_shards} "
+                       "for the zigzag layout")
+    self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*BATCH_AXES))
+    shape = (self.global_batch_size, self.seq_len)
+    row_slices = [idx[0] for idx in self.sharding.addressable_devices_indices_map(shape).values()]
+    local = set()
+    for s in row_slices:
+      local.update(range(*s.indices(self.global_batch_size)))
+    self.local_rows = np.asarray(sorted(local))
+    # The zigzag permutation, computed once with the model's own function.
+    self.zigzag = np.asarray(to_zigzag(np.arange(self.seq_len)[None], self.num_shards, axis=1))[0]
+
+  def _order(self, epoch: int) -> np.ndarray:
+    if self._order_cache[0] != epoch:
+      rng = np.random.default_rng([self.seed, epoch])
+      self._order_cache = (epoch, rng.permutation(len(self.examples)))
+    return self._order_cache[1]
+
+  def __iter__(self):
+    return self
+
+  def next_numpy(self, rows=None) -> dict:
+    """The next batch as NumPy arrays `[len(rows), seq_len]` in natural order (all rows by default)."""
+    plan, self.state = packing.plan_rows(self.usable, self.status, self._order, self.state,
+                                         self.seq_len, self.global_batch_size)
+    if rows is not None:
+      plan = [plan[r] for r in rows]
+    return packing.assemble(plan, self.examples.__getitem__, self.seq_len)
+
+  def __next__(self) -> dict:
+    if self.mesh is None:
+      return self.next_numpy()
+    import jax
+    local = self.next_numpy(self.local_rows)
+    position = {int(r): i for i, r in enumerate(self.local_rows)}
+    shape = (self.global_batch_size, self.seq_len)
+    batch = {}
+    for key, value in local.items():
+      value = value[:, self.zigzag]
+
+      def piece(index, value=value):
+        rows = range(*index[0].indices(shape[0]))
+        return value[[position[r] for r in rows], index[1]]
+
+      batch[key] = jax.make_array_from_callback(shape, self.sharding, piece)
+    return batch
+
+  def get_state(self) -> dict:
+    """JSON-able position of the iterator (with the settings it is only valid for)."""
+    return json.loads(json.dumps({**self.state, "seed": self.seed, "seq_len": self.seq_len,
+                                  "global_batch_size": self.global_batch_size}))
+
+  def set_state(self, state: dict) -> None:
+    for key in ("seed", "seq_len", "global_batch_size"):
+      if state[key] != getattr(self, key):
+        raise ValueError(f"loader state was saved with {key}={state[key]}, this loader has "
+                         f"{key}={getattr(self, key)}; start this stage's data from a new state")
+    self.state = {k: state[k] for k in packing.new_state()}
+    self.state["counts"] = dict(self.state["counts"])
+
+  def stats(self) -> dict:
+    """Packing so far: tokens, padding, efficiency (non-padding fraction), per-status example counts."""
+    total = self.state["tokens"] + self.state["padding"]
+    return {"tokens": self.state["tokens"], "padding": self.state["padding"],
+            "efficiency": self.state["tokens"] / total if total else 0.0, **self.state["counts"]}
