@@ -17,6 +17,7 @@ class ModelConfig:
     vision_vocab_size: VQGAN codes plus `<eof>`/`<eov>` and spare ids (LWM: 8192 + 256).
       0 builds a text-only model (no vision embedding or head).
     head_dim: 0 means hidden_size // num_heads.
+    max_sequence_length: informational (exported as max_position_embeddings); RoPE has no table.
   Attributes (long-sequence machinery):
     dtype / param_dtype: activation and parameter dtypes, as names ("bfloat16", "float32").
     remat_policy: one of REMAT_POLICIES, applied to each scanned layer.
@@ -35,6 +36,7 @@ class ModelConfig:
   head_dim: int = 0
   rms_norm_eps: float = 1e-5
   rope_theta: float = 10000.0
+  max_sequence_length: int = 4096
   initializer_range: float = 0.02
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
