@@ -111,3 +111,25 @@ def test_same_frames_every_codec(corpus):
   first_a = [i + 1 for i, e in enumerate(corpus["expected"]) if e.get("video") == "clips/a.mp4"]
   a, again = examples[first_a[0]], examples[first_a[1]]
   np.testing.assert_array_equal(a["tokens"][a["vision_mask"]], again["tokens"][again["vision_mask"]])
+
+
+def test_loader_reads_the_preprocessed_dataset(corpus):
+  import jax
+  from lwm.data.loader import Loader
+  from lwm.ops import from_zigzag
+  out = corpus["options"].output
+  assert os.path.isfile(os.path.join(out, "index.npz"))
+  with open(os.path.join(out, "vocab.json")) as f:
+    assert json.load(f)["eov"] == vqgan.get_config("tiny").codebook_size + 1
+  mesh = jax.make_mesh((1, 2, 1, 4), ("dp", "fsdp", "tp", "sp"),
+                       axis_types=(jax.sharding.AxisType.Explicit,) * 4)
+  loader = Loader(out, seq_len=512, global_batch_size=2, seed=0, mesh=mesh)
+  batch = next(loader)
+  seg = np.asarray(from_zigzag(batch["segment_ids"], 4))
+  tokens = np.asarray(from_zigzag(batch["tokens"], 4))
+  by_tokens = {tuple(e["tokens"]) for e in corpus["examples"]}
+  for r in range(2):
+    for s in np.unique(seg[r][seg[r] > 0]):
+      piece = tuple(tokens[r][seg[r] == s])
+      assert piece in by_tokens or any(t[:len(piece)] == piece for t in by_tokens)
+  assert 0 < loader.stats()["efficiency"] <= 1

@@ -206,7 +206,27 @@ def preprocess(options: PreprocessOptions, workers: int = 0, max_chunks: int | N
   if stopped:
     return None
   dataset.build(options.output, work_dir)
+  _write_index_and_vocab(options)
   return write_summary(options.output, work_dir, len(lines))
+
+
+def _write_index_and_vocab(options: PreprocessOptions) -> None:
+  """index.npz lets the loader plan batches without reading examples; vocab.json records the ids."""
+  from lwm.data import loader, packing, text_tokenizer, vqgan
+  loader.save_index(options.output, packing.build_index(dataset.load_examples(options.output)))
+  text = text_tokenizer.load_tokenizer(options.tokenizer)
+  vocab = {"text_vocab_size": text.vocab_size, "bos": text.bos_id, "eos": text.eos_id,
+           "vision_start": text.vision_start, "vision_end": text.vision_end,
+           "tokenizer": os.path.abspath(options.tokenizer)}
+  if options.vqgan is not None:
+    with open(os.path.join(options.vqgan, "config.json")) as f:
+      config = json.load(f)
+    size = config["codebook_size"]
+    vocab.update(codebook_size=size, eof=size, eov=size + 1,
+                 codes_per_frame=vqgan.VQGANConfig(**config).codes_per_frame,
+                 vqgan=os.path.abspath(options.vqgan))
+  with open(os.path.join(options.output, "vocab.json"), "w") as f:
+    json.dump(vocab, f, indent=1)
 
 
 def write_summary(output: str, work_dir: str, num_lines: int) -> dict:
