@@ -31,7 +31,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation):
     (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
     return params, opt_state, metrics
   return train_step
 

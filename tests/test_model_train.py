@@ -1,0 +1,65 @@
+"""Named sizes have the right shapes (without allocating), and `tiny` learns on the CPU."""
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from lwm import sharding as shd
+from lwm.model import (CONFIGS, abstract_model, adamw, count_params, create_sharded, get_config,
+                       jit_train_step)
+from tests.model_testing import packed_batch, to_layout
+
+LLAMA2_7B_PARAMS = 6_738_415_616
+
+
+def text_params(state) -> int:
+  return count_params(state) - sum(
+      count_params(state[k]) for k in ("embed_vision", "head_vision") if k in state)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_named_size_shapes(name):
+  config = get_config(name)
+  state = nnx.state(abstract_model(config), nnx.Param)
+  hd, layers = config.dim_per_head, config.num_layers
+  assert state["layers"]["wq"].shape == (layers, config.hidden_size, config.num_heads * hd)
+  assert state["layers"]["wk"].shape == (layers, config.hidden_size, config.num_kv_heads * hd)
+  assert state["embed_vision"].shape == (config.vision_vocab_size, config.hidden_size)
+  assert state["head_text"].shape == (config.hidden_size, config.vocab_size)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state))
+
+
+def test_7b_text_parameters_are_llama2_7b():
+  state = nnx.state(abstract_model(get_config("7b")), nnx.Param)
+  assert text_params(state) == LLAMA2_7B_PARAMS
+  assert count_params(state) - LLAMA2_7B_PARAMS == 2 * 8448 * 4096
+
+
+def test_parameters_are_sharded_over_fsdp_and_sp():
+  mesh = shd.make_mesh(1, 2, 2, 2)
+  state = nnx.state(abstract_model(get_config("7b"), mesh), nnx.Param)
+  specs = shd.param_shardings(state, mesh)
+  assert specs["layers"]["wq"].get_value().spec == P(None, ("fsdp", "sp"), "tp")
+  assert specs["layers"]["w_down"].get_value().spec == P(None, "tp", ("fsdp", "sp"))
+  assert specs["embed_text"].get_value().spec == P("tp", ("fsdp", "sp"))
+  assert specs["final_norm"].get_value().spec == P(None)
+
+
+@pytest.mark.parametrize("mesh_sizes", [(1, 1, 1, 1), (1, 2, 1, 4)])
+def test_tiny_loss_goes_down(mesh_sizes):
+  config = get_config("tiny")
+  mesh = shd.make_mesh(*mesh_sizes)
+  tx = adamw(3e-3, weight_decay=0.0)
+  graphdef, params, opt_state = create_sharded(config, mesh, tx)
+  step = jit_train_step(graphdef, tx, params, mesh, batch_size=2)
+  batch = jax.device_put(to_layout(packed_batch(config, 2, 32), mesh.shape["sp"]),
+                         shd.batch_shardings(mesh, 2, packed_batch(config, 2, 32).keys()))
+  losses = []
+  for _ in range(6):
+    params, opt_state, metrics = step(params, opt_state, batch)
+    losses.append(float(metrics["loss"]))
+  assert all(np.isfinite(losses)), losses
+  assert losses[-1] < losses[0] - 0.1, losses
+  assert params["layers"]["wq"][...].sharding == shd.param_shardings(
+      nnx.state(abstract_model(config, mesh), nnx.Param), mesh)["layers"]["wq"].get_value()
