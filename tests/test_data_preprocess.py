@@ -3,7 +3,6 @@ and each example's tokens match what was put in."""
 import json
 import os
 
-import flax.nnx as nnx
 import numpy as np
 import pytest
 
@@ -20,7 +19,7 @@ def corpus(tmp_path_factory):
   manifest, expected = synthetic.build_corpus(root)
   texts = [e["text"] for e in expected if e.get("ok")]
   tok = text_tokenizer.train_tokenizer(texts, os.path.join(root, "tok.model"), vocab_size=400)
-  vqgan.save(os.path.join(root, "vq"), vqgan.VQGAN(vqgan.get_config("tiny"), rngs=nnx.Rngs(0)))
+  vqgan.save(os.path.join(root, "vq"), vqgan.create(vqgan.get_config("tiny"), 0))
   options = PreprocessOptions(manifest=manifest, output=os.path.join(root, "out"), tokenizer=tok,
                               vqgan=os.path.join(root, "vq"),
                               sampling=FrameSampling(max_frames=MAX_FRAMES), chunk_size=5)

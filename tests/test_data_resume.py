@@ -4,7 +4,6 @@ import dataclasses
 import json
 import os
 
-import flax.nnx as nnx
 import numpy as np
 import pytest
 
@@ -19,7 +18,7 @@ def setup(tmp_path_factory):
   manifest, expected = synthetic.build_corpus(root, seed=1)
   tok = text_tokenizer.train_tokenizer([e["text"] for e in expected if e["ok"]],
                                        os.path.join(root, "tok.model"), vocab_size=400)
-  vqgan.save(os.path.join(root, "vq"), vqgan.VQGAN(vqgan.get_config("tiny"), rngs=nnx.Rngs(1)))
+  vqgan.save(os.path.join(root, "vq"), vqgan.create(vqgan.get_config("tiny"), 1))
   return PreprocessOptions(manifest=manifest, output="", tokenizer=tok, vqgan=os.path.join(root, "vq"),
                            sampling=FrameSampling(fps=4, max_frames=3), chunk_size=3), root
 

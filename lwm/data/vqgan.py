@@ -4,7 +4,7 @@ Named configs: `lwm` is LWM's tokenizer (256x256 frames -> 16x16 = 256 codes, co
 downsampling via channel_mult (1,2,2,4,6), embedding dim 64, 128 hidden channels, no attention);
 `small` and `tiny` keep the same structure at CPU sizes.
 
-  model = VQGAN(get_config("tiny"), rngs=nnx.Rngs(0))
+  model = create(get_config("tiny"), seed=0)
   codes = model.encode(pixels)      # [n, H, W, 3] in [-1, 1] -> int32 [n, h, w]
   pixels = model.decode(codes)      # -> [n, H, W, 3]
   losses = model.losses(pixels)     # reconstruction, codebook, commitment (straight-through)
@@ -182,6 +182,30 @@ def psnr(a, b) -> float:
   """PSNR in dB between two pixel arrays in [-1, 1]."""
   mse = float(np.mean((np.clip(np.asarray(a), -1, 1) - np.asarray(b)) ** 2))
   return 10 * np.log10(4.0 / max(mse, 1e-12))
+
+
+def create(config: VQGANConfig, seed: int = 0) -> VQGAN:
+  """A freshly initialised VQGAN, drawn on the host with NumPy.
+
+  Same scheme as the layers' defaults (LeCun-normal kernels, zero biases, unit norm scales), but
+  without compiling one XLA initializer per parameter shape, which takes seconds on a CPU.
+  """
+  model = nnx.eval_shape(lambda: VQGAN(config, rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(seed)
+  state = nnx.state(model, nnx.Param)
+  for path, var in nnx.to_flat_state(state):
+    name, shape = str(path[-1]), var.shape
+    if name == "kernel":
+      value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
+    elif name == "codebook":
+      value = rng.uniform(-1.0 / config.codebook_size, 1.0 / config.codebook_size, shape)
+    elif name == "scale":
+      value = np.ones(shape)
+    else:
+      value = np.zeros(shape)
+    var.set_value(jnp.asarray(value, jnp.float32))
+  nnx.update(model, state)
+  return model
 
 
 # ---- files: config.json + params.npz ------------------------------------------------------------

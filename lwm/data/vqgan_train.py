@@ -1,0 +1,85 @@
+"""Training the VQGAN image tokenizer on frames sampled from a manifest's videos.
+
+  frames, held_out = manifest_frames("m.jsonl", resolution=64, frames_per_video=8)
+  model, history = train(VQGAN(get_config("small"), rngs=nnx.Rngs(0)), frames, steps=2000)
+  print(reconstruction_psnr(model, held_out))
+
+Losses: L1 + L2 reconstruction, codebook and commitment (straight-through); no perceptual or
+adversarial term (see docs/data.md).
+"""
+import json
+import os
+
+import flax.nnx as nnx
+import jax
+import numpy as np
+import optax
+
+from lwm.data.video import FrameSampling, VideoError, decode_video
+from lwm.data.vqgan import VQGAN, psnr, to_pixels
+
+
+def manifest_frames(manifest: str, resolution: int, frames_per_video: int = 8,
+                    held_out_fraction: float = 0.1, max_videos: int | None = None):
+  """(train, held_out) uint8 frames `[n, R, R, 3]`; held-out frames come from other videos."""
+  root = os.path.dirname(os.path.abspath(manifest))
+  per_video = []
+  with open(manifest, "rb") as f:
+    for raw in f:
+      try:
+        video = json.loads(raw).get("video")
+      except (ValueError, AttributeError):
+        continue  # preprocessing reports bad lines; here they only lack frames
+      if not isinstance(video, str):
+        continue
+      try:
+        per_video.append(decode_video(os.path.join(root, video), resolution,
+                                      FrameSampling(max_frames=frames_per_video, min_frames=1)))
+      except VideoError:
+        continue
+      if max_videos is not None and len(per_video) >= max_videos:
+        break
+  if not per_video:
+    raise ValueError(f"no decodable video in {manifest}; the VQGAN needs frames to train on")
+  held = max(1, round(len(per_video) * held_out_fraction)) if len(per_video) > 1 else 0
+  train_frames = np.concatenate(per_video[:len(per_video) - held])
+  held_out = np.concatenate(per_video[len(per_video) - held:]) if held else train_frames[-4:]
+  return train_frames, held_out
+
+
+def train(model: VQGAN, frames: np.ndarray, steps: int, batch_size: int = 16,
+          learning_rate: float = 1e-3, seed: int = 0, log_every: int = 0):
+  """Trains `model` in place on uint8 frames `[n, R, R, 3]`; returns (model, [loss dicts])."""
+  optimizer = nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, batch):
+    def loss_fn(model):
+      losses = model.losses(to_pixels(batch))
+      return losses["loss"], losses
+    grads, losses = nnx.grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    return losses
+
+  rng = np.random.default_rng(seed)
+  history = []
+  for i in range(steps):
+    batch = frames[rng.integers(0, len(frames), batch_size)]
+    flip = rng.random(batch_size) < 0.5  # cheap augmentation: horizontal flips
+    batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
+    losses = {k: float(v) for k, v in jax.device_get(step(model, optimizer, batch)).items()}
+    history.append(losses)
+    if log_every and (i % log_every == 0 or i == steps - 1):
+      print(f"step {i:5d} " + " ".join(f"{k}={v:.4f}" for k, v in losses.items()), flush=True)
+  return model, history
+
+
+def reconstruction_psnr(model: VQGAN, frames: np.ndarray, batch_size: int = 16) -> float:
+  """PSNR (dB) of encode -> decode over uint8 frames `[n, R, R, 3]`."""
+  roundtrip = nnx.jit(lambda model, x: model.decode(model.encode(x)))
+  errors = []
+  for start in range(0, len(frames), batch_size):
+    x = to_pixels(frames[start:start + batch_size])
+    errors.append(np.square(np.clip(np.asarray(roundtrip(model, x)), -1, 1) - np.asarray(x)).reshape(-1))
+  mse = float(np.mean(np.concatenate(errors)))
+  return psnr(np.zeros(1), np.full(1, np.sqrt(mse)))
