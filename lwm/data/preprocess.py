@@ -136,6 +136,7 @@ def _run_chunk(path: str, lines: list) -> dict:
       failures.append({"line": line, "path": e.path, "kind": e.kind, "reason": e.reason})
   chunks.write_chunk(path, examples, failures)
   return {"lines": len(lines), "examples": len(examples), "failures": len(failures),
+          "videos": sum(e["num_frames"] > 0 for e in examples),
           "frames": sum(e["num_frames"] for e in examples),
           "tokens": sum(len(e["tokens"]) for e in examples)}
 
@@ -188,7 +189,7 @@ def preprocess(options: PreprocessOptions, workers: int = 0, max_chunks: int | N
   def account(counts):
     totals.update(counts)
     bar.update(counts["lines"])
-    bar.set_postfix(videos_frames=totals["frames"], tokens=totals["tokens"],
+    bar.set_postfix(videos=totals["videos"], frames=totals["frames"], tokens=totals["tokens"],
                     failures=totals["failures"])
 
   if workers == 0:

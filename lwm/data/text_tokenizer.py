@@ -25,7 +25,7 @@ def train_tokenizer(texts: Iterable[str], output: str, vocab_size: int = 8000) -
     raise ValueError(f"output must end with '.model', got {output!r}")
   with tempfile.TemporaryDirectory() as tmp:
     corpus = os.path.join(tmp, "corpus.txt")
-    with open(corpus, "w", encoding="utf-8") as f:
+    with open(corpus, "w", encoding="utf-8", errors="replace") as f:  # lone surrogates
       for text in texts:
         for line in text.splitlines():
           if line.strip():
