@@ -178,6 +178,14 @@ def to_pixels(frames) -> jnp.ndarray:
   return jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
 
 
+def centre_crop_resize(frames: np.ndarray, resolution: int) -> np.ndarray:
+  """uint8 frames of any size -> `[n, resolution, resolution, 3]` (short side resize, centre crop)."""
+  from lwm.data.video import resize_and_crop
+  if frames.shape[1:3] == (resolution, resolution):
+    return frames
+  return resize_and_crop(frames, resolution)
+
+
 def psnr(a, b) -> float:
   """PSNR in dB between two pixel arrays in [-1, 1]."""
   mse = float(np.mean((np.clip(np.asarray(a), -1, 1) - np.asarray(b)) ** 2))
