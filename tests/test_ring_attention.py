@@ -165,8 +165,9 @@ def test_all_gather_baseline_matches_reference():
   q, k, v = random_qkv(np.random.default_rng(9), seq=64)
   d_out = np.random.default_rng(10).standard_normal(q.shape).astype(np.float32)
   mesh, grad_fn = measure.attention_grad_fn("all_gather_causal", 4, block=8)
+  sharding = NamedSharding(mesh, P(None, "sp", None, None))
   with jax.set_mesh(mesh):
-    grads = grad_fn(*(to_zigzag(x, 4) for x in (q, k, v, d_out)))
+    grads = grad_fn(*(jax.device_put(to_zigzag(x, 4), sharding) for x in (q, k, v, d_out)))
   want = ref.attention_grads(q, k, v, ref.visibility(64), d_out)
   for got, expected in zip(grads, want):
     np.testing.assert_allclose(from_zigzag(np.asarray(got), 4), expected, rtol=1e-4, atol=1e-5)
