@@ -206,9 +206,17 @@ def preprocess(options: PreprocessOptions, workers: int = 0, max_chunks: int | N
   bar.close()
   if stopped:
     return None
-  dataset.build(options.output, work_dir)
-  _write_index_and_vocab(options)
-  return write_summary(options.output, work_dir, len(lines))
+  summary, failures = summarize(work_dir, len(lines))
+  if summary["examples"]:  # TFDS refuses an empty split; the summary says why there is none
+    dataset.build(options.output, work_dir)
+    _write_index_and_vocab(options)
+  # Written last: summary.json present means the dataset is complete.
+  with open(os.path.join(options.output, "failures.jsonl"), "w") as f:
+    for failure in failures:
+      f.write(json.dumps(failure) + "\n")
+  with open(os.path.join(options.output, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  return summary
 
 
 def _write_index_and_vocab(options: PreprocessOptions) -> None:
@@ -230,8 +238,8 @@ def _write_index_and_vocab(options: PreprocessOptions) -> None:
     json.dump(vocab, f, indent=1)
 
 
-def write_summary(output: str, work_dir: str, num_lines: int) -> dict:
-  """Gathers every chunk's counts and failures into summary.json and failures.jsonl."""
+def summarize(work_dir: str, num_lines: int) -> tuple[dict, list]:
+  """(summary counts, failures sorted by line) gathered from every chunk file."""
   examples = frames = tokens = vision = loss = video_examples = 0
   failures = []
   for path in sorted(glob.glob(os.path.join(work_dir, chunks.PATTERN))):
@@ -252,10 +260,5 @@ def write_summary(output: str, work_dir: str, num_lines: int) -> dict:
              "text_examples": examples - video_examples, "frames": frames, "tokens": tokens,
              "vision_tokens": vision, "loss_tokens": loss, "failures": len(failures),
              "failures_by_kind": dict(collections.Counter(f["kind"] for f in failures)),
-             "dataset": os.path.join(dataset.NAME, dataset.VERSION)}
-  with open(os.path.join(output, "failures.jsonl"), "w") as f:
-    for failure in failures:
-      f.write(json.dumps(failure) + "\n")
-  with open(os.path.join(output, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
-  return summary
+             "dataset": os.path.join(dataset.NAME, dataset.VERSION) if examples else None}
+  return summary, failures
