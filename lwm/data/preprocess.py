@@ -192,7 +192,7 @@ def preprocess(options: PreprocessOptions, workers: int = 0, max_chunks: int | N
     bar.set_postfix(videos=totals["videos"], frames=totals["frames"], tokens=totals["tokens"],
                     failures=totals["failures"])
 
-  if workers == 0:
+  if workers == 0 and tasks:
     _init_worker(options)
     for task in tasks:
       account(_run_chunk(*task))

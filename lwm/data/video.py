@@ -71,18 +71,41 @@ def resize_weights(in_size: int, out_size: int, start: int, length: int) -> np.n
   return (weights / weights.sum(1, keepdims=True)).astype(np.float32)
 
 
+def _taps(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """A banded `[out, in]` weight matrix as (input index `[out, k]`, weight `[out, k]`)."""
+  nonzero = weights > 0
+  first = nonzero.argmax(1)
+  k = int(nonzero.sum(1).max())
+  index = np.minimum(first[:, None] + np.arange(k), weights.shape[1] - 1)
+  taps = np.take_along_axis(weights, index, 1) * (first[:, None] + np.arange(k) < weights.shape[1])
+  return index, taps.astype(np.float32)
+
+
+def _resize_axis(x: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+  """Applies `[out, in]` weights along `axis` of x, a few taps at a time (the matrix is banded)."""
+  index, taps = _taps(weights)
+  shape = [1] * x.ndim
+  shape[axis] = len(index)
+  out = 0.0
+  for k in range(index.shape[1]):
+    out = out + np.take(x, index[:, k], axis=axis) * taps[:, k].reshape(shape)  # uint8 -> float32
+  return out
+
+
 def resize_and_crop(frames: np.ndarray, size: int) -> np.ndarray:
   """uint8 `[n, h, w, 3]` -> uint8 `[n, size, size, 3]`: short side resized to `size`, centre crop.
 
-  Only the cropped part is computed: two small matrix products per frame.
+  Only the cropped part is computed, a few filter taps per output pixel.
   """
   _, h, w, _ = frames.shape
   new_h, new_w = resized_shape(h, w, size)
   rows = resize_weights(h, new_h, (new_h - size) // 2, size)
   cols = resize_weights(w, new_w, (new_w - size) // 2, size)
-  out = np.einsum("sh,nhwc->nswc", rows, frames.astype(np.float32), optimize=True)
-  out = np.einsum("tw,nswc->nstc", cols, out, optimize=True)
-  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+  out = np.empty((len(frames), size, size, 3), np.uint8)
+  for i, frame in enumerate(frames):  # one frame at a time stays in cache
+    resized = _resize_axis(_resize_axis(frame, rows, axis=0), cols, axis=1)
+    out[i] = np.clip(np.round(resized), 0, 255)
+  return out
 
 
 def decode_video(path: str, size: int, sampling: FrameSampling) -> np.ndarray:
