@@ -42,7 +42,13 @@ def save_index(data_dir: str, index: dict) -> None:
 
 
 class Loader:
-  """Iterator of packed batches; see the module docstring."""
+  """Iterator of packed batches; see the module docstring.
+
+  data_dir: the preprocess output (or None with `examples`). seq_len: tokens per row.
+  global_batch_size: rows per batch over all hosts. seed: fixes the per-epoch shuffles.
+  mesh: a Mesh with axes dp, fsdp, sp (tp may be there too), or None for NumPy batches.
+  examples: an in-memory random-access source of example dicts instead of data_dir (tests).
+  """
 
   def __init__(self, data_dir: str, seq_len: int, global_batch_size: int, seed: int = 0,
                mesh=None, examples=None):
