@@ -2,6 +2,7 @@
 that finishes it, and the exit status when nothing succeeds."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,3 +76,16 @@ def test_exit_status_is_1_when_no_line_succeeds(corpus):
   assert "no line became an example" in output
   with open(os.path.join(root, "bad_out", "failures.jsonl")) as f:
     assert [json.loads(line)["kind"] for line in f] == ["json", "missing"]
+
+
+def test_train_vqgan_script_saves_a_loadable_tokenizer_and_reports_psnr(corpus):
+  root, manifest, _ = corpus
+  output = os.path.join(root, "vq_trained")
+  proc = run_script("train_vqgan.py", "--manifest", manifest, "--output", output,
+                    "--config", "tiny", "--steps", "40", "--batch-size", "8")
+  text = proc.communicate(timeout=180)[0].decode()
+  assert proc.returncode == 0, text
+  found = re.search(r"held-out PSNR ([\d.]+) dB before training, ([\d.]+) dB after", text)
+  assert found, text
+  assert float(found[2]) > float(found[1]), text
+  assert vqgan.load(output).config == vqgan.get_config("tiny")
