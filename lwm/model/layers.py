@@ -105,10 +105,11 @@ def ring_self_attention(q, k, v, segment_ids, *, mesh: Mesh, block_q: int, block
                        out_specs=qkv_spec, check_vma=False)(q, k, v, segment_ids)
 
 
-def decoder_layer(params: dict, x, *, cos, sin, segment_ids, config, mesh: Mesh):
+def decoder_layer(params: dict, x, *, cos, sin, segment_ids, config, mesh: Mesh, layer_index=0):
   """One pre-norm LLaMA layer. params: this layer's weights (see `Transformer`), in compute dtype.
 
-  x: [batch, seq, embed]; cos, sin: [batch, seq, head_dim // 2]. Returns [batch, seq, embed].
+  x: [batch, seq, embed]; cos, sin: [batch, seq, head_dim // 2]; layer_index: int32 scalar, traced
+  from the layer scan. Returns [batch, seq, embed].
   """
   batch, seq, _ = x.shape
   hd = config.dim_per_head
@@ -118,8 +119,15 @@ def decoder_layer(params: dict, x, *, cos, sin, segment_ids, config, mesh: Mesh)
   v = (h @ params["wv"]).reshape(batch, seq, config.num_kv_heads, hd)
   q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
   q, k, v = (shd.constrain(t, mesh, ("batch", "seq", "act_heads", None)) for t in (q, k, v))
-  o = ring_self_attention(q, k, v, segment_ids, mesh=mesh, block_q=config.attention_block_q,
-                          block_kv=config.attention_block_kv)
+  attend = functools.partial(ring_self_attention, mesh=mesh, block_q=config.attention_block_q,
+                             block_kv=config.attention_block_kv)
+  # Why the always-true cond: when jax.grad linearizes the scan over layers, it hoists every
+  # computation that does not depend on the loop out of it, recursing into the ring's own loops; the
+  # ring's masks (functions of positions and segment ids only) then become residuals stacked over
+  # ring steps x tiles x tiles (25 GiB per device at 32K tokens for `1b`). A branch index that depends
+  # on the scanned layer index keeps the whole attention call inside the loop.
+  o = jax.lax.cond(layer_index >= 0, lambda args: attend(*args),
+                   lambda args: jnp.zeros_like(args[0]), (q, k, v, segment_ids))
   x = x + o.reshape(batch, seq, config.num_heads * hd) @ params["wo"]
   x = shd.constrain(x, mesh, ("batch", "seq", "act_embed"))
   h = rms_norm(x, params["ffn_norm"], config.rms_norm_eps)

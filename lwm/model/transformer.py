@@ -101,13 +101,18 @@ class Transformer(nnx.Module):
     x = shd.constrain(self.embed(tokens, vision_mask), mesh, ("batch", "seq", "act_embed"))
     cos, sin = layers.rope_angles(positions, config.dim_per_head, config.rope_theta)
 
-    def body(x, params):
+    def body(x, inputs):
+      index, params = inputs
+      # Keeps XLA from converting the whole stack of saved layer inputs to float32 at once (the CPU
+      # compiler hoists that convert out of the backward loop: +2x the activation memory).
+      x = jax.lax.optimization_barrier(x)
       params = jax.tree.map(lambda w: w.astype(config.compute_dtype), params)
       x = layers.decoder_layer(params, x, cos=cos, sin=sin, segment_ids=segment_ids,
-                               config=config, mesh=mesh)
+                               config=config, mesh=mesh, layer_index=index)
       return x, None
 
-    x, _ = jax.lax.scan(config.remat(body), x, self.layers.arrays())
+    indices = jnp.arange(config.num_layers, dtype=jnp.int32)
+    x, _ = jax.lax.scan(config.remat(body), x, (indices, self.layers.arrays()))
     return layers.rms_norm(x, self.final_norm[...], config.rms_norm_eps)
 
   def logits(self, hidden, head: str = "text"):
