@@ -22,7 +22,8 @@ def parse_args(argv=None):
                       help="frames per video, spread uniformly (with --fps: at most this many)")
   parser.add_argument("--fps", type=float, default=None, help="frames per second of video to keep")
   parser.add_argument("--min-frames", type=int, default=None,
-                      help="fewer sampled frames fail the line (default: --max-frames without --fps, else 1)")
+                      help="fewer sampled frames fail the line "
+                      "(default: --max-frames without --fps, else 1)")
   parser.add_argument("--workers", type=int, default=0, help="worker processes (0: this process)")
   parser.add_argument("--chunk-size", type=int, default=64, help="manifest lines per resumable unit")
   parser.add_argument("--encode-batch", type=int, default=16, help="frames per VQGAN call")
@@ -42,7 +43,8 @@ def main(argv=None) -> int:
   summary = preprocess(options, workers=args.workers)
   print(json.dumps(summary, indent=1))
   if summary["failures"]:
-    print(f"{summary['failures']} lines failed; reasons in {args.output}/failures.jsonl", file=sys.stderr)
+    print(f"{summary['failures']} lines failed; reasons in {args.output}/failures.jsonl",
+          file=sys.stderr)
   if summary["examples"] == 0:
     print("no line became an example", file=sys.stderr)
     return 1

@@ -1,7 +1,8 @@
 """Trains a sentencepiece text tokenizer on a manifest's text, with <vision>, </vision>, <eof>, <eov>
 reserved.
 
-  python scripts/train_tokenizer.py --manifest corpus/manifest.jsonl --output tok.model --vocab-size 8000
+  python scripts/train_tokenizer.py --manifest corpus/manifest.jsonl --output tok.model \
+      --vocab-size 8000
 
 An existing model (e.g. LLaMA-2's tokenizer.model) needs no training: pass it to --tokenizer directly.
 """
@@ -31,7 +32,8 @@ def main(argv=None) -> int:
   from lwm.data.text_tokenizer import load_tokenizer, train_tokenizer
   path = train_tokenizer(manifest_texts(args.manifest), args.output, args.vocab_size)
   tok = load_tokenizer(path)
-  print(f"wrote {path}: {tok.vocab_size} pieces, <vision>={tok.vision_start} </vision>={tok.vision_end}")
+  print(f"wrote {path}: {tok.vocab_size} pieces, "
+        f"<vision>={tok.vision_start} </vision>={tok.vision_end}")
   return 0
 
 

@@ -1,6 +1,7 @@
 """Trains the VQGAN image tokenizer on frames sampled from a manifest's videos; prints held-out PSNR.
 
-  python scripts/train_vqgan.py --manifest corpus/manifest.jsonl --output vq/ --config small --steps 2000
+  python scripts/train_vqgan.py --manifest corpus/manifest.jsonl --output vq/ \
+      --config small --steps 2000
 
 Configs: tiny (16x16 -> 4x4 codes), small (64x64 -> 8x8), lwm (256x256 -> 16x16, codebook 8192).
 The directory gets config.json and params.npz, which scripts/preprocess.py --vqgan reads.

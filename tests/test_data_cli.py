@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lwm.data import load_examples, synthetic, text_tokenizer, vqgan
+from lwm.data import load_examples, synthetic, vqgan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

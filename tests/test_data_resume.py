@@ -1,10 +1,8 @@
 """Resuming: preprocessing stopped midway and rerun (with worker processes) writes the same dataset
 as one uninterrupted run."""
 import dataclasses
-import json
 import os
 
-import numpy as np
 import pytest
 
 from lwm.data import load_examples, synthetic, text_tokenizer, vqgan

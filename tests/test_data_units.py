@@ -1,6 +1,5 @@
 """Units of the data stage: frame sampling, resizing, decoding each codec, the VQGAN's shapes and
 training, the text tokenizer's markers, and the interleaved layout."""
-import os
 
 import flax.nnx as nnx
 import jax
@@ -98,7 +97,8 @@ def test_tokenizer_reserves_markers_and_llama_style_models_spell_them(tmp_path):
   assert ours.decode(ours.encode(texts[1])) == texts[1]
   # A model without the reserved symbols (like LLaMA's) is used as it is: markers become pieces.
   import sentencepiece as spm
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts * 3), model_prefix=str(tmp_path / "plain"),
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts * 3),
+                                 model_prefix=str(tmp_path / "plain"),
                                  vocab_size=300, byte_fallback=True, minloglevel=2,
                                  hard_vocab_limit=False)
   plain = text_tokenizer.load_tokenizer(str(tmp_path / "plain.model"))

@@ -1,9 +1,9 @@
 """Interleaving: one example's text and frame codes as one token sequence with its masks.
 
-  text-only:   BOS text EOS
-  video_text:  BOS <vision> f1 <eof> f2 <eof> ... fN <eov> </vision> text EOS   (loss on text, EOS)
-  text_video:  BOS text <vision> f1 <eof> ... fN <eov> </vision> EOS            (loss on video, </vision>, EOS)
-  both:        as video_text, with loss on everything after BOS
+  text-only:   BOS text EOS                                                  loss: text, EOS
+  video_text:  BOS <vision> f1 <eof> f2 <eof> ... fN <eov> </vision> text EOS  loss: text, EOS
+  text_video:  BOS text <vision> f1 <eof> ... fN <eov> </vision> EOS  loss: video, </vision>, EOS
+  both:        as video_text                                                 loss: all but BOS
 
 Text ids and vision ids live in separate vocabularies (LWM's layout): `vision_mask` says which table
 an id indexes. Vision ids are VQGAN codes 0..K-1, `<eof>` = K, `<eov>` = K+1 (K = codebook size).

@@ -20,7 +20,6 @@ import json
 import multiprocessing
 import os
 
-import numpy as np
 
 from lwm.data import chunks, dataset
 from lwm.data.interleave import ORDERS, Vocab, interleave
@@ -231,7 +230,8 @@ def _write_index_and_vocab(options: PreprocessOptions) -> None:
     with open(os.path.join(options.vqgan, "config.json")) as f:
       config = json.load(f)
     size = config["codebook_size"]
-    vocab.update(codebook_size=size, eof=size, eov=size + 1,
+    # LWM's vision vocabulary is the codebook plus 256 spare ids (8192 -> 8448).
+    vocab.update(codebook_size=size, eof=size, eov=size + 1, vision_vocab_size=size + 256,
                  codes_per_frame=vqgan.VQGANConfig(**config).codes_per_frame,
                  vqgan=os.path.abspath(options.vqgan))
   with open(os.path.join(options.output, "vocab.json"), "w") as f:

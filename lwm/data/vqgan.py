@@ -160,7 +160,7 @@ class VQGAN(nnx.Module):
     return self.decoder(self.post_quant_conv(self.codebook[...][codes]))
 
   def losses(self, pixels):
-    """Scalar losses on a batch `[n, H, W, 3]` in [-1, 1]; the gradient passes the quantizer straight through."""
+    """Scalar losses on pixels `[n, H, W, 3]` in [-1, 1]; gradients pass the quantizer straight."""
     z = self._latents(pixels)
     quantized = self.codebook[...][self._nearest(z)]
     codebook = jnp.mean((jax.lax.stop_gradient(z) - quantized) ** 2)

@@ -80,6 +80,7 @@ def reconstruction_psnr(model: VQGAN, frames: np.ndarray, batch_size: int = 16) 
   errors = []
   for start in range(0, len(frames), batch_size):
     x = to_pixels(frames[start:start + batch_size])
-    errors.append(np.square(np.clip(np.asarray(roundtrip(model, x)), -1, 1) - np.asarray(x)).reshape(-1))
+    recon = np.clip(np.asarray(roundtrip(model, x)), -1, 1)
+    errors.append(np.square(recon - np.asarray(x)).reshape(-1))
   mse = float(np.mean(np.concatenate(errors)))
   return psnr(np.zeros(1), np.full(1, np.sqrt(mse)))
