@@ -1,4 +1,9 @@
 """Named sizes have the right shapes (without allocating), and `tiny` learns on the CPU."""
+import os
+import re
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -6,8 +11,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from lwm import sharding as shd
-from lwm.model import (CONFIGS, abstract_model, adamw, count_params, create_sharded, get_config,
-                       jit_train_step)
+from lwm.model import (CONFIGS, abstract_model, adamw, count_params, create_sharded, from_hf_llama,
+                       get_config, init_optimizer, jit_train_step)
 from tests.model_testing import packed_batch, to_layout
 
 LLAMA2_7B_PARAMS = 6_738_415_616
@@ -63,3 +68,28 @@ def test_tiny_loss_goes_down(mesh_sizes):
   assert losses[-1] < losses[0] - 0.1, losses
   assert params["layers"]["wq"][...].sharding == shd.param_shardings(
       nnx.state(abstract_model(config, mesh), nnx.Param), mesh)["layers"]["wq"].get_value()
+
+
+def test_plan_memory_script_reports_peak():
+  script = os.path.join(os.path.dirname(__file__), "..", "scripts", "plan_memory.py")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, script, "--model", "tiny", "--seq-len", "512", "--batch",
+                        "2", "--mesh", "1,2,1,2"], capture_output=True, text=True, env=env,
+                       check=True, timeout=300).stdout
+  assert "arguments per device" in out and "temp per device" in out
+  last = out.strip().splitlines()[-1]
+  assert re.fullmatch(r"peak per device: \d+\.\d+ GiB", last), last
+
+
+def test_hf_checkpoint_trains_on_a_mesh(tmp_path):
+  from tests.test_model_hf import HF_CONFIG, random_checkpoint
+  random_checkpoint(str(tmp_path), shard=False)
+  mesh = shd.make_mesh(1, 2, 2, 2)
+  model = from_hf_llama(str(tmp_path), mesh=mesh, vision_vocab_size=32, ffn_chunk=4, loss_chunk=4)
+  graphdef, params = nnx.split(model, nnx.Param)
+  tx = adamw(1e-3)
+  step = jit_train_step(graphdef, tx, params, mesh, batch_size=2)
+  config = model.config
+  batch = to_layout(packed_batch(config, 2, 32), mesh.shape["sp"])
+  _, _, metrics = step(params, init_optimizer(tx, params, mesh), batch)
+  assert np.isfinite(float(metrics["loss"])) and config.vocab_size == HF_CONFIG["vocab_size"]

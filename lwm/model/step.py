@@ -51,8 +51,7 @@ def create_sharded(config: ModelConfig, mesh: Mesh, tx: optax.GradientTransforma
     _, params = nnx.split(Transformer(config, rngs=nnx.Rngs(seed), mesh=mesh), nnx.Param)
     return jax.lax.with_sharding_constraint(params, p_shard)
   params = init()
-  opt_state = jax.jit(tx.init, out_shardings=opt_shardings(tx, abstract, p_shard, mesh))(params)
-  return graphdef, params, opt_state
+  return graphdef, params, init_optimizer(tx, params, mesh)
 
 
 def opt_shardings(tx, abstract_params, params_shardings, mesh: Mesh):
@@ -78,14 +77,28 @@ def abstract_batch(batch_size: int, seq_len: int, mesh: Mesh) -> dict:
           for k in BATCH_KEYS}
 
 
-def lower_train_step(config: ModelConfig, mesh: Mesh, batch_size: int, seq_len: int, tx=None):
-  """Lowers one full training step from abstract values only (for memory planning)."""
-  tx = tx or adamw()
+def abstract_train_state(config: ModelConfig, mesh: Mesh, tx: optax.GradientTransformation):
+  """(graphdef, params, opt_state) with sharded ShapeDtypeStruct leaves: targets for restoring a
+  checkpoint onto `mesh`, or inputs for ahead-of-time compilation."""
   graphdef, abstract = nnx.split(abstract_model(config, mesh), nnx.Param)
   p_shard = shd.param_shardings(abstract, mesh)
   o_shard = opt_shardings(tx, abstract, p_shard, mesh)
   with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
   params = jax.tree.map(with_sharding, abstract, p_shard)
   opt_state = jax.tree.map(with_sharding, jax.eval_shape(tx.init, abstract), o_shard)
-  step = jit_train_step(graphdef, tx, abstract, mesh, batch_size)
+  return graphdef, params, opt_state
+
+
+def init_optimizer(tx: optax.GradientTransformation, params, mesh: Mesh):
+  """Optimizer state for (sharded) params, each moment sharded like its parameter."""
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  p_shard = shd.param_shardings(abstract, mesh)
+  return jax.jit(tx.init, out_shardings=opt_shardings(tx, abstract, p_shard, mesh))(params)
+
+
+def lower_train_step(config: ModelConfig, mesh: Mesh, batch_size: int, seq_len: int, tx=None):
+  """Lowers one full training step from abstract values only (for memory planning)."""
+  tx = tx or adamw()
+  graphdef, params, opt_state = abstract_train_state(config, mesh, tx)
+  step = jit_train_step(graphdef, tx, params, mesh, batch_size)
   return step.lower(params, opt_state, abstract_batch(batch_size, seq_len, mesh))
