@@ -1,0 +1,123 @@
+"""The schema of a training-stage config, and the checks that run before anything compiles.
+
+Config files in configs/ start from `base_config()` and change what their stage needs. This module
+imports no JAX, so a launcher can read the config (and the mesh size it needs) before JAX starts.
+"""
+import json
+import math
+import os
+
+import ml_collections
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key a stage may set, with defaults. Overrides of unknown keys fail (the dict is locked)."""
+  c = ml_collections.ConfigDict()
+  c.model = "tiny"            # a named size of lwm.model.CONFIGS, or "hf" to take it from init_from
+  c.model_overrides = ml_collections.ConfigDict()  # ModelConfig fields, e.g. {"num_layers": 4}
+  c.seq_len = 1024            # tokens per packed sequence
+  c.rope_theta = 10000.0
+  c.mesh = "1,1,1,1"          # dp,fsdp,tp,sp; the product must equal the device count
+  c.seed = 0
+  c.init_from = ""            # "" (random), a previous stage's workdir, or a Hugging Face LLaMA dir
+
+  c.data = ml_collections.ConfigDict()
+  c.data.path = ""            # a directory written by scripts/preprocess.py
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 100
+  c.train.batch_size = 8      # sequences per optimizer step (global)
+  c.train.grad_accum = 1      # micro-batches per step; batch_size / grad_accum must divide dp*fsdp
+  c.train.lr = 3e-4
+  c.train.lr_schedule = "cosine"
+  c.train.warmup_steps = 10
+  c.train.end_lr_ratio = 0.1  # cosine decays to lr * end_lr_ratio
+  c.train.weight_decay = 0.1
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95           # LWM's
+  c.train.clip_norm = 1.0
+  c.train.text_loss_weight = 0.5
+  c.train.vision_loss_weight = 0.5
+  c.train.dtype = "bfloat16"  # activations; parameters and optimizer state stay float32
+  c.train.log_every = 10
+  c.train.peak_tflops_per_device = 0.0  # for the MFU estimate; 0 guesses from the device kind
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 100
+  c.checkpoint.keep = 2
+  c.checkpoint.async_save = True
+  return c
+
+
+def mesh_sizes(config) -> tuple[int, int, int, int]:
+  """(dp, fsdp, tp, sp) from `config.mesh` ("1,2,1,4"), checked."""
+  try:
+    sizes = tuple(int(s) for s in str(config.mesh).replace(" ", "").strip("()").split(","))
+  except ValueError:
+    sizes = ()
+  if len(sizes) != 4 or min(sizes) < 1:
+    raise ValueError(f"config.mesh={config.mesh!r} must be four positive sizes dp,fsdp,tp,sp, "
+                     "e.g. '1,2,1,4'")
+  return sizes
+
+
+def validate(config, num_devices: int | None = None) -> None:
+  """Raises ValueError naming the first wrong value; call before building anything."""
+  dp, fsdp, tp, sp = mesh_sizes(config)
+  if num_devices is not None and dp * fsdp * tp * sp != num_devices:
+    raise ValueError(f"config.mesh={config.mesh!r} needs {dp * fsdp * tp * sp} devices, but "
+                     f"there are {num_devices}; make dp*fsdp*tp*sp equal the device count")
+  if config.seq_len <= 0 or config.seq_len % (2 * sp):
+    raise ValueError(f"config.seq_len={config.seq_len} must be a positive multiple of 2*sp = "
+                     f"{2 * sp} (ring attention's zigzag layout gives each device two chunks)")
+  t = config.train
+  if t.batch_size <= 0 or t.grad_accum <= 0 or t.batch_size % t.grad_accum:
+    raise ValueError(f"config.train.batch_size={t.batch_size} must be a positive multiple of "
+                     f"config.train.grad_accum={t.grad_accum}")
+  micro = t.batch_size // t.grad_accum
+  if micro % (dp * fsdp):
+    raise ValueError(f"the micro-batch batch_size/grad_accum = {micro} must be divisible by "
+                     f"dp*fsdp = {dp * fsdp} (config.mesh={config.mesh!r})")
+  if t.lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"config.train.lr_schedule={t.lr_schedule!r}; expected one of {LR_SCHEDULES}")
+  if t.steps <= 0 or config.checkpoint.every <= 0:
+    raise ValueError(f"config.train.steps={t.steps} and config.checkpoint.every="
+                     f"{config.checkpoint.every} must be positive")
+  if not config.data.path or not os.path.isdir(config.data.path):
+    raise ValueError(f"config.data.path={config.data.path!r} is not a directory; point it at the "
+                     "output of scripts/preprocess.py")
+  if not os.path.isfile(os.path.join(config.data.path, "vocab.json")):
+    raise ValueError(f"config.data.path={config.data.path!r} has no vocab.json; is it a dataset "
+                     "written by scripts/preprocess.py?")
+  if config.init_from and not os.path.isdir(config.init_from):
+    raise ValueError(f"config.init_from={config.init_from!r} does not exist; give a previous "
+                     "stage's workdir or a Hugging Face LLaMA directory")
+  if config.model == "hf" and not is_hf_dir(config.init_from):
+    raise ValueError("config.model='hf' takes the model from config.init_from, which must be a "
+                     f"Hugging Face LLaMA directory (config.json + *.safetensors); got "
+                     f"{config.init_from!r}")
+
+
+def is_hf_dir(path: str) -> bool:
+  return bool(path) and os.path.isfile(os.path.join(path, "config.json")) and any(
+      f.endswith(".safetensors") for f in os.listdir(path))
+
+
+def dataset_vocab(data_path: str) -> dict:
+  with open(os.path.join(data_path, "vocab.json")) as f:
+    return json.load(f)
+
+
+def flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: int) -> float:
+  """Training FLOPs per token: 6N for the weights plus causal attention (half of 12*L*d*seq)."""
+  return 6 * num_params + 6 * num_layers * hidden * seq_len
+
+
+def cosine_steps(total: int, warmup: int) -> int:
+  return max(1, total - min(warmup, total - 1))
+
+
+def device_count_needed(config) -> int:
+  return math.prod(mesh_sizes(config))

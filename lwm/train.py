@@ -1,0 +1,203 @@
+"""The training loop of one stage, top to bottom: devices -> mesh -> data -> model and optimizer ->
+checkpoint (resume, or start from the previous stage) -> train step -> loop.
+
+  python scripts/train.py --config configs/tiny.py:stage1 --workdir /tmp/stage1
+
+Rerunning the same command in the same workdir resumes from the latest committed checkpoint with the
+parameters, optimizer state, step and data position, bit for bit.
+"""
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from lwm import checkpoint, sharding, stage
+from lwm.data.loader import Loader
+from lwm.metrics import MetricsWriter
+from lwm.model import config as model_config_lib
+from lwm.model import hf, step as step_lib
+
+# Dense bf16 peak TFLOP/s per chip, for the MFU estimate (config.train.peak_tflops_per_device wins).
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
+               "TPU v5": 459.0, "TPU v6": 918.0}
+
+
+class NonFiniteLoss(FloatingPointError):
+  """The loss became NaN or infinite; the latest checkpoint is the last good one."""
+
+
+def model_config(config, vocab: dict):
+  """The ModelConfig of a stage: the named size (or the HF checkpoint's), the stage's θ and dtype."""
+  overrides = dict(rope_theta=float(config.rope_theta), max_sequence_length=config.seq_len,
+                   dtype=config.train.dtype, param_dtype="float32",
+                   text_loss_weight=config.train.text_loss_weight,
+                   vision_loss_weight=config.train.vision_loss_weight,
+                   **config.model_overrides.to_dict())
+  if config.model == "hf":
+    with open(os.path.join(config.init_from, "config.json")) as f:
+      base = hf.config_from_hf(json.load(f), **overrides)
+  else:
+    base = model_config_lib.get_config(config.model, **overrides)
+  text_ids, vision_ids = vocab["text_vocab_size"], vocab.get("codebook_size", -2) + 2
+  if not stage.is_hf_dir(config.init_from):  # our own models grow to fit the dataset's vocabularies
+    base = base.replace(vocab_size=max(base.vocab_size, text_ids),
+                        vision_vocab_size=max(base.vision_vocab_size, vision_ids))
+  if base.vocab_size < text_ids or (vision_ids > 0 and base.vision_vocab_size < vision_ids):
+    raise ValueError(f"the dataset uses {text_ids} text ids and {max(vision_ids, 0)} vision ids, "
+                     f"but the model has vocab_size={base.vocab_size} and vision_vocab_size="
+                     f"{base.vision_vocab_size}")
+  _check_attention_blocks(base, config.seq_len, stage.mesh_sizes(config)[3])
+  return base
+
+
+def _check_attention_blocks(cfg, seq_len, sp):
+  span = seq_len // (2 * sp)  # tokens per zigzag chunk
+  for name in ("attention_block_q", "attention_block_kv"):
+    block = min(getattr(cfg, name), span)
+    if span % block:
+      raise ValueError(f"seq_len={seq_len} gives {span} tokens per zigzag chunk on sp={sp}, which "
+                       f"{name}={getattr(cfg, name)} does not divide; choose a seq_len that is a "
+                       f"multiple of 2*sp*{getattr(cfg, name)}")
+
+
+def learning_rate(train_config) -> optax.Schedule:
+  t = train_config
+  if t.lr_schedule == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, t.lr, max(t.warmup_steps, 1)),
+                                 optax.constant_schedule(t.lr)], [max(t.warmup_steps, 1)])
+  return optax.warmup_cosine_decay_schedule(0.0, t.lr, min(t.warmup_steps, t.steps - 1),
+                                            max(t.steps, 2), t.lr * t.end_lr_ratio)
+
+
+def optimizer(train_config):
+  tx = step_lib.adamw(learning_rate(train_config), weight_decay=train_config.weight_decay,
+                      b1=train_config.b1, b2=train_config.b2,
+                      clip_norm=train_config.clip_norm or None)
+  if train_config.grad_accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=train_config.grad_accum)
+  return tx
+
+
+def peak_flops(config) -> float:
+  if config.train.peak_tflops_per_device:
+    return config.train.peak_tflops_per_device * 1e12
+  kind = jax.devices()[0].device_kind
+  return next((v * 1e12 for k, v in PEAK_TFLOPS.items() if k in kind), 0.0)
+
+
+def train(config, workdir: str) -> dict:
+  """Runs (or resumes) one stage; returns the last logged metrics."""
+  # ---------------------------------------------------------------- Devices and config checks
+  stage.validate(config, jax.device_count())
+  vocab = stage.dataset_vocab(config.data.path)
+  cfg = model_config(config, vocab)
+  mesh = sharding.make_mesh(*stage.mesh_sizes(config))
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=1))
+
+  # ---------------------------------------------------------------- Input pipeline
+  t = config.train
+  micro_batch = t.batch_size // t.grad_accum
+  loader = Loader(config.data.path, config.seq_len, micro_batch, seed=config.seed, mesh=mesh)
+
+  # ---------------------------------------------------------------- Model and optimizer
+  tx = optimizer(t)
+  graphdef, abstract_params = nnx.split(step_lib.abstract_model(cfg, mesh), nnx.Param)
+  p_shard = sharding.param_shardings(abstract_params, mesh)
+  o_shard = step_lib.opt_shardings(tx, abstract_params, p_shard, mesh)
+  with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+  abstract_params = jax.tree.map(with_sharding, abstract_params, p_shard)
+  abstract_opt = jax.tree.map(with_sharding, jax.eval_shape(tx.init, abstract_params), o_shard)
+  num_params = sum(x.size for x in jax.tree.leaves(abstract_params))
+
+  # ---------------------------------------------------------------- Checkpoint: resume or init
+  mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep,
+                            async_save=config.checkpoint.async_save)
+  start = mngr.latest_step()
+  if start is not None:
+    params, opt_state, data_state, _ = checkpoint.restore(mngr, start, abstract_params, abstract_opt)
+    loader.set_state(data_state)
+    source = f"resumed from step {start}"
+  else:
+    start = 0
+    params, source = _initial_params(config, cfg, mesh, graphdef, abstract_params)
+    opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
+  if is_main:
+    print(f"[lwm] {cfg.num_layers} layers, {num_params / 1e6:.1f}M parameters, mesh {config.mesh}, "
+          f"seq_len {config.seq_len}, rope_theta {cfg.rope_theta:g}; {source}", flush=True)
+
+  # ---------------------------------------------------------------- Update step
+  train_step = step_lib.jit_train_step(graphdef, tx, abstract_params, mesh, micro_batch)
+  schedule = learning_rate(t)
+  tokens_per_step = t.batch_size * config.seq_len
+  flops_per_step = stage.flops_per_token(num_params, cfg.num_layers, cfg.hidden_size,
+                                         config.seq_len) * tokens_per_step
+  peak = peak_flops(config) * jax.device_count()
+
+  # ---------------------------------------------------------------- Train loop
+  preempted = []
+  previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)
+  bar = tqdm(total=t.steps, initial=start, disable=not is_main, desc="train", dynamic_ncols=True)
+  meta = lambda step: {"step": step, "seed": config.seed, "stage_config": config.to_dict()}
+  last, window_start, window_steps = {}, time.perf_counter(), 0
+  try:
+    for step in range(start + 1, t.steps + 1):
+      micro = []
+      for _ in range(t.grad_accum):
+        params, opt_state, metrics = train_step(params, opt_state, next(loader))
+        micro.append(metrics)
+      metrics = {k: np.mean([float(m[k]) for m in micro]) for k in micro[0]}
+      if not np.isfinite(metrics["loss"]):
+        mngr.wait_until_finished()
+        raise NonFiniteLoss(f"loss is {metrics['loss']} at step {step}; stopping. The latest "
+                            f"checkpoint (step {mngr.latest_step()}) is the last good one")
+      window_steps += 1
+      bar.update(1)
+      if step % t.log_every == 0 or step == t.steps:
+        seconds = (time.perf_counter() - window_start) / window_steps
+        last = dict(metrics, lr=float(schedule(step - 1)), step_time=seconds,
+                    tokens_per_second=tokens_per_step / seconds)
+        if peak:
+          last["mfu"] = flops_per_step / seconds / peak
+        writer.write(step, last)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        window_start, window_steps = time.perf_counter(), 0
+      if step % config.checkpoint.every == 0 or step == t.steps or preempted:
+        checkpoint.save(mngr, step, params, opt_state, loader.get_state(), meta(step))
+      if preempted:
+        print(f"[lwm] SIGTERM: saved step {step}; rerun the same command to resume", flush=True)
+        break
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+    bar.close()
+    signal.signal(signal.SIGTERM, previous)
+  return last
+
+
+def _initial_params(config, cfg, mesh, graphdef, abstract_params):
+  """Random parameters, or those of the previous stage (a workdir) or of a HF LLaMA directory."""
+  if stage.is_hf_dir(config.init_from):
+    overrides = {k: getattr(cfg, k) for k in ("rope_theta", "max_sequence_length", "dtype")}
+    model = hf.from_hf_llama(config.init_from, mesh=mesh, vision_vocab_size=cfg.vision_vocab_size,
+                             seed=config.seed, **overrides)
+    _, params = nnx.split(model, nnx.Param)
+    params = jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), params, abstract_params)
+    return params, f"initialised from Hugging Face checkpoint {config.init_from}"
+  if config.init_from:
+    params, step = checkpoint.restore_params(config.init_from, abstract_params)
+    return params, f"initialised from {config.init_from} step {step} (parameters only)"
+  _, params, _ = step_lib.create_sharded(cfg, mesh, optax.identity(), seed=config.seed)
+  return params, "initialised at random"

@@ -1,0 +1,92 @@
+"""Staged training in-process: bad configs fail before compiling, stages chain, NaN stops the run."""
+import re
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import training_data
+from lwm import checkpoint, stage, train
+from lwm.data.loader import Loader
+from lwm.metrics import read_metrics
+from lwm.model import loss_fn
+from lwm.model.step import abstract_model
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  return training_data.make_text_dataset(str(tmp_path_factory.mktemp("text")))
+
+
+def tiny_config(data_path, **changes):
+  c = stage.base_config()
+  c.model, c.seq_len, c.rope_theta, c.mesh = "tiny", 256, 1e4, "1,8,1,1"
+  c.data.path = data_path
+  c.train.steps, c.train.batch_size, c.train.lr, c.train.warmup_steps = 4, 8, 3e-3, 1
+  c.train.log_every, c.train.dtype = 1, "float32"
+  c.checkpoint.every, c.checkpoint.async_save = 2, False
+  for key, value in changes.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"mesh": "1,4,1,1"}, r"needs 4 devices, but there are 8"),
+    ({"mesh": "1,1,1,8", "seq_len": 200}, r"seq_len=200 must be a positive multiple of 2\*sp = 16"),
+    ({"train.batch_size": 4}, r"batch_size/grad_accum = 4 must be divisible by dp\*fsdp = 8"),
+    ({"data.path": "/nonexistent/data"}, r"data.path='/nonexistent/data' is not a directory"),
+    ({"mesh": "1,1,1,8", "seq_len": 400}, r"attention_block_q=8 does not divide"),
+])
+def test_bad_configs_fail_before_compiling(dataset, tmp_path, changes, message):
+  config = tiny_config(dataset, **changes)
+  with pytest.raises(ValueError, match=message):
+    train.train(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_stage2_starts_from_stage1_parameters_on_another_mesh(dataset, tmp_path):
+  stage1 = tiny_config(dataset)
+  train.train(stage1, str(tmp_path / "stage1"))
+  stage2 = tiny_config(dataset, mesh="1,1,1,8", seq_len=512, rope_theta=1e5,
+                       init_from=str(tmp_path / "stage1"), **{"train.steps": 1})
+  train.train(stage2, str(tmp_path / "stage2"))
+  first_loss = read_metrics(str(tmp_path / "stage2"))[0]["loss"]
+
+  # Independently: stage 1's final parameters, stage 2's settings and first batch, one device.
+  vocab = stage.dataset_vocab(dataset)
+  cfg = train.model_config(stage2, vocab)
+  graphdef, abstract = nnx.split(abstract_model(cfg), nnx.Param)
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device),
+                          abstract)
+  params, step = checkpoint.restore_params(str(tmp_path / "stage1"), abstract)
+  assert step == 4
+  batch = next(Loader(dataset, 512, 8, seed=stage2.seed))  # natural order, NumPy
+  want, _ = loss_fn(nnx.merge(graphdef, params), batch)
+  np.testing.assert_allclose(first_loss, float(want), rtol=1e-5)
+
+
+def test_init_from_with_other_shapes_names_the_parameter(dataset, tmp_path):
+  train.train(tiny_config(dataset, **{"train.steps": 2}), str(tmp_path / "stage1"))
+  wider = tiny_config(dataset, init_from=str(tmp_path / "stage1"))
+  wider.model_overrides = {"intermediate_size": 256}
+  with pytest.raises(ValueError, match=r"parameter layers\.w_\w+ has shape \(2, \d+, \d+\) "):
+    train.train(wider, str(tmp_path / "stage2"))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path):
+  # Warm-up from lr 0: step 1 is finite and unchanged, then lr ~1e30 blows the parameters up.
+  config = tiny_config(dataset, **{"train.lr": 1e30, "train.warmup_steps": 2,
+                                   "train.lr_schedule": "constant", "train.steps": 8,
+                                   "checkpoint.every": 1})
+  with pytest.raises(train.NonFiniteLoss, match=r"loss is nan at step (\d+)") as error:
+    train.train(config, str(tmp_path / "run"))
+  bad_step = int(re.search(r"at step (\d+)", str(error.value)).group(1))
+  assert 1 < bad_step <= 8
+  assert checkpoint.latest_step(str(tmp_path / "run")) == bad_step - 1
+  assert [m["step"] for m in read_metrics(str(tmp_path / "run"))] == list(range(1, bad_step))
