@@ -13,15 +13,14 @@ dataset, then `summary.json` and `failures.jsonl` (one line per failed manifest 
 kind, reason). Nothing is dropped silently: every line is either an example or a failure.
 """
 import collections
-import concurrent.futures
 import dataclasses
 import glob
 import json
-import multiprocessing
 import os
 
 
 from lwm.data import chunks, dataset
+from lwm.data import workers as workers_lib
 from lwm.data.interleave import ORDERS, Vocab, interleave
 from lwm.data.video import FrameSampling, VideoError, decode_video
 
@@ -118,26 +117,55 @@ class LineProcessor:
 # ---- chunks and workers --------------------------------------------------------------------------
 
 _PROCESSOR = None
+CRASH_REASON = "the worker process died while processing this line (a decoder crash?)"
 
 
-def _init_worker(options: PreprocessOptions) -> None:
+def _init_worker(options: PreprocessOptions, processor=LineProcessor) -> None:
   global _PROCESSOR
-  _PROCESSOR = LineProcessor(options)
+  _PROCESSOR = processor(options)
 
 
-def _run_chunk(path: str, lines: list) -> dict:
-  """Processes [(line, raw)] into one chunk file; returns its counts for the progress bar."""
-  examples, failures = [], []
-  for line, raw in lines:
-    try:
-      examples.append(_PROCESSOR(line, raw))
-    except LineError as e:
-      failures.append({"line": line, "path": e.path, "kind": e.kind, "reason": e.reason})
+def _run_line(line: int, raw: bytes) -> tuple:
+  """("example", dict) or ("failure", {line, path, kind, reason}) for one manifest line."""
+  try:
+    return "example", _PROCESSOR(line, raw)
+  except LineError as e:
+    return "failure", {"line": line, "path": e.path, "kind": e.kind, "reason": e.reason}
+
+
+def _write_results(path: str, results: list) -> dict:
+  """Writes one chunk file from line results; returns its counts for the progress bar."""
+  examples = [value for kind, value in results if kind == "example"]
+  failures = [value for kind, value in results if kind == "failure"]
   chunks.write_chunk(path, examples, failures)
-  return {"lines": len(lines), "examples": len(examples), "failures": len(failures),
+  return {"lines": len(results), "examples": len(examples), "failures": len(failures),
           "videos": sum(e["num_frames"] > 0 for e in examples),
           "frames": sum(e["num_frames"] for e in examples),
           "tokens": sum(len(e["tokens"]) for e in examples)}
+
+
+def _run_chunk(path: str, lines: list) -> dict:
+  """Processes [(line, raw)] into one chunk file."""
+  return _write_results(path, [_run_line(line, raw) for line, raw in lines])
+
+
+def _video_of(raw: bytes):
+  try:
+    return json.loads(raw).get("video")
+  except (ValueError, AttributeError):
+    return None
+
+
+def _redo_by_line(path: str, lines: list, workers: int, init_args: tuple) -> dict:
+  """Reruns a chunk whose worker died, one line per task; a line that kills a worker even when
+  run alone becomes a failure of kind "crash"."""
+  results = {}
+  store = lambda item, result: results.__setitem__(item[0], result)
+  for line, raw in workers_lib.run_bounded(lines, _run_line, workers, _init_worker, init_args, store):
+    if workers_lib.run_bounded([(line, raw)], _run_line, 1, _init_worker, init_args, store):
+      results[line] = ("failure", {"line": line, "path": _video_of(raw), "kind": "crash",
+                                   "reason": CRASH_REASON})
+  return _write_results(path, [results[line] for line, _ in lines])
 
 
 def read_manifest(path: str) -> list:
@@ -162,11 +190,12 @@ def _check_options(work_dir: str, options: PreprocessOptions) -> None:
 
 
 def preprocess(options: PreprocessOptions, workers: int = 0, max_chunks: int | None = None,
-               progress: bool = True) -> dict | None:
+               progress: bool = True, processor=LineProcessor) -> dict | None:
   """Runs (or resumes) preprocessing; returns the summary, or None if stopped by `max_chunks`.
 
   workers: processes to use (0 = this process). max_chunks: stop after doing this many chunks,
-  leaving the rest for a rerun (used to test resuming).
+  leaving the rest for a rerun (used to test resuming). processor: the class that turns a line
+  into an example (replaceable in tests).
   """
   from tqdm import tqdm
   work_dir = os.path.join(options.output, "work")
@@ -192,16 +221,15 @@ def preprocess(options: PreprocessOptions, workers: int = 0, max_chunks: int | N
                     failures=totals["failures"])
 
   if workers == 0 and tasks:
-    _init_worker(options)
+    _init_worker(options, processor)
     for task in tasks:
       account(_run_chunk(*task))
   elif tasks:
-    context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                initializer=_init_worker,
-                                                initargs=(options,)) as pool:
-      for future in concurrent.futures.as_completed([pool.submit(_run_chunk, *t) for t in tasks]):
-        account(future.result())
+    init_args = (options, processor)
+    suspects = workers_lib.run_bounded(tasks, _run_chunk, workers, _init_worker, init_args,
+                                       lambda task, counts: account(counts))
+    for path, chunk_lines in suspects:  # a worker died during these: find the line that kills it
+      account(_redo_by_line(path, chunk_lines, workers, init_args))
   bar.close()
   if stopped:
     return None
