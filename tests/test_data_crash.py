@@ -2,6 +2,7 @@
 line is reported as a "crash" failure and every other line still becomes an example."""
 import json
 import os
+import time
 
 from lwm.data import load_examples, text_tokenizer
 from lwm.data.preprocess import LineProcessor, PreprocessOptions, preprocess
@@ -30,3 +31,28 @@ def test_a_line_that_kills_its_worker_is_a_crash_failure(tmp_path):
     failure = json.loads(f.read())
   assert (failure["line"], failure["kind"], failure["path"]) == (4, "crash", "clips/evil.mp4")
   assert sorted(e["line"] for e in load_examples(options.output)) == [1, 2, 3, 5, 6, 7, 8, 9, 10]
+
+
+class HangingProcessor(LineProcessor):
+  """Never returns on lines that mention HANG, like decord's get_batch deadlock."""
+
+  def __call__(self, line, raw):
+    if b"HANG" in raw:
+      time.sleep(3600)
+    return super().__call__(line, raw)
+
+
+def test_a_line_that_hangs_its_worker_is_a_timeout_failure(tmp_path):
+  lines = [{"text": f"document number {i} " * 5} for i in range(6)]
+  lines[1] = {"text": "HANG here", "video": "clips/stuck.mp4"}
+  manifest = tmp_path / "m.jsonl"
+  manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+  tok = text_tokenizer.train_tokenizer([x["text"] for x in lines], str(tmp_path / "t.model"), 300)
+  options = PreprocessOptions(manifest=str(manifest), output=str(tmp_path / "out"), tokenizer=tok,
+                              vqgan=None, chunk_size=3, line_timeout_s=1.5)
+  summary = preprocess(options, workers=2, progress=False, processor=HangingProcessor)
+  assert summary["examples"] == 5 and summary["failures_by_kind"] == {"timeout": 1}
+  with open(tmp_path / "out" / "failures.jsonl") as f:
+    failure = json.loads(f.read())
+  assert (failure["line"], failure["kind"], failure["path"]) == (2, "timeout", "clips/stuck.mp4")
+  assert "line_timeout_s=1.5" in failure["reason"]

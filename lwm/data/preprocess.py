@@ -34,6 +34,7 @@ class PreprocessOptions:
   sampling: FrameSampling = FrameSampling(max_frames=8)
   chunk_size: int = 64       # manifest lines per resumable unit
   encode_batch: int = 16     # frames per jitted VQGAN call
+  line_timeout_s: float = 600.0  # with workers: a line running longer fails as "timeout"
 
 
 class LineError(Exception):
@@ -117,7 +118,11 @@ class LineProcessor:
 # ---- chunks and workers --------------------------------------------------------------------------
 
 _PROCESSOR = None
-CRASH_REASON = "the worker process died while processing this line (a decoder crash?)"
+FAILED_ALONE = {
+    "died": ("crash", "the worker process died while processing this line (a decoder crash?)"),
+    "timeout": ("timeout", "processing this line took longer than line_timeout_s={:g} s "
+                           "(a decoder hang?)"),
+}
 
 
 def _init_worker(options: PreprocessOptions, processor=LineProcessor) -> None:
@@ -157,14 +162,18 @@ def _video_of(raw: bytes):
 
 
 def _redo_by_line(path: str, lines: list, workers: int, init_args: tuple) -> dict:
-  """Reruns a chunk whose worker died, one line per task; a line that kills a worker even when
-  run alone becomes a failure of kind "crash"."""
+  """Reruns a chunk whose worker died or hung, one line per task; a line that still kills or
+  stalls a worker when run alone becomes a failure of kind "crash" or "timeout"."""
   results = {}
   store = lambda item, result: results.__setitem__(item[0], result)
-  for line, raw in workers_lib.run_bounded(lines, _run_line, workers, _init_worker, init_args, store):
-    if workers_lib.run_bounded([(line, raw)], _run_line, 1, _init_worker, init_args, store):
-      results[line] = ("failure", {"line": line, "path": _video_of(raw), "kind": "crash",
-                                   "reason": CRASH_REASON})
+  timeout = init_args[0].line_timeout_s
+  run = lambda items, n: workers_lib.run_bounded(items, _run_line, n, _init_worker, init_args,
+                                                  store, lambda item: timeout)
+  for item, _ in run(lines, workers):
+    for _, how in run([item], 1):
+      kind, reason = FAILED_ALONE[how]
+      results[item[0]] = ("failure", {"line": item[0], "path": _video_of(item[1]), "kind": kind,
+                                      "reason": reason.format(timeout)})
   return _write_results(path, [results[line] for line, _ in lines])
 
 
@@ -226,9 +235,10 @@ def preprocess(options: PreprocessOptions, workers: int = 0, max_chunks: int | N
       account(_run_chunk(*task))
   elif tasks:
     init_args = (options, processor)
-    suspects = workers_lib.run_bounded(tasks, _run_chunk, workers, _init_worker, init_args,
-                                       lambda task, counts: account(counts))
-    for path, chunk_lines in suspects:  # a worker died during these: find the line that kills it
+    suspects = workers_lib.run_bounded(
+        tasks, _run_chunk, workers, _init_worker, init_args, lambda task, counts: account(counts),
+        lambda task: options.line_timeout_s * len(task[1]))
+    for (path, chunk_lines), _ in suspects:  # a worker died or hung: find the line that did it
       account(_redo_by_line(path, chunk_lines, workers, init_args))
   bar.close()
   if stopped:
