@@ -27,6 +27,8 @@ def parse_args(argv=None):
   parser.add_argument("--workers", type=int, default=0, help="worker processes (0: this process)")
   parser.add_argument("--chunk-size", type=int, default=64, help="manifest lines per resumable unit")
   parser.add_argument("--encode-batch", type=int, default=16, help="frames per VQGAN call")
+  parser.add_argument("--line-timeout", type=float, default=600.0,
+                      help="with --workers: seconds a line may take before it fails as 'timeout'")
   return parser.parse_args(argv)
 
 
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
   options = PreprocessOptions(
       manifest=args.manifest, output=args.output, tokenizer=args.tokenizer, vqgan=args.vqgan,
       sampling=FrameSampling(fps=args.fps, max_frames=args.max_frames, min_frames=args.min_frames),
-      chunk_size=args.chunk_size, encode_batch=args.encode_batch)
+      chunk_size=args.chunk_size, encode_batch=args.encode_batch, line_timeout_s=args.line_timeout)
   summary = preprocess(options, workers=args.workers)
   print(json.dumps(summary, indent=1))
   if summary["failures"]:
