@@ -127,6 +127,8 @@ FAILED_ALONE = {
 
 def _init_worker(options: PreprocessOptions, processor=LineProcessor) -> None:
   global _PROCESSOR
+  # K workers share one accelerator: none may take XLA's default 75% of its memory up front.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   _PROCESSOR = processor(options)
 
 
