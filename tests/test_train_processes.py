@@ -1,0 +1,101 @@
+"""Training as a user runs it (scripts/train.py in subprocesses): exact resume after SIGKILL, and
+2 processes x 4 devices giving the losses of 1 process x 8 devices."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import training_data
+from lwm.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 9
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  return training_data.make_text_dataset(str(tmp_path_factory.mktemp("text")))
+
+
+def command(workdir, data, *extra):
+  return [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+          "--config", os.path.join(ROOT, "configs", "tiny.py") + ":stage1", "--workdir", workdir,
+          f"--config.data.path={data}", "--config.seq_len=256", f"--config.train.steps={STEPS}",
+          "--config.train.log_every=1", "--config.checkpoint.every=3", "--config.mesh=1,2,1,4",
+          *extra]
+
+
+def clean_env():
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # scripts/train.py sizes the simulated devices from the config
+  return env
+
+
+def run(cmd):
+  result = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def final_params(workdir):
+  path = os.path.join(workdir, "checkpoints", str(STEPS), "params")
+  return [np.asarray(x) for x in jax.tree.leaves(ocp.StandardCheckpointer().restore(path))]
+
+
+def comparable(metrics):
+  return [{k: m[k] for k in ("step", "loss", "grad_norm", "lr")} for m in metrics]
+
+
+def test_resume_after_sigkill_is_exact(dataset, tmp_path):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  run(command(straight, dataset))
+
+  process = subprocess.Popen(command(resumed, dataset), env=clean_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics = os.path.join(resumed, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 5:
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert sum(1 for _ in open(metrics)) < STEPS, "the run finished before it could be killed"
+  # What Orbax leaves behind when a process dies while writing a step: it must never be loaded.
+  partial = os.path.join(resumed, "checkpoints", "8.orbax-checkpoint-tmp")
+  os.makedirs(os.path.join(partial, "params"), exist_ok=True)
+  with open(os.path.join(partial, "params", "junk"), "w") as f:
+    f.write("half-written")
+
+  run(command(resumed, dataset))
+  assert comparable(read_metrics(resumed)) == comparable(read_metrics(straight))
+  for a, b in zip(final_params(resumed), final_params(straight), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(dataset, tmp_path):
+  single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
+  run(command(single, dataset, "--config.checkpoint.every=100"))
+  address = f"127.0.0.1:{free_port()}"
+  processes = [subprocess.Popen(
+      command(multi, dataset, "--config.checkpoint.every=100", f"--coordinator_address={address}",
+              "--num_processes=2", f"--process_id={i}"),
+      env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
+  got, want = read_metrics(multi), read_metrics(single)
+  assert [m["step"] for m in got] == [m["step"] for m in want]
+  np.testing.assert_allclose([m["loss"] for m in got], [m["loss"] for m in want], rtol=1e-6)
