@@ -84,11 +84,14 @@ class Transformer(nnx.Module):
 
   def embed(self, tokens, vision_mask=None):
     """tokens, vision_mask: [batch, seq] -> [batch, seq, embed] in the compute dtype."""
-    dt = self.config.compute_dtype
+    dt, mesh = self.config.compute_dtype, self.get_mesh()
+    # Gather each table whole first (FSDP-style): a lookup into a table sharded on `embed` would
+    # produce embed-sharded activations that GSPMD can only reshard by replicating them.
+    table = lambda p: shd.constrain(p[...].astype(dt), mesh, (None, None))
     if vision_mask is None or self.embed_vision is None:
-      return jnp.take(self.embed_text[...].astype(dt), tokens, axis=0)
-    text = jnp.take(self.embed_text[...].astype(dt), jnp.where(vision_mask, 0, tokens), axis=0)
-    vision = jnp.take(self.embed_vision[...].astype(dt), jnp.where(vision_mask, tokens, 0), axis=0)
+      return jnp.take(table(self.embed_text), tokens, axis=0)
+    text = jnp.take(table(self.embed_text), jnp.where(vision_mask, 0, tokens), axis=0)
+    vision = jnp.take(table(self.embed_vision), jnp.where(vision_mask, tokens, 0), axis=0)
     return jnp.where(vision_mask[..., None], vision, text)
 
   def hidden_states(self, tokens, vision_mask, positions, segment_ids):
@@ -103,9 +106,6 @@ class Transformer(nnx.Module):
 
     def body(x, inputs):
       index, params = inputs
-      # Keeps XLA from converting the whole stack of saved layer inputs to float32 at once (the CPU
-      # compiler hoists that convert out of the backward loop: +2x the activation memory).
-      x = jax.lax.optimization_barrier(x)
       params = jax.tree.map(lambda w: w.astype(config.compute_dtype), params)
       x = layers.decoder_layer(params, x, cos=cos, sin=sin, segment_ids=segment_ids,
                                config=config, mesh=mesh, layer_index=index)
