@@ -82,7 +82,7 @@ def test_each_process_builds_only_its_rows(tmp_path):
   for step in range(STEPS):
     state = reference.state
     plan, _ = packing.plan_rows(reference.usable, reference.status, reference._order, state,
-                                SEQ_LEN, BATCH)
+                                SEQ_LEN, BATCH, reference.lookahead)
     plans.append(plan)
     expected = {k: np.asarray(to_zigzag(v, 4, axis=1)) for k, v in next(reference).items()}
     for i in range(2):

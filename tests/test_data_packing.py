@@ -186,3 +186,17 @@ def test_bad_mesh_sizes_name_the_numbers():
     Loader(None, seq_len=256, global_batch_size=3, mesh=mesh, examples=corpus(num=3))
   with pytest.raises(ValueError, match="seq_len 100"):
     Loader(None, seq_len=100, global_batch_size=2, mesh=mesh, examples=corpus(num=3))
+
+
+def test_lookahead_packs_tighter_than_greedy_and_loses_nothing():
+  rng = np.random.default_rng(4)
+  docs = [text_doc(i, int(rng.integers(100, 400)), rng) for i in range(300)]
+  efficiency = {}
+  for lookahead in (0, 64):
+    loader = Loader(None, seq_len=512, global_batch_size=4, seed=0, examples=docs,
+                    lookahead=lookahead)
+    batches = [next(loader) for _ in range(20)]
+    pieces = rebuild(batches, docs)
+    assert all(span == (0, len(docs[d]["tokens"])) for d, spans in pieces.items() for span in spans)
+    efficiency[lookahead] = loader.stats()["efficiency"]
+  assert efficiency[64] > efficiency[0] + 0.1, efficiency

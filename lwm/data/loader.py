@@ -48,14 +48,16 @@ class Loader:
   global_batch_size: rows per batch over all hosts. seed: fixes the per-epoch shuffles.
   mesh: a Mesh with axes dp, fsdp, sp (tp may be there too), or None for NumPy batches.
   examples: an in-memory random-access source of example dicts instead of data_dir (tests).
+  lookahead: examples that may wait for a row with room (0: plain greedy packing).
   """
 
   def __init__(self, data_dir: str, seq_len: int, global_batch_size: int, seed: int = 0,
-               mesh=None, examples=None):
+               mesh=None, examples=None, lookahead: int = 64):
     self.examples = load_examples(data_dir) if examples is None else examples
     if len(self.examples) == 0:
       raise ValueError(f"dataset {data_dir!r} has no examples")
     self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
+    self.lookahead = lookahead
     self.mesh = mesh
     self.index = load_index(data_dir, self.examples) if examples is None else packing.build_index(
         self.examples)
@@ -101,7 +103,7 @@ class Loader:
   def next_numpy(self, rows=None) -> dict:
     """The next batch as NumPy arrays `[len(rows), seq_len]` in natural order (all rows by default)."""
     plan, self.state = packing.plan_rows(self.usable, self.status, self._order, self.state,
-                                         self.seq_len, self.global_batch_size)
+                                         self.seq_len, self.global_batch_size, self.lookahead)
     if rows is not None:
       plan = [plan[r] for r in rows]
     return packing.assemble(plan, self.examples.__getitem__, self.seq_len)
@@ -127,15 +129,17 @@ class Loader:
   def get_state(self) -> dict:
     """JSON-able position of the iterator (with the settings it is only valid for)."""
     return json.loads(json.dumps({**self.state, "seed": self.seed, "seq_len": self.seq_len,
-                                  "global_batch_size": self.global_batch_size}))
+                                  "global_batch_size": self.global_batch_size,
+                                  "lookahead": self.lookahead}))
 
   def set_state(self, state: dict) -> None:
-    for key in ("seed", "seq_len", "global_batch_size"):
+    for key in ("seed", "seq_len", "global_batch_size", "lookahead"):
       if state[key] != getattr(self, key):
         raise ValueError(f"loader state was saved with {key}={state[key]}, this loader has "
                          f"{key}={getattr(self, key)}; start this stage's data from a new state")
     self.state = {k: state[k] for k in packing.new_state()}
     self.state["counts"] = dict(self.state["counts"])
+    self.state["pending"] = [int(e) for e in self.state["pending"]]
 
   def stats(self) -> dict:
     """Packing so far: tokens, padding, efficiency (non-padding fraction), per-status example counts."""

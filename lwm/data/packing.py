@@ -3,7 +3,8 @@
 The plan (which slice of which example goes in which row) needs only each example's length and
 layout (`build_index`), so every host plans the same global batch cheaply and then reads only the
 examples of its own rows. Rules:
-  * an example that fits goes whole into the current row, or starts the next one;
+  * an example that fits goes whole into the current row; one that does not is set aside (up to
+    `lookahead` of them) and goes, oldest first, into the first later row with room;
   * a text document longer than `seq_len` is split: pieces fill the current row and the next ones,
     consecutive pieces overlapping by one token so that every next-token pair is trained once;
   * an example with video longer than `seq_len` is cut after its last whole frame that fits; if no
@@ -53,59 +54,75 @@ def usable_lengths(index: dict, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
 
 def new_state() -> dict:
   """Where the packer stands: the epoch, the position in its shuffled order, the token offset into
-  a split document, and running counts."""
-  return {"epoch": 0, "position": 0, "offset": 0, "tokens": 0, "padding": 0,
+  a split document, the examples set aside for a later row, and running counts."""
+  return {"epoch": 0, "position": 0, "offset": 0, "pending": [], "tokens": 0, "padding": 0,
           "counts": {name: 0 for name in STATUS_NAMES}}
 
 
-def plan_rows(usable, status, order_for_epoch, state: dict, seq_len: int, num_rows: int):
+def plan_rows(usable, status, order_for_epoch, state: dict, seq_len: int, num_rows: int,
+              lookahead: int = 64):
   """Plans `num_rows` rows; returns (rows, new state).
 
   rows[r] is a list of (example index, start, stop) slices, in row order.
   order_for_epoch(epoch) -> permutation of the example indices for that epoch.
+  lookahead: up to this many examples that do not fit the current row are set aside ("pending")
+  and placed, oldest first, in the first row with room; 0 is plain greedy packing.
   """
-  state = {**state, "counts": dict(state["counts"])}
+  state = {**state, "counts": dict(state["counts"]), "pending": list(state["pending"])}
+  pending, counts = state["pending"], state["counts"]
   rows, row, free = [], [], seq_len
+
+  def place(example, start, stop):
+    nonlocal free
+    row.append((example, start, stop))
+    free -= stop - start
+    state["tokens"] += stop - start
+    if start == 0:
+      counts[STATUS_NAMES[status[example]]] += 1
+
   order = order_for_epoch(state["epoch"])
   placed_this_epoch = 0 if state["position"] == 0 else 1
   while len(rows) < num_rows:
+    if free < 2:  # every packable example has at least 2 tokens
+      rows.append(row)
+      state["padding"] += free
+      row, free = [], seq_len
+      continue
+    fit = next((j for j, e in enumerate(pending) if usable[e] <= free), None)
+    if fit is not None:
+      example = pending.pop(fit)
+      place(example, 0, int(usable[example]))
+      continue
     if state["position"] == len(order):
-      if placed_this_epoch == 0:
+      if placed_this_epoch == 0 and not pending:
         raise ValueError(f"no example can be packed into rows of seq_len={seq_len}: every one is "
                          "skipped (videos longer than the sequence without a whole frame that fits)")
       state["epoch"], state["position"], placed_this_epoch = state["epoch"] + 1, 0, 0
       order = order_for_epoch(state["epoch"])
     example = int(order[state["position"]])
     kind, total, offset = status[example], int(usable[example]), state["offset"]
-    if offset == 0:
-      if kind == SKIPPED:
-        state["counts"]["skipped"] += 1
-        state["position"] += 1
-        continue
-    if kind == SPLIT:
-      if free < 2:  # a one-token piece would train nothing
-        take = 0
+    if kind == SKIPPED:
+      counts["skipped"] += 1
+      state["position"] += 1
+    elif kind == SPLIT and free >= 2:  # fill the row; a one-token piece would train nothing
+      take = min(total - offset, free)
+      place(example, offset, offset + take)
+      placed_this_epoch += 1
+      if offset + take >= total:
+        state["position"], state["offset"] = state["position"] + 1, 0
       else:
-        take = min(total - offset, free)
-    else:
-      take = total if total <= free else 0
-    if take == 0:
+        state["offset"] = offset + take - 1  # the next piece repeats the last token as its input
+    elif kind != SPLIT and total <= free:
+      place(example, 0, total)
+      placed_this_epoch += 1
+      state["position"] += 1
+    elif kind != SPLIT and len(pending) < lookahead:
+      pending.append(example)
+      placed_this_epoch += 1
+      state["position"] += 1
+    else:  # nothing fits: close the row
       rows.append(row)
       state["padding"] += free
-      row, free = [], seq_len
-      continue
-    if offset == 0:
-      state["counts"][STATUS_NAMES[kind]] += 1
-    row.append((example, offset, offset + take))
-    free -= take
-    state["tokens"] += take
-    placed_this_epoch += 1
-    if offset + take >= total:
-      state["position"], state["offset"] = state["position"] + 1, 0
-    else:
-      state["offset"] = offset + take - 1  # the next piece repeats the last token as its input
-    if free == 0:
-      rows.append(row)
       row, free = [], seq_len
   return rows, state
 
