@@ -19,7 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_overrides = ml_collections.ConfigDict()  # ModelConfig fields, e.g. {"num_layers": 4}
   c.seq_len = 1024            # tokens per packed sequence
   c.rope_theta = 10000.0
-  c.mesh = "1,1,1,1"          # dp,fsdp,tp,sp; the product must equal the device count
+  c.mesh = "1,1,1,1"          # dp,fsdp,tp,sp; product = device count; one -1 takes the rest
   c.seed = 0
   c.init_from = ""            # "" (random), a previous stage's workdir, or a Hugging Face LLaMA dir
 
@@ -51,21 +51,25 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def mesh_sizes(config) -> tuple[int, int, int, int]:
-  """(dp, fsdp, tp, sp) from `config.mesh` ("1,2,1,4"), checked."""
+def mesh_sizes(config, num_devices: int | None = None) -> tuple[int, int, int, int]:
+  """(dp, fsdp, tp, sp) from `config.mesh` ("1,2,1,4"; a -1 is num_devices / the others, or 1)."""
   try:
-    sizes = tuple(int(s) for s in str(config.mesh).replace(" ", "").strip("()").split(","))
+    sizes = [int(s) for s in str(config.mesh).replace(" ", "").strip("()").split(",")]
   except ValueError:
-    sizes = ()
-  if len(sizes) != 4 or min(sizes) < 1:
-    raise ValueError(f"config.mesh={config.mesh!r} must be four positive sizes dp,fsdp,tp,sp, "
-                     "e.g. '1,2,1,4'")
-  return sizes
+    sizes = []
+  if len(sizes) != 4 or sizes.count(-1) > 1 or any(s < 1 and s != -1 for s in sizes):
+    raise ValueError(f"config.mesh={config.mesh!r} must be four sizes dp,fsdp,tp,sp (positive, or "
+                     "one -1 for 'the rest'), e.g. '1,2,1,4' or '1,-1,4,1'")
+  if -1 in sizes:
+    known = math.prod(s for s in sizes if s != -1)
+    rest = num_devices // known if num_devices and num_devices % known == 0 else 1
+    sizes[sizes.index(-1)] = max(rest, 1)
+  return tuple(sizes)
 
 
 def validate(config, num_devices: int | None = None) -> None:
   """Raises ValueError naming the first wrong value; call before building anything."""
-  dp, fsdp, tp, sp = mesh_sizes(config)
+  dp, fsdp, tp, sp = mesh_sizes(config, num_devices)
   if num_devices is not None and dp * fsdp * tp * sp != num_devices:
     raise ValueError(f"config.mesh={config.mesh!r} needs {dp * fsdp * tp * sp} devices, but "
                      f"there are {num_devices}; make dp*fsdp*tp*sp equal the device count")
@@ -113,10 +117,6 @@ def dataset_vocab(data_path: str) -> dict:
 def flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: int) -> float:
   """Training FLOPs per token: 6N for the weights plus causal attention (half of 12*L*d*seq)."""
   return 6 * num_params + 6 * num_layers * hidden * seq_len
-
-
-def cosine_steps(total: int, warmup: int) -> int:
-  return max(1, total - min(warmup, total - 1))
 
 
 def device_count_needed(config) -> int:

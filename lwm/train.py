@@ -53,7 +53,7 @@ def model_config(config, vocab: dict):
     raise ValueError(f"the dataset uses {text_ids} text ids and {max(vision_ids, 0)} vision ids, "
                      f"but the model has vocab_size={base.vocab_size} and vision_vocab_size="
                      f"{base.vision_vocab_size}")
-  _check_attention_blocks(base, config.seq_len, stage.mesh_sizes(config)[3])
+  _check_attention_blocks(base, config.seq_len, stage.mesh_sizes(config, jax.device_count())[3])
   return base
 
 
@@ -98,7 +98,7 @@ def train(config, workdir: str) -> dict:
   stage.validate(config, jax.device_count())
   vocab = stage.dataset_vocab(config.data.path)
   cfg = model_config(config, vocab)
-  mesh = sharding.make_mesh(*stage.mesh_sizes(config))
+  mesh = sharding.make_mesh(*stage.mesh_sizes(config, jax.device_count()))
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)

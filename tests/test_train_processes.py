@@ -99,3 +99,11 @@ def test_two_processes_match_one(dataset, tmp_path):
   got, want = read_metrics(multi), read_metrics(single)
   assert [m["step"] for m in got] == [m["step"] for m in want]
   np.testing.assert_allclose([m["loss"] for m in got], [m["loss"] for m in want], rtol=1e-6)
+
+
+def test_misspelt_override_fails_loudly(dataset, tmp_path):
+  result = subprocess.run(command(str(tmp_path / "run"), dataset, "--config.train.stepz=3"),
+                          env=clean_env(), capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "stepz" in result.stderr
+  assert not (tmp_path / "run").exists()
