@@ -107,3 +107,23 @@ def test_misspelt_override_fails_loudly(dataset, tmp_path):
   assert result.returncode != 0
   assert "stepz" in result.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_saves_the_current_step(dataset, tmp_path):
+  workdir = str(tmp_path / "run")
+  process = subprocess.Popen(command(workdir, dataset, "--config.checkpoint.every=100"),
+                             env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 2:
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
+  from lwm import checkpoint
+  saved = checkpoint.latest_step(workdir)
+  assert saved is not None and 2 <= saved < STEPS
+  assert read_metrics(workdir)[-1]["step"] == saved
