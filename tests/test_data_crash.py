@@ -1,8 +1,11 @@
-"""A worker process that dies (as decoders do on some corrupt files) costs only its own line: the
-line is reported as a "crash" failure and every other line still becomes an example."""
+"""A worker process that dies or hangs (as decoders do on some corrupt files) costs only its own
+line: the line is reported as a "crash" or "timeout" failure and every other line still becomes an
+example. Workers that cannot start at all stop the run with an error instead."""
 import json
 import os
 import time
+
+import pytest
 
 from lwm.data import load_examples, text_tokenizer
 from lwm.data.preprocess import LineProcessor, PreprocessOptions, preprocess
@@ -56,3 +59,19 @@ def test_a_line_that_hangs_its_worker_is_a_timeout_failure(tmp_path):
     failure = json.loads(f.read())
   assert (failure["line"], failure["kind"], failure["path"]) == (2, "timeout", "clips/stuck.mp4")
   assert "line_timeout_s=1.5" in failure["reason"]
+
+
+class BrokenProcessor(LineProcessor):
+  """Fails while starting, like a worker that cannot load its tokenizer."""
+
+  def __init__(self, options):
+    raise OSError("cannot load the tokenizer")
+
+
+def test_workers_that_cannot_start_stop_the_run_instead_of_failing_every_line(tmp_path):
+  manifest = tmp_path / "m.jsonl"
+  manifest.write_text('{"text": "a"}\n{"text": "b"}\n')
+  options = PreprocessOptions(manifest=str(manifest), output=str(tmp_path / "out"),
+                              tokenizer="unused.model", vqgan=None, chunk_size=1)
+  with pytest.raises(RuntimeError, match="workers died while starting"):
+    preprocess(options, workers=2, progress=False, processor=BrokenProcessor)
