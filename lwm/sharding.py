@@ -3,7 +3,8 @@
 Layers name each dimension logically (`embed`, `heads`, `mlp`, `seq`...). `LOGICAL_RULES` is the only
 place that says which mesh axes shard it. Parameters are sharded over fsdp and sp together, as LWM
 does, so a long-context mesh (large sp) does not replicate them; tp shards heads, the FFN hidden
-dimension and the vocabularies; the sequence is sharded over sp.
+dimension, the vocabularies and the residual stream's embed dimension; the sequence is sharded
+over sp.
 """
 import math
 from typing import Sequence
@@ -28,7 +29,7 @@ LOGICAL_RULES = (
     ("batch", ("dp", "fsdp")),
     ("seq", "sp"),
     ("act_heads", "tp"),
-    ("act_embed", None),
+    ("act_embed", "tp"),  # Residual stream: saved layer inputs are not replicated over tp.
 )
 
 
