@@ -1,0 +1,253 @@
+"""Long-context inference from a training workdir or a Hugging Face directory.
+
+  loaded = load_model("workdirs/stage2")            # latest checkpoint, tokenizers from vocab.json
+  generate = Generator(loaded.model)
+  [answer] = generate([prompt_ids], max_new_tokens=16, eos_id=loaded.tokenizer.eos_id)
+
+The prompt is prefilled with ring attention over the mesh's `sp` axis (`lwm.model.decode.prefill`),
+then decoded one token at a time against the key/value cache; greedy by default, temperature and
+top-p sampling on request. Prompts are padded to a few bucket lengths so that a grid of similar
+prompts compiles once per bucket.
+"""
+import dataclasses
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lwm import sharding as shd
+from lwm.model import decode
+
+
+# ------------------------------------------------------------------------------------ Shapes
+
+def padded_length(n: int, sp: int, buckets_per_octave: int = 8) -> int:
+  """`n` rounded up to a multiple of 2 * sp and of a power of two 1/8 of n's octave (<= 12.5% waste),
+  so prompts of similar length share one compilation."""
+  if n < 1:
+    raise ValueError(f"a prompt needs at least one token, got length {n}")
+  step = 2 ** max(0, math.ceil(math.log2(n)) - int(math.log2(buckets_per_octave)))
+  step = math.lcm(step, 2 * sp)
+  return -(-n // step) * step
+
+
+def cache_shardings(config, mesh, batch: int, seq: int, max_new_tokens: int) -> decode.KVCache:
+  """Shardings of a KVCache: the prompt part like the activations (sequence over sp, kv heads over
+  tp), the generated slots with the batch only."""
+  kv = (config.num_layers, batch, seq, config.num_kv_heads, config.dim_per_head)
+  new = kv[:2] + (max_new_tokens,) + kv[3:]
+  prompt = shd.named_sharding(mesh, (None, "batch", "seq", "kv_heads", None), kv)
+  slots = shd.named_sharding(mesh, (None, "batch", None, "kv_heads", None), new)
+  return decode.KVCache(prompt, prompt, shd.named_sharding(mesh, ("batch", "seq"), (batch, seq)),
+                        NamedSharding(mesh, P()), slots, slots)
+
+
+def _input_sharding(mesh, batch: int, seq: int):
+  return shd.named_sharding(mesh, ("batch", "seq"), (batch, seq))
+
+
+def jit_prefill(graphdef, abstract_params, config, mesh, batch: int, seq: int,
+                max_new_tokens: int):
+  """`jax.jit` of `prefill(params, tokens, vision_mask, lengths) -> (logits, cache)` with shardings."""
+  def run(params, tokens, vision_mask, lengths):
+    return decode.prefill(nnx.merge(graphdef, params), tokens, vision_mask, lengths,
+                          max_new_tokens=max_new_tokens)
+
+  inputs = _input_sharding(mesh, batch, seq)
+  return jax.jit(run, in_shardings=(shd.param_shardings(abstract_params, mesh), inputs, inputs,
+                                    NamedSharding(mesh, P())),
+                 out_shardings=(NamedSharding(mesh, P()),
+                                cache_shardings(config, mesh, batch, seq, max_new_tokens)))
+
+
+def lower_prefill(config, mesh, seq_len: int, batch: int = 1, max_new_tokens: int = 64):
+  """Lowers a prefill of `batch` x `seq_len` tokens from abstract values only (memory planning):
+  `lower_prefill(get_config("1b"), mesh, 1 << 20).compile().memory_analysis()`."""
+  from lwm.model.step import abstract_model
+  graphdef, abstract = nnx.split(abstract_model(config, mesh), nnx.Param)
+  p_shard = shd.param_shardings(abstract, mesh)
+  params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, p_shard)
+  inputs = _input_sharding(mesh, batch, seq_len)
+  tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32, sharding=inputs)
+  vision = jax.ShapeDtypeStruct((batch, seq_len), jnp.bool_, sharding=inputs)
+  lengths = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=NamedSharding(mesh, P()))
+  prefill = jit_prefill(graphdef, abstract, config, mesh, batch, seq_len, max_new_tokens)
+  return prefill.lower(params, tokens, vision, lengths)
+
+
+# ------------------------------------------------------------------------------------ Generation
+
+class Generator:
+  """Prefill + cached decoding for one model; jitted functions are kept per shape.
+
+  `generator(prompts, vision_masks=None, max_new_tokens=32, eos_id=-1, temperature=0.0, top_p=1.0,
+  seed=0)` takes a list of token-id sequences (and optional bool masks of the same lengths: True
+  for vision ids) and returns, per prompt, the generated ids up to (without) EOS.
+  """
+
+  def __init__(self, model):
+    self.config, self.mesh = model.config, model.get_mesh()
+    self.graphdef, self.params = nnx.split(model, nnx.Param)
+    self.abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), self.params)
+    self._prefill, self._decode, self._sample = {}, None, {}
+
+  def prefill(self, tokens, vision_mask, lengths, max_new_tokens: int):
+    """tokens, vision_mask: `[batch, seq]` (seq already padded); lengths `[batch]` -> (logits, cache)."""
+    batch, seq = tokens.shape
+    key = (batch, seq, max_new_tokens)
+    if key not in self._prefill:
+      self._prefill[key] = jit_prefill(self.graphdef, self.abstract, self.config, self.mesh, *key)
+    sharding = _input_sharding(self.mesh, batch, seq)
+    put = lambda a, dtype: jax.device_put(np.asarray(a, dtype), sharding)
+    return self._prefill[key](self.params, put(tokens, np.int32), put(vision_mask, bool),
+                              jnp.asarray(lengths, jnp.int32))
+
+  def decode(self, cache, tokens, step: int):
+    """Feeds generated tokens `[batch]` as number `step`; the cache is donated."""
+    if self._decode is None:
+      graphdef = self.graphdef
+      self._decode = jax.jit(
+          lambda params, cache, tokens, step: decode.decode_step(nnx.merge(graphdef, params), cache,
+                                                                 tokens, step),
+          donate_argnums=(1,))
+    return self._decode(self.params, cache, tokens, jnp.int32(step))
+
+  def sample(self, logits, key, temperature: float, top_p: float):
+    fn_key = (float(temperature), float(top_p))
+    if fn_key not in self._sample:
+      self._sample[fn_key] = jax.jit(
+          lambda logits, key: decode.sample_token(logits, key, temperature, top_p))
+    return self._sample[fn_key](logits, key)
+
+  def __call__(self, prompts, vision_masks=None, *, max_new_tokens: int = 32, eos_id: int = -1,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list:
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    lengths = [len(p) for p in prompts]
+    seq = padded_length(max(lengths), self.mesh.shape["sp"])
+    tokens = np.zeros((len(prompts), seq), np.int32)
+    mask = np.zeros((len(prompts), seq), bool)
+    for i, prompt in enumerate(prompts):
+      tokens[i, :lengths[i]] = prompt
+      if vision_masks is not None:
+        if len(vision_masks[i]) != lengths[i]:
+          raise ValueError(f"vision mask {i} has {len(vision_masks[i])} entries for a prompt of "
+                           f"{lengths[i]} tokens")
+        mask[i, :lengths[i]] = vision_masks[i]
+    logits, cache = self.prefill(tokens, mask, lengths, max_new_tokens)
+    key = jax.random.key(seed)
+    generated, done = [], np.zeros(len(prompts), bool)
+    for step in range(max_new_tokens):
+      key, subkey = jax.random.split(key)
+      token = self.sample(logits, subkey, temperature, top_p)
+      generated.append(np.asarray(token))
+      done |= generated[-1] == eos_id
+      if done.all() or step == max_new_tokens - 1:
+        break
+      logits, cache = self.decode(cache, token, step)
+    out = np.stack(generated, axis=1)
+    return [_until(row, eos_id) for row in out]
+
+
+def _until(row, eos_id: int) -> list:
+  ids = [int(t) for t in row]
+  return ids[:ids.index(eos_id)] if eos_id in ids else ids
+
+
+# ------------------------------------------------------------------------------------ Loading
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A model and what is needed to build its prompts.
+
+  vocab: the dataset's vocab.json dict (bos, eos, vision_start, vision_end, codebook_size,
+  codes_per_frame, tokenizer, vqgan) or {} for a Hugging Face directory. sampling: the data stage's
+  frame sampling ({'fps', 'max_frames', 'min_frames'}) when recorded.
+  """
+  model: object
+  tokenizer: object | None
+  vocab: dict
+  vqgan_dir: str | None
+  sampling: dict | None
+  source: str
+
+
+def default_mesh():
+  """All devices on `sp`: a prompt's sequence is spread over every device."""
+  return shd.make_mesh(sp=jax.device_count())
+
+
+def load_model(checkpoint: str, mesh=None, *, dtype: str | None = None,
+               tokenizer: str | None = None, vqgan: str | None = None) -> LoadedModel:
+  """Loads a training workdir (its latest checkpoint) or a Hugging Face LLaMA directory onto `mesh`.
+
+  The tokenizer and VQGAN default to those the run's dataset recorded in vocab.json (a HF directory:
+  its tokenizer.model); `tokenizer`/`vqgan` override them. dtype: activation dtype (default: the
+  stage's training dtype; float32 for HF directories unless given).
+  """
+  from lwm import stage
+  from lwm.data import text_tokenizer
+  mesh = mesh or default_mesh()
+  if stage.is_hf_dir(checkpoint):
+    model, vocab, sampling, source = _load_hf(checkpoint, mesh, dtype, vqgan)
+  elif os.path.isfile(os.path.join(checkpoint, "config.json")):
+    model, vocab, sampling, source = _load_workdir(checkpoint, mesh, dtype)
+  else:
+    raise ValueError(f"--checkpoint {checkpoint!r} is neither a training workdir (config.json + "
+                     "checkpoints/) nor a Hugging Face directory (config.json + *.safetensors)")
+  tokenizer = tokenizer or vocab.get("tokenizer")
+  if tokenizer is None and os.path.isfile(os.path.join(checkpoint, "tokenizer.model")):
+    tokenizer = os.path.join(checkpoint, "tokenizer.model")
+  vqgan = vqgan or vocab.get("vqgan")
+  text = text_tokenizer.load_tokenizer(tokenizer) if tokenizer else None
+  return LoadedModel(model, text, vocab, vqgan, sampling, source)
+
+
+def _load_workdir(workdir: str, mesh, dtype):
+  import ml_collections
+  from lwm import checkpoint, stage, train
+  from lwm.model.step import abstract_model
+  with open(os.path.join(workdir, "config.json")) as f:
+    stage_config = ml_collections.ConfigDict(json.load(f))
+  vocab = stage.dataset_vocab(stage_config.data.path)
+  config = train.model_config(stage_config, vocab)
+  if dtype:
+    config = config.replace(dtype=dtype)
+  graphdef, abstract = nnx.split(abstract_model(config, mesh), nnx.Param)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shd.param_shardings(abstract, mesh))
+  params, step = checkpoint.restore_params(workdir, abstract)
+  sampling = None
+  options = os.path.join(stage_config.data.path, "work", "options.json")
+  if os.path.isfile(options):
+    with open(options) as f:
+      sampling = json.load(f).get("sampling")
+  return nnx.merge(graphdef, params), vocab, sampling, f"{workdir} step {step}"
+
+
+def _load_hf(path: str, mesh, dtype, vqgan):
+  from lwm.model import hf
+  vision = 0
+  if vqgan:
+    with open(os.path.join(vqgan, "config.json")) as f:
+      vision = json.load(f)["codebook_size"] + 256
+  model = hf.from_hf_llama(path, mesh=mesh, compute_dtype=dtype, vision_vocab_size=vision)
+  return model, {}, None, path
+
+
+# ------------------------------------------------------------------------------------ Memory
+
+def memory_figures(compiled) -> dict:
+  """Per-device GiB from `compiled.memory_analysis()`: arguments, outputs, temp, peak."""
+  stats = compiled.memory_analysis()
+  gib = lambda n: n / 1024 ** 3
+  peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes +
+          stats.temp_size_in_bytes)
+  return {"arguments": gib(stats.argument_size_in_bytes), "outputs": gib(stats.output_size_in_bytes),
+          "temp": gib(stats.temp_size_in_bytes), "peak": gib(peak)}
