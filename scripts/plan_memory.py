@@ -58,7 +58,7 @@ def main(argv=None):
   flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={math.prod(sizes)}"
   os.environ["XLA_FLAGS"] = flags if args.cpu_licm else f"{flags} {CPU_FLAGS}"
   from lwm import sharding as shd  # pylint: disable=import-outside-toplevel
-  from lwm.model import get_config, lower_train_step  # pylint: disable=import-outside-toplevel
+  from lwm.model import abstract_model, count_params, get_config, lower_train_step  # pylint: disable=import-outside-toplevel
 
   overrides = {"dtype": args.dtype, "param_dtype": "float32"}
   if args.remat_policy:
@@ -78,6 +78,7 @@ def main(argv=None):
           "(parameters stay sharded). Prefer fsdp=1 and a larger sp for batch 1.")
   print(f"model {args.model}: {config}")
   print(f"XLA_FLAGS={os.environ['XLA_FLAGS'].strip()}")
+  print(f"parameters: {count_params(abstract_model(config)) / 1e9:.3f} B (text and vision)")
   print(f"mesh dp,fsdp,tp,sp = {sizes}; batch {args.batch} x {args.seq_len} tokens; "
         f"{args.seq_len // mesh.shape['sp']} tokens per sp shard")
 
