@@ -41,16 +41,29 @@ def _segment_range(seg):
   return jnp.where(seg == 0, big, seg).min(axis=1), jnp.where(seg == 0, -1, seg).max(axis=1)
 
 
-def _tile_needed(q_pos, kv_pos, q_seg, kv_seg, causal):
-  """False when every (query, key) pair of the tile is masked; positions are contiguous in a tile."""
-  needed = jnp.bool_(True)
+SKIP, FULL, MASKED = 0, 1, 2  # what a tile needs: nothing, no mask, or the mask
+
+
+def _tile_kind(q_pos, kv_pos, q_seg, kv_seg, causal):
+  """SKIP when every (query, key) pair of the tile is masked, FULL when none is, else MASKED.
+
+  Positions are contiguous within a tile, so the causal test reads the tile's first and last ones.
+  """
+  needed, full = jnp.bool_(True), jnp.bool_(True)
   if causal:
-    needed = q_pos[-1] >= kv_pos[0]
+    needed, full = q_pos[-1] >= kv_pos[0], q_pos[0] >= kv_pos[-1]
   if q_seg is not None:
     q_lo, q_hi = _segment_range(q_seg)
     k_lo, k_hi = _segment_range(kv_seg)
     needed &= jnp.any((q_lo <= k_hi) & (k_lo <= q_hi))
-  return needed
+    one_segment = (q_lo == q_hi) & (k_lo == q_lo) & (k_hi == q_lo)
+    full &= jnp.all(one_segment) & (q_seg.min() > 0) & (kv_seg.min() > 0)
+  return jnp.where(needed, jnp.where(full, FULL, MASKED), SKIP)
+
+
+def _by_kind(kind, update, acc):
+  """Runs `update(acc, masked)` as the tile kind asks; skipped tiles cost only this branch."""
+  return lax.switch(kind, [lambda a: a, lambda a: update(a, False), lambda a: update(a, True)], acc)
 
 
 def _tile_mask(q_pos, kv_pos, q_seg, kv_seg, causal):
@@ -109,12 +122,16 @@ def block_forward(q, k, v, q_pos, kv_pos, q_seg, kv_seg, state, tiling, precisio
       ks = j * bk
       qp, kp, qseg, kseg = _pos_seg_tiles(q_pos, kv_pos, q_seg, kv_seg, qs, ks, tiling)
 
-      def update(acc):
+      def update(acc, masked):
         o_c, m_c, l_c = acc  # [b, bq, hkv, g, d], [b, hkv, g, bq] x2
-        mask = _tile_mask(qp, kp, qseg, kseg, tiling.causal)
-        s = jnp.where(mask, _scores(qc, _slice(k, ks, bk), scale, precision), MASK_VALUE)
+        s = _scores(qc, _slice(k, ks, bk), scale, precision)
+        if masked:
+          mask = _tile_mask(qp, kp, qseg, kseg, tiling.causal)
+          s = jnp.where(mask, s, MASK_VALUE)
         m_new = jnp.maximum(m_c, s.max(-1))
-        p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+        p = jnp.exp(s - m_new[..., None])
+        if masked:
+          p = jnp.where(mask, p, 0.0)
         alpha = jnp.exp(m_c - m_new)
         vc = _slice(v, ks, bk)
         pv = jnp.einsum("bhgqk,bkhd->bqhgd", p.astype(vc.dtype), vc, precision=precision,
@@ -122,7 +139,7 @@ def block_forward(q, k, v, q_pos, kv_pos, q_seg, kv_seg, state, tiling, precisio
         o_c = o_c * jnp.moveaxis(alpha, 3, 1)[..., None] + pv
         return o_c, m_new, l_c * alpha + p.sum(-1)
 
-      return lax.cond(_tile_needed(qp, kp, qseg, kseg, tiling.causal), update, lambda a: a, acc)
+      return _by_kind(_tile_kind(qp, kp, qseg, kseg, tiling.causal), update, acc)
 
     o_c, m_c, l_c = lax.fori_loop(0, n_kv // bk, kv_tile, acc)
     o = lax.dynamic_update_slice_in_dim(o, o_c.reshape(o_c.shape[:2] + (-1, o_c.shape[-1])), qs, 1)
@@ -170,12 +187,12 @@ def block_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, dq, ti
       qs = i * bq
       qp, kp, qseg, kseg = _pos_seg_tiles(q_pos, kv_pos, q_seg, kv_seg, qs, ks, tiling)
 
-      def update(acc):
+      def update(acc, masked):
         dq, dk_c, dv_c = acc
         qc, doc = _grouped(_slice(q, qs, bq), kv_heads), _grouped(_slice(do, qs, bq), kv_heads)
-        mask = _tile_mask(qp, kp, qseg, kseg, tiling.causal)
-        s = _scores(qc, kc, scale, precision)
-        p = jnp.where(mask, jnp.exp(s - _rows(_slice(lse, qs, bq), kv_heads)), 0.0)
+        p = jnp.exp(_scores(qc, kc, scale, precision) - _rows(_slice(lse, qs, bq), kv_heads))
+        if masked:
+          p = jnp.where(_tile_mask(qp, kp, qseg, kseg, tiling.causal), p, 0.0)
         dv_c += jnp.einsum("bhgqk,bqhgd->bkhd", p.astype(doc.dtype), doc, precision=precision,
                            preferred_element_type=jnp.float32)
         dp = jnp.einsum("bqhgd,bkhd->bhgqk", doc, vc, precision=precision,
@@ -188,7 +205,7 @@ def block_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, dq, ti
                            preferred_element_type=jnp.float32)
         return dq, dk_c, dv_c
 
-      return lax.cond(_tile_needed(qp, kp, qseg, kseg, tiling.causal), update, lambda a: a, acc)
+      return _by_kind(_tile_kind(qp, kp, qseg, kseg, tiling.causal), update, acc)
 
     zeros = jnp.zeros(kc.shape, jnp.float32)
     dq, dk_c, dv_c = lax.fori_loop(0, n_q // bq, q_tile, (dq, zeros, zeros))
