@@ -1,10 +1,10 @@
 """One mesh with axes (dp, fsdp, tp, sp) and one table mapping logical axis names to mesh axes.
 
-Layers name each dimension logically (`embed`, `heads`, `mlp`, `seq`...). `LOGICAL_RULES` is the only
-place that says which mesh axes shard it. Parameters are sharded over fsdp and sp together, as LWM
-does, so a long-context mesh (large sp) does not replicate them; tp shards heads, the FFN hidden
-dimension, the vocabularies and the residual stream's embed dimension; the sequence is sharded
-over sp.
+Layers name each dimension logically (`embed`, `heads`, `mlp`, `seq`...). `LOGICAL_RULES` is the
+only place that says which mesh axes shard it. Parameters are sharded over fsdp and sp together, as
+LWM does, so a long-context mesh (large sp) does not replicate them; tp shards heads, the FFN
+hidden dimension, the vocabularies and the residual stream's embed dimension; the sequence is
+sharded over sp.
 """
 import math
 from typing import Sequence

@@ -55,10 +55,12 @@ def main(argv=None):
     sys.exit(f"--mesh {args.mesh!r} must give four sizes dp,fsdp,tp,sp (e.g. 1,2,1,4)")
   # Must happen before JAX initialises its CPU backend.
   os.environ["JAX_PLATFORMS"] = "cpu"
-  flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={math.prod(sizes)}"
+  flags = (os.environ.get("XLA_FLAGS", "") +
+           f" --xla_force_host_platform_device_count={math.prod(sizes)}")
   os.environ["XLA_FLAGS"] = flags if args.cpu_licm else f"{flags} {CPU_FLAGS}"
-  from lwm import sharding as shd  # pylint: disable=import-outside-toplevel
-  from lwm.model import abstract_model, count_params, get_config, lower_train_step  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from lwm import sharding as shd
+  from lwm.model import abstract_model, count_params, get_config, lower_train_step
 
   overrides = {"dtype": args.dtype, "param_dtype": "float32"}
   if args.remat_policy:

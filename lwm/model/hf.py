@@ -76,7 +76,8 @@ def write_safetensors(path: str, tensors: dict, metadata: dict | None = None) ->
 
 
 def read_checkpoint(path: str) -> dict:
-  """All tensors of a checkpoint directory: via model.safetensors.index.json, else every *.safetensors."""
+  """All tensors of a checkpoint directory: the files of model.safetensors.index.json if present,
+  else every *.safetensors file."""
   index = os.path.join(path, "model.safetensors.index.json")
   if os.path.exists(index):
     with open(index) as f:
@@ -98,8 +99,8 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
                      "(context is extended by raising rope_theta instead)")
   if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
     raise ValueError("expected a LLaMA without biases and with silu activation, got "
-                     f"hidden_act={hf.get('hidden_act')}, attention_bias={hf.get('attention_bias')}, "
-                     f"mlp_bias={hf.get('mlp_bias')}")
+                     f"hidden_act={hf.get('hidden_act')}, "
+                     f"attention_bias={hf.get('attention_bias')}, mlp_bias={hf.get('mlp_bias')}")
   fields = dict(
       vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
       intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],

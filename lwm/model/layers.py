@@ -14,14 +14,20 @@ from lwm import sharding as shd
 
 
 def rms_norm(x, weight, eps: float):
-  """RMSNorm as LLaMA computes it: statistics in float32, scale in the input dtype. x: [..., embed]."""
+  """RMSNorm as LLaMA computes it: statistics in float32, scale in the input dtype.
+
+  x: [..., embed]; weight: [embed]. Returns x's shape and dtype.
+  """
   xf = x.astype(jnp.float32)
   y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
   return y.astype(x.dtype) * weight.astype(x.dtype)
 
 
 def rope_angles(positions, head_dim: int, theta: float):
-  """cos, sin of the rotary angles, each `[batch, seq, head_dim // 2]` float32, for int positions."""
+  """cos, sin of the rotary angles for int positions `[batch, seq]`.
+
+  Returns two float32 arrays `[batch, seq, head_dim // 2]`.
+  """
   exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
   inv_freq = 1.0 / (theta ** exponent)
   angles = positions.astype(jnp.float32)[..., None] * inv_freq
@@ -31,8 +37,9 @@ def rope_angles(positions, head_dim: int, theta: float):
 def apply_rope(x, cos, sin):
   """Rotates x `[batch, seq, heads, head_dim]` in the Hugging Face "rotate_half" convention.
 
-  Pairs are (i, i + head_dim/2), not the interleaved (2i, 2i+1) of Meta's complex form: HF checkpoints
-  permute q/k weights for this convention, so it is the one that reproduces their logits.
+  Pairs are (i, i + head_dim/2), not the interleaved (2i, 2i+1) of Meta's complex form: HF
+  checkpoints permute q/k weights for this convention, so it is the one that reproduces their
+  logits.
   """
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   c, s = cos[:, :, None, :], sin[:, :, None, :]
@@ -53,7 +60,7 @@ def _divisor_at_most(n: int, target: int) -> int:
 
 
 def blockwise_ffn(x, w_gate, w_up, w_down, *, chunk: int, mesh: Mesh):
-  """SwiGLU over sequence chunks of at most `chunk` tokens per device, each recomputed in the backward.
+  """SwiGLU over sequence chunks of at most `chunk` tokens per device, recomputed in the backward.
 
   Only one chunk's `[chunk, mlp]` hidden exists at a time. The sequence is viewed as
   `[batch, sp, chunks, chunk, embed]` so the scan runs over a dimension that is not sharded.
@@ -122,10 +129,10 @@ def decoder_layer(params: dict, x, *, cos, sin, segment_ids, config, mesh: Mesh,
   attend = functools.partial(ring_self_attention, mesh=mesh, block_q=config.attention_block_q,
                              block_kv=config.attention_block_kv)
   # Why the always-true cond: when jax.grad linearizes the scan over layers, it hoists every
-  # computation that does not depend on the loop out of it, recursing into the ring's own loops; the
-  # ring's masks (functions of positions and segment ids only) then become residuals stacked over
-  # ring steps x tiles x tiles (25 GiB per device at 32K tokens for `1b`). A branch index that depends
-  # on the scanned layer index keeps the whole attention call inside the loop.
+  # computation that does not depend on the loop out of it, recursing into the ring's own loops;
+  # the ring's masks (functions of positions and segment ids only) then become residuals stacked
+  # over ring steps x tiles x tiles (25 GiB per device at 32K tokens for `1b`). A branch index that
+  # depends on the scanned layer index keeps the whole attention call inside the loop.
   o = jax.lax.cond(layer_index >= 0, lambda args: attend(*args),
                    lambda args: jnp.zeros_like(args[0]), (q, k, v, segment_ids))
   x = x + o.reshape(batch, seq, config.num_heads * hd) @ params["wo"]

@@ -48,7 +48,7 @@ def loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_
     return None, jnp.stack([(ce * text_w).sum(), text_w.sum(), (ce * vision_w).sum(),
                             vision_w.sum()])
 
-  # Per-chunk sums as scan outputs, not a carry: the carry's varying-axes type would depend on the mesh.
+  # Per-chunk sums as scan outputs, not a carry: a carry's varying-axes type depends on the mesh.
   _, sums = jax.lax.scan(one_chunk, None, xs)
   return sums.sum(axis=0)
 

@@ -14,7 +14,10 @@ from lwm.model.transformer import Transformer
 
 def adamw(learning_rate=3e-4, *, weight_decay: float = 0.1, b1: float = 0.9, b2: float = 0.95,
           clip_norm: float | None = 1.0) -> optax.GradientTransformation:
-  """LWM's optimizer: AdamW (b2=0.95) after global-norm clipping. learning_rate may be a schedule."""
+  """LWM's optimizer: AdamW (b2=0.95) after global-norm clipping.
+
+  learning_rate: a float or an optax schedule.
+  """
   tx = optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
   return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm else tx
 
@@ -42,7 +45,8 @@ def abstract_model(config: ModelConfig, mesh: Mesh | None = None) -> Transformer
 
 
 def create_sharded(config: ModelConfig, mesh: Mesh, tx: optax.GradientTransformation, seed=0):
-  """Initialises (graphdef, params, opt_state) directly on the mesh (each device makes its shard)."""
+  """Initialises (graphdef, params, opt_state) directly on the mesh (each device makes its own
+  shard)."""
   graphdef, abstract = nnx.split(abstract_model(config, mesh), nnx.Param)
   p_shard = shd.param_shardings(abstract, mesh)
 

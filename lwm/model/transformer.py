@@ -116,7 +116,8 @@ class Transformer(nnx.Module):
     return layers.rms_norm(x, self.final_norm[...], config.rms_norm_eps)
 
   def logits(self, hidden, head: str = "text"):
-    """hidden [batch, seq, embed] -> float32 logits [batch, seq, vocab] of the `text` or `vision` head."""
+    """hidden [batch, seq, embed] -> float32 logits [batch, seq, vocab] of the `text` or `vision`
+    head."""
     if head not in ("text", "vision"):
       raise ValueError(f"head must be 'text' or 'vision', got {head!r}")
     weight = self.head_text if head == "text" else self.head_vision
