@@ -97,6 +97,13 @@ def question_suffix(question: str) -> str:
   return format_prompt("", question).lstrip()
 
 
+def text_prompt_tokens(tokenizer, document: str, question: str) -> np.ndarray:
+  """A question about a whole document: BOS {document} Question: {question} Answer:."""
+  bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
+  return np.asarray(bos + tokenizer.encode(format_prompt(" ".join(document.split()), question)),
+                    np.int32)
+
+
 # ------------------------------------------------------------------------------------ Haystacks
 
 _SUBJECTS = ("the old farmer", "a quiet river", "the morning train", "every garden", "the painter",
@@ -221,7 +228,7 @@ def grid_cells(context_lengths, depths, rounds: int = 1) -> list[dict]:
           for n in context_lengths for d in depths for r in range(rounds)]
 
 
-def _cell_rng(seed: int, cell: dict) -> np.random.Generator:
+def cell_rng(seed: int, cell: dict) -> np.random.Generator:
   return np.random.default_rng([seed, cell["context_length"], int(cell["depth"] * 1000),
                                 cell["round"]])
 
@@ -254,7 +261,7 @@ def run_text_needle(loaded, *, output: str, context_lengths, depths, rounds: int
   max_new_tokens = max_new_tokens or 8 + retrieve * (digits + 2)
 
   def evaluate(cell):
-    drawn = draw_needles(_cell_rng(seed, cell), needles, digits=digits, split=split)
+    drawn = draw_needles(cell_rng(seed, cell), needles, digits=digits, split=split)
     prompt = build_text_prompt(tokenizer, hay, drawn, cell["depth"], cell["context_length"],
                                retrieve)
     [ids] = generator([prompt.tokens], max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,

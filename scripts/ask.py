@@ -1,0 +1,80 @@
+"""Asks a trained model one question about a video or a document and prints the answer.
+
+  python scripts/ask.py --checkpoint workdirs/vision --video clip.mp4 --question "What happens?"
+  python scripts/ask.py --checkpoint workdirs/text --text-file book.txt --question "Who is Ada?"
+
+The prompt is the format the model was trained with (lwm/eval/needle.py, video_needle.py):
+BOS [<vision> frames </vision> | document] Question: {question} Answer:
+Frames are sampled as the run's data stage sampled them (or --max-frames/--fps).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--checkpoint", required=True, help="training workdir or Hugging Face directory")
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--video", help="a video file")
+  source.add_argument("--text-file", help="a text document")
+  p.add_argument("--question", required=True)
+  p.add_argument("--tokenizer", default=None)
+  p.add_argument("--vqgan", default=None)
+  p.add_argument("--max-frames", type=int, default=None, help="default: the data stage's sampling")
+  p.add_argument("--fps", type=float, default=None)
+  p.add_argument("--mesh", default=None, help="dp,fsdp,tp,sp (default: all devices on sp)")
+  p.add_argument("--dtype", default=None)
+  p.add_argument("--max-new-tokens", type=int, default=64)
+  p.add_argument("--temperature", type=float, default=0.0)
+  p.add_argument("--top-p", type=float, default=1.0)
+  p.add_argument("--seed", type=int, default=0)
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  from eval_needle import setup_devices  # same directory
+  setup_devices(args.mesh)
+  from lwm import sharding
+  from lwm.data import vqgan
+  from lwm.data.video import FrameSampling, decode_video
+  from lwm.eval import inference, needle, video_needle
+  mesh = sharding.parse_mesh(args.mesh) if args.mesh else None
+  loaded = inference.load_model(args.checkpoint, mesh, dtype=args.dtype, tokenizer=args.tokenizer,
+                                vqgan=args.vqgan)
+  if loaded.tokenizer is None:
+    sys.exit("no tokenizer recorded for this checkpoint: pass --tokenizer PATH")
+  mask = None
+  if args.video:
+    if not loaded.vqgan_dir:
+      sys.exit("no VQGAN recorded for this checkpoint: pass --vqgan DIR")
+    encoder = vqgan.FrameEncoder(vqgan.load(loaded.vqgan_dir))
+    fps, max_frames = args.fps, args.max_frames
+    if fps is None and max_frames is None:  # as the run's data stage sampled its videos
+      recorded = loaded.sampling or {}
+      fps, max_frames = recorded.get("fps"), recorded.get("max_frames")
+    if fps is None and max_frames is None:
+      max_frames = 8
+    frames = decode_video(args.video, encoder.config.resolution,
+                          FrameSampling(fps=fps, max_frames=max_frames, min_frames=1))
+    vocab = video_needle.vocab_for(loaded.tokenizer, encoder.config.codebook_size)
+    tokens, mask, _ = video_needle.video_prompt_tokens(loaded.tokenizer, vocab, encoder(frames),
+                                                       args.question)
+    mask = [mask]
+    print(f"[ask] {len(frames)} frames, {len(tokens)} prompt tokens", file=sys.stderr)
+  else:
+    with open(args.text_file, encoding="utf-8") as f:
+      tokens = needle.text_prompt_tokens(loaded.tokenizer, f.read(), args.question)
+    print(f"[ask] {len(tokens)} prompt tokens", file=sys.stderr)
+  generate = inference.Generator(loaded.model)
+  [ids] = generate([tokens], mask, max_new_tokens=args.max_new_tokens,
+                   eos_id=loaded.tokenizer.eos_id, temperature=args.temperature, top_p=args.top_p,
+                   seed=args.seed)
+  print(loaded.tokenizer.decode(ids).strip())
+
+
+if __name__ == "__main__":
+  main()

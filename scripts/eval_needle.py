@@ -1,0 +1,114 @@
+"""Needle in a haystack on long text or long video: a depth x context-length grid, resumable.
+
+  python scripts/eval_needle.py --checkpoint workdirs/stage2 --mode text \
+      --context-lengths 1024,4096 --depths 0,25,50,75,100 --output out/needle [--rounds 3] \
+      [--needles 4 --retrieve 2] [--haystack essays.txt]
+  python scripts/eval_needle.py --checkpoint workdirs/vision --mode video --context-lengths 8k,32k \
+      --depth-intervals 5 --output out/video_needle [--haystack long.mp4 | --haystack manifest.jsonl]
+
+--checkpoint is a training workdir (its latest checkpoint; the tokenizer and VQGAN come from the
+run's dataset vocab.json unless --tokenizer/--vqgan are given) or a Hugging Face LLaMA directory.
+Writes OUT/results.json (one entry per cell, reruns skip finished cells), OUT/heatmap.png and prints
+the depth x length table. Without accelerators, the CPU is split into as many devices as --mesh needs.
+"""
+import argparse
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--checkpoint", required=True, help="training workdir or Hugging Face directory")
+  p.add_argument("--mode", choices=["text", "video"], default="text")
+  p.add_argument("--output", required=True, help="directory for results.json and heatmap.png")
+  p.add_argument("--context-lengths", default=None, help="tokens, e.g. 1024,4096 or 1k,32k,1m")
+  p.add_argument("--context-lengths-min", type=int, default=1024)
+  p.add_argument("--context-lengths-max", type=int, default=None)
+  p.add_argument("--context-lengths-num-intervals", type=int, default=5)
+  p.add_argument("--depths", default=None, help="depth percents, e.g. 0,25,50,75,100")
+  p.add_argument("--depth-percent-min", type=float, default=0)
+  p.add_argument("--depth-percent-max", type=float, default=100)
+  p.add_argument("--depth-intervals", type=int, default=5, help="number of depths (with min/max)")
+  p.add_argument("--rounds", type=int, default=1, help="needles drawn anew in each round")
+  p.add_argument("--needles", type=int, default=1, help="text: needles inserted (N)")
+  p.add_argument("--retrieve", type=int, default=1, help="text: needles asked for (R <= N)")
+  p.add_argument("--haystack", default=None,
+                 help="text: a .txt file or a .jsonl with 'text' fields; video: a video file or a "
+                      "manifest .jsonl whose clips are concatenated; default: built-in filler")
+  p.add_argument("--digits", type=int, default=None, help="digits of a value (text 7, video 3)")
+  p.add_argument("--split", default="eval", choices=["eval", "train", "all"],
+                 help="text: which needle keys to draw (eval keys are never used for training)")
+  p.add_argument("--needle-image", default=None, help="video: an image to hide instead of a number")
+  p.add_argument("--needle-answer", default=None, help="video: what --needle-image shows")
+  p.add_argument("--needle-frames", type=int, default=1, help="video: frames the needle lasts")
+  p.add_argument("--tokenizer", default=None, help="sentencepiece .model (default: the run's)")
+  p.add_argument("--vqgan", default=None, help="VQGAN directory (default: the run's)")
+  p.add_argument("--mesh", default=None, help="dp,fsdp,tp,sp (default: all devices on sp)")
+  p.add_argument("--dtype", default=None, help="activation dtype (default: the stage's)")
+  p.add_argument("--max-new-tokens", type=int, default=None)
+  p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+  p.add_argument("--top-p", type=float, default=1.0)
+  p.add_argument("--seed", type=int, default=0)
+  return p.parse_args(argv)
+
+
+def setup_devices(mesh: str | None) -> None:
+  """Without accelerators the CPU gets as many devices as the mesh needs (before JAX starts)."""
+  if mesh:
+    count = math.prod(int(s) for s in mesh.split(","))
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+      os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+def grids(args):
+  from lwm.eval import grid
+  if args.context_lengths:
+    lengths = grid.parse_list(args.context_lengths)
+  elif args.context_lengths_max:
+    lengths = grid.linear_grid(args.context_lengths_min, args.context_lengths_max,
+                               args.context_lengths_num_intervals)
+  else:
+    sys.exit("give --context-lengths 1024,4096 or --context-lengths-max (with -min, -num-intervals)")
+  if args.depths:
+    depths = [float(d) for d in args.depths.split(",")]
+  else:
+    depths = [float(d) for d in grid.linear_grid(args.depth_percent_min, args.depth_percent_max,
+                                                  args.depth_intervals)]
+  return lengths, depths
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  setup_devices(args.mesh)
+  from lwm import sharding
+  from lwm.eval import inference, needle, video_needle
+  lengths, depths = grids(args)
+  mesh = sharding.parse_mesh(args.mesh) if args.mesh else None
+  loaded = inference.load_model(args.checkpoint, mesh, dtype=args.dtype, tokenizer=args.tokenizer,
+                                vqgan=args.vqgan)
+  print(f"[eval_needle] {args.mode} needle, model {loaded.source}, mesh "
+        f"{dict(loaded.model.get_mesh().shape)}, lengths {lengths}, depths {depths}", flush=True)
+  common = dict(output=args.output, context_lengths=lengths, depths=depths, rounds=args.rounds,
+                seed=args.seed, max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature, top_p=args.top_p)
+  if args.mode == "text":
+    summary = needle.run_text_needle(loaded, needles=args.needles, retrieve=args.retrieve,
+                                     haystack=args.haystack, digits=args.digits or 7,
+                                     split=args.split, **common)
+  else:
+    video, manifest = (None, args.haystack) if (args.haystack or "").endswith(".jsonl") else (
+        args.haystack, None)
+    summary = video_needle.run_video_needle(
+        loaded, video=video, manifest=manifest, needle_image=args.needle_image,
+        needle_answer=args.needle_answer, needle_frames=args.needle_frames,
+        digits=args.digits or 3, **common)
+  print(summary["table"])
+  print(f"results: {summary['results']}\nheatmap: {summary['heatmap']}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,58 @@
+"""Helpers for the evaluation tests: a tokenizer that knows the needle format, a tiny VQGAN, and a
+training workdir with a random `tiny` model (config.json, a dataset vocab.json, one checkpoint)."""
+import json
+import os
+
+import numpy as np
+from flax import nnx
+
+from lwm import checkpoint, stage, train
+from lwm.data import text_tokenizer, vqgan
+from lwm.eval import needle, video_needle
+from lwm.model import Transformer
+
+
+def make_tokenizer(root: str) -> str:
+  rng = np.random.default_rng(0)
+  texts = [needle.synthetic_haystack(400, seed=1), video_needle.video_example_text("123")]
+  for n in needle.draw_needles(rng, 20, split="all"):
+    texts.append(needle.format_prompt(needle.text_needle_sentence(n.key, n.value),
+                                      needle.text_question(n.key)) + needle.text_answer(n.value))
+  return text_tokenizer.train_tokenizer(texts, os.path.join(root, "tok.model"), vocab_size=400)
+
+
+def make_vqgan(root: str) -> str:
+  path = os.path.join(root, "vq")
+  vqgan.save(path, vqgan.create(vqgan.get_config("tiny"), seed=0))
+  return path
+
+
+def make_workdir(root: str, seed: int = 0) -> str:
+  """A workdir as scripts/train.py leaves it, with a random tiny model at step 3."""
+  tokenizer = text_tokenizer.load_tokenizer(make_tokenizer(root))
+  vq = make_vqgan(root)
+  data = os.path.join(root, "data")
+  os.makedirs(data, exist_ok=True)
+  codebook = vqgan.get_config("tiny").codebook_size
+  vocab = {"text_vocab_size": tokenizer.vocab_size, "bos": tokenizer.bos_id,
+           "eos": tokenizer.eos_id, "vision_start": tokenizer.vision_start,
+           "vision_end": tokenizer.vision_end, "tokenizer": tokenizer.path,
+           "codebook_size": codebook, "eof": codebook, "eov": codebook + 1,
+           "vision_vocab_size": codebook + 256,
+           "codes_per_frame": vqgan.get_config("tiny").codes_per_frame, "vqgan": vq}
+  with open(os.path.join(data, "vocab.json"), "w") as f:
+    json.dump(vocab, f)
+  config = stage.base_config()
+  config.model, config.seq_len, config.mesh = "tiny", 256, "1,1,1,8"
+  config.data.path, config.train.dtype = data, "float32"
+  workdir = os.path.join(root, "workdir")
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=1))
+  model_config = train.model_config(config, vocab)
+  _, params = nnx.split(Transformer(model_config, rngs=nnx.Rngs(seed)), nnx.Param)
+  mngr = checkpoint.manager(workdir, async_save=False)
+  checkpoint.save(mngr, 3, params, params, {}, {"step": 3})
+  mngr.wait_until_finished()
+  mngr.close()
+  return workdir
