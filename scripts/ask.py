@@ -38,6 +38,8 @@ def main(argv=None):
   args = parse_args(argv)
   from eval_needle import setup_devices  # same directory
   setup_devices(args.mesh)
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)  # Orbax warns about reading a checkpoint read-only
   from lwm import sharding
   from lwm.data import vqgan
   from lwm.data.video import FrameSampling, decode_video

@@ -84,6 +84,8 @@ def grids(args):
 def main(argv=None):
   args = parse_args(argv)
   setup_devices(args.mesh)
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)  # Orbax warns about reading a checkpoint read-only
   from lwm import sharding
   from lwm.eval import inference, needle, video_needle
   lengths, depths = grids(args)
