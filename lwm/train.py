@@ -112,12 +112,7 @@ def train(config, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- Model and optimizer
   tx = optimizer(t)
-  graphdef, abstract_params = nnx.split(step_lib.abstract_model(cfg, mesh), nnx.Param)
-  p_shard = sharding.param_shardings(abstract_params, mesh)
-  o_shard = step_lib.opt_shardings(tx, abstract_params, p_shard, mesh)
-  with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
-  abstract_params = jax.tree.map(with_sharding, abstract_params, p_shard)
-  abstract_opt = jax.tree.map(with_sharding, jax.eval_shape(tx.init, abstract_params), o_shard)
+  graphdef, abstract_params, abstract_opt = step_lib.abstract_train_state(cfg, mesh, tx)
   num_params = sum(x.size for x in jax.tree.leaves(abstract_params))
 
   # ---------------------------------------------------------------- Checkpoint: resume or init
@@ -130,8 +125,8 @@ def train(config, workdir: str) -> dict:
     source = f"resumed from step {start}"
   else:
     start = 0
-    params, source = _initial_params(config, cfg, mesh, graphdef, abstract_params)
-    opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
+    params, source = _initial_params(config, cfg, mesh, abstract_params)
+    opt_state = step_lib.init_optimizer(tx, params, mesh)
   if is_main:
     print(f"[lwm] {cfg.num_layers} layers, {num_params / 1e6:.1f}M parameters, mesh {config.mesh}, "
           f"seq_len {config.seq_len}, rope_theta {cfg.rope_theta:g}; {source}", flush=True)
@@ -187,7 +182,7 @@ def train(config, workdir: str) -> dict:
   return last
 
 
-def _initial_params(config, cfg, mesh, graphdef, abstract_params):
+def _initial_params(config, cfg, mesh, abstract_params):
   """Random parameters, or those of the previous stage (a workdir) or of a HF LLaMA directory."""
   if stage.is_hf_dir(config.init_from):
     overrides = {k: getattr(cfg, k) for k in ("rope_theta", "max_sequence_length", "dtype")}
