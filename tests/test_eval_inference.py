@@ -113,3 +113,13 @@ def test_padded_length_buckets():
   assert inference.padded_length(3, 4) == 8
   with pytest.raises(ValueError, match="at least one token, got length 0"):
     inference.padded_length(0, 1)
+
+
+def test_lower_prefill_plans_memory_from_shapes_alone():
+  config = get_config("tiny")
+  mesh = shd.make_mesh(sp=8)
+  figures = inference.memory_figures(inference.lower_prefill(config, mesh, 4096).compile())
+  # Each device holds 1/8 of the float32 keys and values: layers x 2 x tokens x kv_heads x head_dim.
+  cache = 2 * config.num_layers * 4096 * config.num_kv_heads * config.dim_per_head * 4 / 8
+  assert cache / 1024 ** 3 <= figures["outputs"] < 2 * cache / 1024 ** 3
+  assert figures["peak"] >= figures["outputs"]
