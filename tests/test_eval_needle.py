@@ -60,6 +60,10 @@ def test_string_form_tokenizes_to_the_same_prompt(tokenizer):
   assert [tokenizer.bos_id] + tokenizer.encode(prompt.text) == list(prompt.tokens)
   assert prompt.text.endswith("Question: What are the special magic numbers for "
                               f"{found[0].key} and {found[1].key}? Answer:")
+  document = needle.training_document(prompt)
+  assert document.endswith(f"Answer: {found[0].value}, {found[1].value}")
+  answer = tokenizer.encode(needle.text_answer(prompt.expected))
+  assert tokenizer.encode(document) == list(prompt.tokens[1:]) + answer
 
 
 def test_multi_needles_are_spread_after_the_first(tokenizer):

@@ -119,3 +119,11 @@ def test_a_given_needle_image_is_scored_against_its_answer(parts, tmp_path):
       needle_image=str(tmp_path / "needle.png"), needle_answer="77", needle_frames=2,
       progress=False, generator=right)
   assert summary["accuracy"] == 1.0
+
+
+def test_training_text_continues_the_prompt_with_the_answer(parts):
+  _, tokenizer, _, _ = parts
+  from lwm.eval import needle
+  suffix = tokenizer.encode(needle.question_suffix(video_needle.VIDEO_QUESTION))
+  assert tokenizer.encode(video_needle.video_example_text("481")) == (
+      suffix + tokenizer.encode(needle.text_answer("481")))

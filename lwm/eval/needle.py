@@ -221,6 +221,11 @@ def build_text_prompt(tokenizer, haystack: np.ndarray, needles: list[Needle], de
                     [n.value for n in asked], format_prompt(context, question))
 
 
+def training_document(prompt: TextPrompt) -> str:
+  """The prompt with its answer, as one text document for the data stage's manifest."""
+  return prompt.text + text_answer(prompt.expected)
+
+
 # ------------------------------------------------------------------------------------ The grid
 
 def grid_cells(context_lengths, depths, rounds: int = 1) -> list[dict]:
