@@ -123,3 +123,26 @@ def test_lower_prefill_plans_memory_from_shapes_alone():
   cache = 2 * config.num_layers * 4096 * config.num_kv_heads * config.dim_per_head * 4 / 8
   assert cache / 1024 ** 3 <= figures["outputs"] < 2 * cache / 1024 ** 3
   assert figures["peak"] >= figures["outputs"]
+
+
+def test_a_batch_of_prompts_generates_what_each_prompt_does_alone():
+  gen = inference.Generator(tiny_model(shd.make_mesh(1, 2, 2, 2), initializer_range=0.2))
+  prompts = [prompt(36, seed=6), prompt(40, seed=7), prompt(33, seed=8)]  # one bucket: 40
+  together = gen(prompts, max_new_tokens=6)
+  alone = [gen([p], max_new_tokens=6)[0] for p in prompts]
+  assert together == alone and len({tuple(t) for t in together}) == 3
+
+
+def test_bfloat16_inference_stays_close_to_float32():
+  tokens = prompt(50, seed=9)
+  out = {}
+  for dtype in ("float32", "bfloat16"):
+    gen = inference.Generator(tiny_model(shd.make_mesh(sp=8), dtype=dtype))
+    padded = np.zeros((1, 64), np.int32)
+    padded[0, :50] = tokens
+    logits, cache = gen.prefill(padded, np.zeros_like(padded, bool), [50], 2)
+    assert cache.prompt_k.dtype == dtype
+    logits, _ = gen.decode(cache, np.asarray([5], np.int32), 0)
+    out[dtype] = np.asarray(logits)
+  scale = np.abs(out["float32"]).max()
+  np.testing.assert_allclose(out["bfloat16"], out["float32"], atol=0.05 * scale)
