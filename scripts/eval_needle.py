@@ -3,13 +3,15 @@
   python scripts/eval_needle.py --checkpoint workdirs/stage2 --mode text \
       --context-lengths 1024,4096 --depths 0,25,50,75,100 --output out/needle [--rounds 3] \
       [--needles 4 --retrieve 2] [--haystack essays.txt]
-  python scripts/eval_needle.py --checkpoint workdirs/vision --mode video --context-lengths 8k,32k \
-      --depth-intervals 5 --output out/video_needle [--haystack long.mp4 | --haystack manifest.jsonl]
+  python scripts/eval_needle.py --checkpoint workdirs/vision --mode video \
+      --context-lengths 8k,32k --depth-intervals 5 --output out/video_needle \
+      [--haystack long.mp4 | --haystack manifest.jsonl]
 
 --checkpoint is a training workdir (its latest checkpoint; the tokenizer and VQGAN come from the
 run's dataset vocab.json unless --tokenizer/--vqgan are given) or a Hugging Face LLaMA directory.
 Writes OUT/results.json (one entry per cell, reruns skip finished cells), OUT/heatmap.png and prints
-the depth x length table. Without accelerators, the CPU is split into as many devices as --mesh needs.
+the depth x length table. Without accelerators, the CPU is split into as many devices as --mesh
+needs.
 """
 import argparse
 import math
@@ -72,7 +74,8 @@ def grids(args):
     lengths = grid.linear_grid(args.context_lengths_min, args.context_lengths_max,
                                args.context_lengths_num_intervals)
   else:
-    sys.exit("give --context-lengths 1024,4096 or --context-lengths-max (with -min, -num-intervals)")
+    sys.exit("give --context-lengths 1024,4096 or --context-lengths-max (with -min and "
+             "-num-intervals)")
   if args.depths:
     depths = [float(d) for d in args.depths.split(",")]
   else:

@@ -1,4 +1,4 @@
-"""Will a long prompt's prefill fit? Compiles the inference prefill ahead of time and reports memory.
+"""Will a long prompt's prefill fit? Compiles the prefill ahead of time and reports its memory.
 
 The prefill (ring attention over `sp`, every layer's keys and values kept as the decode cache) is
 compiled from abstract shapes on simulated CPU devices, so nothing is allocated; XLA's memory

@@ -1,4 +1,4 @@
-"""Long-context inference: the sharded prefill and the cached decode agree with plain recomputation."""
+"""Long-context inference: the sharded prefill and the cached decode agree with recomputation."""
 import jax
 import numpy as np
 import pytest

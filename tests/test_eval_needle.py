@@ -114,7 +114,8 @@ class OracleGenerator:
     self.calls += 1
     text = self.tokenizer.decode(prompts[0])
     question = text[text.rindex("Question:"):]
-    keys = re.search(r"special magic (?:numbers for )?(.+?)(?: number)?\? Answer:", question).group(1)
+    keys = re.search(r"special magic (?:numbers for )?(.+?)(?: number)?\? Answer:",
+                     question).group(1)
     values = [re.search(rf"magic {re.escape(k)} number is: (\d+)", text).group(1)
               for k in re.split(r", | and ", keys)]
     return [self.tokenizer.encode(needle.text_answer(values))]
@@ -146,7 +147,8 @@ def test_grid_writes_results_and_heatmap_and_resumes(tokenizer, tmp_path):
   assert needle.run_text_needle(loaded, **{**kwargs, "generator": third})["accuracy"] == 1.0
   assert third.calls == 0
   # Other settings into the same directory are refused.
-  with pytest.raises(ValueError, match=r"other settings \(needles=3 there, 1 now; retrieve=2 there, 1 now\)"):
+  with pytest.raises(ValueError,
+                     match=r"other settings \(needles=3 there, 1 now; retrieve=2 there, 1 now\)"):
     needle.run_text_needle(loaded, **{**kwargs, "needles": 1, "retrieve": 1})
 
 

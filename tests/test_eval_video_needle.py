@@ -1,4 +1,4 @@
-"""Video needle: frames counted from the context in tokens, the needle frame at the depth, scoring."""
+"""Video needle: frames counted from the context in tokens, the needle frame at its depth."""
 import json
 import os
 
@@ -54,7 +54,8 @@ def test_frames_fill_the_context_and_the_needle_sits_at_the_depth(parts, context
   video_start = int(np.argmax(prompt.vision_mask))
   assert (pos - video_start) % per_frame == 0
   haystack_tokens = (frames - 1) * per_frame
-  assert abs(100 * (pos - video_start) / haystack_tokens - depth) <= 50 * per_frame / haystack_tokens + 1e-9
+  half_frame = 50 * per_frame / haystack_tokens
+  assert abs(100 * (pos - video_start) / haystack_tokens - depth) <= half_frame + 1e-9
   # Layout: BOS <vision> frames <eov> </vision> question; frames end with <eof>, the last <eov>.
   video = prompt.tokens[prompt.vision_mask].reshape(frames, per_frame)
   assert np.all(video[:-1, -1] == vocab.eof) and video[-1, -1] == vocab.eov

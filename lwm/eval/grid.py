@@ -114,7 +114,8 @@ def _write_json(path: str, value) -> None:
 
 
 def summarize(cells: list[dict]) -> dict:
-  """{'accuracy': mean score, 'cells': [{'context_length', 'depth', 'score', 'rounds'}], 'table'}."""
+  """{'accuracy': mean score, 'cells': [{'context_length', 'depth', 'score', 'rounds'}],
+  'table': text}."""
   groups = {}
   for c in cells:
     groups.setdefault((int(c["context_length"]), float(c["depth"])), []).append(float(c["score"]))

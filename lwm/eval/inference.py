@@ -27,8 +27,8 @@ from lwm.model import decode
 # ------------------------------------------------------------------------------------ Shapes
 
 def padded_length(n: int, sp: int, buckets_per_octave: int = 8) -> int:
-  """`n` rounded up to a multiple of 2 * sp and of a power of two 1/8 of n's octave (<= 12.5% waste),
-  so prompts of similar length share one compilation."""
+  """`n` rounded up to a multiple of 2 * sp and of a power of two 1/8 of n's octave (<= 12.5%
+  waste), so prompts of similar length share one compilation."""
   if n < 1:
     raise ValueError(f"a prompt needs at least one token, got length {n}")
   step = 2 ** max(0, math.ceil(math.log2(n)) - int(math.log2(buckets_per_octave)))
@@ -53,7 +53,7 @@ def _input_sharding(mesh, batch: int, seq: int):
 
 def jit_prefill(graphdef, abstract_params, config, mesh, batch: int, seq: int,
                 max_new_tokens: int):
-  """`jax.jit` of `prefill(params, tokens, vision_mask, lengths) -> (logits, cache)` with shardings."""
+  """`jax.jit` of `prefill(params, tokens, vision_mask, lengths) -> (logits, cache)`, sharded."""
   def run(params, tokens, vision_mask, lengths):
     return decode.prefill(nnx.merge(graphdef, params), tokens, vision_mask, lengths,
                           max_new_tokens=max_new_tokens)
@@ -98,7 +98,7 @@ class Generator:
     self._prefill, self._decode, self._sample = {}, None, {}
 
   def prefill(self, tokens, vision_mask, lengths, max_new_tokens: int):
-    """tokens, vision_mask: `[batch, seq]` (seq already padded); lengths `[batch]` -> (logits, cache)."""
+    """tokens, vision_mask: `[batch, seq]` (seq padded); lengths `[batch]` -> (logits, cache)."""
     batch, seq = tokens.shape
     key = (batch, seq, max_new_tokens)
     if key not in self._prefill:
@@ -249,5 +249,6 @@ def memory_figures(compiled) -> dict:
   gib = lambda n: n / 1024 ** 3
   peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes +
           stats.temp_size_in_bytes)
-  return {"arguments": gib(stats.argument_size_in_bytes), "outputs": gib(stats.output_size_in_bytes),
-          "temp": gib(stats.temp_size_in_bytes), "peak": gib(peak)}
+  return {"arguments": gib(stats.argument_size_in_bytes),
+          "outputs": gib(stats.output_size_in_bytes), "temp": gib(stats.temp_size_in_bytes),
+          "peak": gib(peak)}

@@ -1,4 +1,5 @@
-"""Text needle in a haystack: the needle and prompt format (shared with training), haystacks, the grid.
+"""Text needle in a haystack: the needle and prompt format (shared with training), haystacks,
+the grid.
 
 Format (one place, used by evaluation and by the demo's training examples):
 
@@ -28,14 +29,15 @@ PROMPT_TEMPLATE = "{context} Question: {question} Answer:"
 # Keys of the needles: city names. Evaluation draws from split "eval", the demo's training data
 # from "train", so a model cannot have memorised an evaluated key.
 CITIES = (
-    "Amsterdam Athens Auckland Baghdad Bangkok Barcelona Beijing Belgrade Berlin Bogota Boston "
-    "Brisbane Brussels Bucharest Budapest Cairo Calgary Cape-Town Caracas Chicago Copenhagen Dakar "
-    "Dallas Delhi Denver Doha Dubai Dublin Edinburgh Florence Geneva Glasgow Hanoi Havana Helsinki "
-    "Houston Istanbul Jakarta Jerusalem Kabul Karachi Kathmandu Kyiv Kyoto Lagos Lima Lisbon London "
-    "Madrid Manila Marseille Melbourne Mexico-City Miami Milan Montreal Moscow Mumbai Munich Nairobi "
-    "Naples Oslo Ottawa Paris Perth Prague Quito Reykjavik Riga Rome Santiago Seattle Seoul Shanghai "
-    "Singapore Sofia Stockholm Sydney Taipei Tallinn Tehran Tokyo Toronto Tunis Valencia Venice "
-    "Vienna Vilnius Warsaw Zagreb Zurich").split()
+    "Amsterdam Athens Auckland Baghdad Bangkok Barcelona Beijing Belgrade Berlin Bogota "
+    "Boston Brisbane Brussels Bucharest Budapest Cairo Calgary Cape-Town Caracas Chicago "
+    "Copenhagen Dakar Dallas Delhi Denver Doha Dubai Dublin Edinburgh Florence Geneva "
+    "Glasgow Hanoi Havana Helsinki Houston Istanbul Jakarta Jerusalem Kabul Karachi "
+    "Kathmandu Kyiv Kyoto Lagos Lima Lisbon London Madrid Manila Marseille Melbourne "
+    "Mexico-City Miami Milan Montreal Moscow Mumbai Munich Nairobi Naples Oslo Ottawa Paris "
+    "Perth Prague Quito Reykjavik Riga Rome Santiago Seattle Seoul Shanghai Singapore Sofia "
+    "Stockholm Sydney Taipei Tallinn Tehran Tokyo Toronto Tunis Valencia Venice Vienna "
+    "Vilnius Warsaw Zagreb Zurich").split()
 SPLITS = ("train", "eval", "all")
 
 
@@ -56,7 +58,7 @@ def needle_keys(split: str = "eval") -> tuple:
 
 def draw_needles(rng: np.random.Generator, count: int, *, digits: int = 7,
                  split: str = "eval") -> list[Needle]:
-  """`count` needles with distinct keys of `split` and distinct `digits`-digit values (no leading 0)."""
+  """`count` needles: distinct keys of `split`, distinct `digits`-digit values (no leading 0)."""
   keys = needle_keys(split)
   if not 1 <= count <= len(keys) or digits < 1 or count > 9 * 10 ** (digits - 1):
     raise ValueError(f"cannot draw {count} needles of {digits} digits from {len(keys)} keys of "
@@ -112,8 +114,8 @@ _SUBJECTS = ("the old farmer", "a quiet river", "the morning train", "every gard
 _VERBS = ("waits beside", "drifts past", "looks toward", "remembers", "carries", "follows",
           "returns to", "sings about", "wanders near", "dreams of", "leans against", "passes")
 _OBJECTS = ("the stone bridge", "a field of wheat", "the distant hills", "an open window",
-            "the harbour", "a wooden fence", "the village square", "a crowded street", "the orchard",
-            "a silver lake", "the castle walls", "a narrow path", "the evening sky")
+            "the harbour", "a wooden fence", "the village square", "a crowded street",
+            "the orchard", "a silver lake", "the castle walls", "a narrow path", "the evening sky")
 _ENDINGS = ("", " in the rain", " at dawn", " without a word", " once again", " before dinner",
             " with great care", " for a while")
 

@@ -160,7 +160,9 @@ def haystack_frames(num_frames: int, size: int, *, video: str | None = None,
     frames = np.concatenate(clips)
   else:
     frames = synthetic.moving_frames(num_frames, size, size, seed=seed)
-  return np.resize(frames, (num_frames,) + frames.shape[1:]) if len(frames) != num_frames else frames
+  if len(frames) != num_frames:
+    frames = np.resize(frames, (num_frames,) + frames.shape[1:])  # repeats from the start
+  return frames
 
 
 def read_image(path: str, size: int) -> np.ndarray:

@@ -39,7 +39,8 @@ class KVCache(NamedTuple):
 
 
 def _qkv(params, h, cos, sin, config):
-  """Projections with RoPE: h `[batch, seq, embed]` -> q `[b, s, heads, hd]`, k, v `[b, s, kv, hd]`."""
+  """Projections with RoPE: h `[batch, seq, embed]` -> q `[b, s, heads, hd]`, k, v `[b, s, kv,
+  hd]`."""
   batch, seq, _ = h.shape
   hd = config.dim_per_head
   q = (h @ params["wq"]).reshape(batch, seq, config.num_heads, hd)
@@ -67,8 +68,9 @@ def _prefill_layer(params, x, *, cos, sin, segment_ids, config, mesh):
 def prefill(model, tokens, vision_mask, lengths, *, max_new_tokens: int):
   """Runs the prompt through the model with ring attention; returns (logits, cache).
 
-  tokens: `[batch, seq]` int32 in natural order, each row's prompt first then padding (seq a multiple
-  of 2 * sp); vision_mask: `[batch, seq]` bool or None; lengths: `[batch]` int32, each >= 1.
+  tokens: `[batch, seq]` int32 in natural order, each row's prompt first then padding (seq a
+  multiple of 2 * sp); vision_mask: `[batch, seq]` bool or None; lengths: `[batch]` int32, each
+  >= 1.
   Returns the float32 text logits `[batch, vocab]` that follow each row's last prompt token and a
   KVCache with room for `max_new_tokens` generated tokens.
   """
@@ -102,8 +104,9 @@ def prefill(model, tokens, vision_mask, lengths, *, max_new_tokens: int):
 def cached_attention(q, prompt_k, prompt_v, prompt_valid, k, v, step):
   """One query per row against the prompt cache and generated slots 0..step, one softmax over both.
 
-  q: `[batch, 1, heads, hd]`; prompt_k/v: `[batch, seq, kv_heads, hd]`; prompt_valid: `[batch, seq]`;
-  k, v: `[batch, max_new, kv_heads, hd]`. Returns `[batch, 1, heads, hd]` in q's dtype.
+  q: `[batch, 1, heads, hd]`; prompt_k/v: `[batch, seq, kv_heads, hd]`; prompt_valid:
+  `[batch, seq]`; k, v: `[batch, max_new, kv_heads, hd]`. Returns `[batch, 1, heads, hd]` in q's
+  dtype.
   """
   batch, _, heads, hd = q.shape
   kv_heads = k.shape[2]
