@@ -70,11 +70,15 @@ def test_tiny_loss_goes_down(mesh_sizes):
       nnx.state(abstract_model(config, mesh), nnx.Param), mesh)["layers"]["wq"].get_value()
 
 
-def test_plan_memory_script_reports_peak():
+@pytest.mark.parametrize("flags", [
+    ["--model", "tiny", "--seq-len", "512", "--batch", "2", "--mesh", "1,2,1,2"],
+    ["--mode", "prefill", "--model", "tiny", "--seq-len", "512", "--mesh", "1,1,2,4"],
+    ["--config", os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py") + ":stage2"],
+])
+def test_plan_memory_script_reports_peak(flags):
   script = os.path.join(os.path.dirname(__file__), "..", "scripts", "plan_memory.py")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  out = subprocess.run([sys.executable, script, "--model", "tiny", "--seq-len", "512", "--batch",
-                        "2", "--mesh", "1,2,1,2"], capture_output=True, text=True, env=env,
+  out = subprocess.run([sys.executable, script, *flags], capture_output=True, text=True, env=env,
                        check=True, timeout=300).stdout
   assert "arguments per device" in out and "temp per device" in out
   last = out.strip().splitlines()[-1]
