@@ -38,6 +38,16 @@ def clean_env():
   return env
 
 
+def wait_for_steps(process, workdir, steps):
+  """Blocks until `steps` lines of metrics.jsonl exist (or the process ends)."""
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= steps:
+      return
+    time.sleep(0.05)
+
+
 def run(cmd):
   result = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -58,15 +68,10 @@ def test_resume_after_sigkill_is_exact(dataset, tmp_path):
 
   process = subprocess.Popen(command(resumed, dataset), env=clean_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  metrics = os.path.join(resumed, "metrics.jsonl")
-  deadline = time.time() + 300
-  while time.time() < deadline and process.poll() is None:
-    if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 5:
-      break
-    time.sleep(0.05)
+  wait_for_steps(process, resumed, 5)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  assert sum(1 for _ in open(metrics)) < STEPS, "the run finished before it could be killed"
+  assert len(read_metrics(resumed)) < STEPS, "the run finished before it could be killed"
   # What Orbax leaves behind when a process dies while writing a step: it must never be loaded.
   partial = os.path.join(resumed, "checkpoints", "8.orbax-checkpoint-tmp")
   os.makedirs(os.path.join(partial, "params"), exist_ok=True)
@@ -114,12 +119,7 @@ def test_sigterm_saves_the_current_step(dataset, tmp_path):
   process = subprocess.Popen(command(workdir, dataset, "--config.checkpoint.every=100"),
                              env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
-  metrics = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + 300
-  while time.time() < deadline and process.poll() is None:
-    if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 2:
-      break
-    time.sleep(0.05)
+  wait_for_steps(process, workdir, 2)
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=300)
   assert process.returncode == 0, stderr[-3000:]

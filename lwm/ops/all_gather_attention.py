@@ -5,7 +5,6 @@ all of them with the same blockwise kernel as the ring. Keys and values are O(se
 the gather is exposed, which is what ring attention avoids; with few key/value heads it is simple
 and fast. Same arguments and layouts as `ring_attention_sharded`.
 """
-import dataclasses
 import functools
 
 import jax
@@ -14,14 +13,7 @@ from jax import lax
 
 from lwm.ops import blockwise
 from lwm.ops import layout as layout_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class _Config:
-  axis_name: str
-  layout: str
-  tiling: blockwise.Tiling
-
+from lwm.ops.ring_attention import RingConfig
 
 def _positions(cfg, n):
   num_shards, index = lax.axis_size(cfg.axis_name), lax.axis_index(cfg.axis_name)
@@ -67,7 +59,8 @@ def all_gather_attention_sharded(q, k, v, segment_ids=None, *, axis_name="sp", c
                                  layout="zigzag", block_q=512, block_kv=512):
   """Per-shard attention that all-gathers keys/values over `axis_name` (shapes as the ring's)."""
   span = q.shape[1] // 2 if layout == "zigzag" else q.shape[1]
-  cfg = _Config(axis_name, layout, blockwise.Tiling(min(block_q, span), min(block_kv, span), causal))
+  tiling = blockwise.Tiling(min(block_q, span), min(block_kv, span), causal)
+  cfg = RingConfig(axis_name, layout, tiling)
   gather = lambda x: lax.all_gather(x, axis_name, axis=1, tiled=True)
   seg_all = None if segment_ids is None else gather(segment_ids)
   return _local(cfg, q, gather(k), gather(v), segment_ids, seg_all)

@@ -23,7 +23,8 @@ from lwm.ops import layout as layout_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class _RingConfig:
+class RingConfig:
+  """Static settings of one attention call (hashable: it is a nondiff argument of custom_vjp)."""
   axis_name: str
   layout: str
   tiling: blockwise.Tiling
@@ -152,7 +153,7 @@ def ring_attention_sharded(q, k, v, segment_ids=None, *, axis_name="sp", causal=
   _check_shapes(q, k, v, segment_ids, layout, block_q, block_kv)
   if segment_ids is not None:
     segment_ids = segment_ids.astype(jnp.int32)
-  cfg = _RingConfig(axis_name, layout, blockwise.Tiling(block_q, block_kv, causal))
+  cfg = RingConfig(axis_name, layout, blockwise.Tiling(block_q, block_kv, causal))
   return _ring(cfg, q, k, v, segment_ids)
 
 
