@@ -30,7 +30,8 @@ def save(mngr: ocp.CheckpointManager, step: int, params, opt_state, data_state: 
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_opt_state):
-  """(params, opt_state, data_state, meta) of `step`, placed as the abstract trees' shardings say."""
+  """(params, opt_state, data_state, meta) of `step`, placed as the abstract trees' shardings
+  say."""
   restored = mngr.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(abstract_params),
       opt_state=ocp.args.StandardRestore(abstract_opt_state),
@@ -52,8 +53,8 @@ def latest_step(workdir: str) -> int | None:
 def restore_params(workdir: str, abstract_params):
   """Parameters only, from the latest checkpoint of another run (the previous stage).
 
-  `abstract_params` gives the shapes, dtypes and shardings of this run; a shape that differs from the
-  checkpoint's raises ValueError naming the parameter.
+  `abstract_params` gives the shapes, dtypes and shardings of this run; a shape that differs from
+  the checkpoint's raises ValueError naming the parameter.
   """
   step = latest_step(workdir)
   if step is None:

@@ -34,7 +34,7 @@ class NonFiniteLoss(FloatingPointError):
 
 
 def model_config(config, vocab: dict):
-  """The ModelConfig of a stage: the named size (or the HF checkpoint's), the stage's θ and dtype."""
+  """The ModelConfig of a stage: the named size (or the HF checkpoint's), its θ and dtype."""
   overrides = dict(rope_theta=float(config.rope_theta), max_sequence_length=config.seq_len,
                    dtype=config.train.dtype, param_dtype="float32",
                    text_loss_weight=config.train.text_loss_weight,
@@ -120,7 +120,8 @@ def train(config, workdir: str) -> dict:
                             async_save=config.checkpoint.async_save)
   start = mngr.latest_step()
   if start is not None:
-    params, opt_state, data_state, _ = checkpoint.restore(mngr, start, abstract_params, abstract_opt)
+    params, opt_state, data_state, _ = checkpoint.restore(mngr, start, abstract_params,
+                                                          abstract_opt)
     loader.set_state(data_state)
     source = f"resumed from step {start}"
   else:

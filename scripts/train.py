@@ -1,11 +1,13 @@
 """Trains one stage from an ml-collections config file.
 
   python scripts/train.py --config configs/tiny.py:stage1 --workdir /tmp/stage1 \
-      [--config.train.steps=10 ...] [--coordinator_address host:port --num_processes N --process_id I]
+      [--config.train.steps=10 ...] \
+      [--coordinator_address host:port --num_processes N --process_id I]
 
 Rerunning the same command resumes. When there is no accelerator, the CPU is split into as many
 simulated devices as the config's mesh needs (set before JAX starts). Multi-host: pass the three
-distributed flags, or --distributed to let jax.distributed.initialize() read SLURM / TPU pod settings.
+distributed flags, or --distributed to let jax.distributed.initialize() read SLURM / TPU pod
+settings.
 """
 import os
 import sys
