@@ -13,7 +13,7 @@ LR_SCHEDULES = ("cosine", "constant")
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every key a stage may set, with defaults (overrides of unknown keys fail: the dict is locked)."""
+  """Every key a stage may set, with defaults; overriding an unknown key fails (locked dict)."""
   c = ml_collections.ConfigDict()
   c.model = "tiny"            # a named size of lwm.model.CONFIGS, or "hf" to take it from init_from
   c.model_overrides = ml_collections.ConfigDict()  # ModelConfig fields, e.g. {"num_layers": 4}
