@@ -90,3 +90,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path)
   assert 1 < bad_step <= 8
   assert checkpoint.latest_step(str(tmp_path / "run")) == bad_step - 1
   assert [m["step"] for m in read_metrics(str(tmp_path / "run"))] == list(range(1, bad_step))
+
+
+def test_gradient_accumulation_takes_one_update_per_step(dataset, tmp_path):
+  config = tiny_config(dataset, **{"train.grad_accum": 2, "train.batch_size": 16,
+                                   "train.steps": 2})
+  train.train(config, str(tmp_path / "run"))
+  assert [m["step"] for m in read_metrics(str(tmp_path / "run"))] == [1, 2]
+  mngr = checkpoint.manager(str(tmp_path / "run"))
+  data_state = mngr.restore(2, args=checkpoint.ocp.args.Composite(
+      data=checkpoint.ocp.args.JsonRestore())).data
+  mngr.close()
+  # Two optimizer steps of two micro-batches of 8 rows of 256 tokens: the loader packed 4 batches.
+  assert data_state["tokens"] + data_state["padding"] == 4 * 8 * 256, data_state
