@@ -61,6 +61,15 @@ def _tile_kind(q_pos, kv_pos, q_seg, kv_seg, causal):
   return jnp.where(needed, jnp.where(full, FULL, MASKED), SKIP)
 
 
+def _causal_tiles(tile_first_pos, limit, causal):
+  """(tile order, count): the tiles whose first position is <= `limit` come first, so a loop over
+  the first `count` entries of the order visits exactly the tiles the causal mask leaves open."""
+  if not causal:
+    return jnp.arange(tile_first_pos.shape[0]), tile_first_pos.shape[0]
+  open_ = tile_first_pos <= limit
+  return jnp.argsort(~open_, stable=True), open_.sum()
+
+
 def _by_kind(kind, update, acc):
   """Runs `update(acc, masked)` as the tile kind asks; skipped tiles cost only this branch."""
   return lax.switch(kind, [lambda a: a, lambda a: update(a, False), lambda a: update(a, True)], acc)
@@ -118,8 +127,10 @@ def block_forward(q, k, v, q_pos, kv_pos, q_seg, kv_seg, state, tiling, precisio
     acc = (_grouped(_slice(o, qs, bq), kv_heads), _rows(_slice(m, qs, bq), kv_heads)[..., 0],
            _rows(_slice(l, qs, bq), kv_heads)[..., 0])
 
-    def kv_tile(j, acc):
-      ks = j * bk
+    order, count = _causal_tiles(kv_pos[::bk], q_pos[qs + bq - 1], tiling.causal)
+
+    def kv_tile(jj, acc):
+      ks = order[jj] * bk
       qp, kp, qseg, kseg = _pos_seg_tiles(q_pos, kv_pos, q_seg, kv_seg, qs, ks, tiling)
 
       def update(acc, masked):
@@ -141,7 +152,7 @@ def block_forward(q, k, v, q_pos, kv_pos, q_seg, kv_seg, state, tiling, precisio
 
       return _by_kind(_tile_kind(qp, kp, qseg, kseg, tiling.causal), update, acc)
 
-    o_c, m_c, l_c = lax.fori_loop(0, n_kv // bk, kv_tile, acc)
+    o_c, m_c, l_c = lax.fori_loop(0, count, kv_tile, acc)
     o = lax.dynamic_update_slice_in_dim(o, o_c.reshape(o_c.shape[:2] + (-1, o_c.shape[-1])), qs, 1)
     m = lax.dynamic_update_slice_in_dim(m, _unrows(m_c), qs, 1)
     l = lax.dynamic_update_slice_in_dim(l, _unrows(l_c), qs, 1)
@@ -181,10 +192,12 @@ def block_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, dq, ti
     dq, dk, dv = carry
     ks = j * bk
     kc, vc = _slice(k, ks, bk), _slice(v, ks, bk)
+    # Open query tiles end at or after this key tile's first position (negated: "first <= limit").
+    order, count = _causal_tiles(-q_pos[bq - 1::bq], -kv_pos[ks], tiling.causal)
 
-    def q_tile(i, acc):
+    def q_tile(ii, acc):
       dq, dk_c, dv_c = acc
-      qs = i * bq
+      qs = order[ii] * bq
       qp, kp, qseg, kseg = _pos_seg_tiles(q_pos, kv_pos, q_seg, kv_seg, qs, ks, tiling)
 
       def update(acc, masked):
@@ -208,7 +221,7 @@ def block_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, dq, ti
       return _by_kind(_tile_kind(qp, kp, qseg, kseg, tiling.causal), update, acc)
 
     zeros = jnp.zeros(kc.shape, jnp.float32)
-    dq, dk_c, dv_c = lax.fori_loop(0, n_q // bq, q_tile, (dq, zeros, zeros))
+    dq, dk_c, dv_c = lax.fori_loop(0, count, q_tile, (dq, zeros, zeros))
     dk = lax.dynamic_update_slice_in_dim(dk, dk_c, ks, 1)
     dv = lax.dynamic_update_slice_in_dim(dv, dv_c, ks, 1)
     return dq, dk, dv
