@@ -199,10 +199,10 @@ def block_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, dq, ti
       dq, dk_c, dv_c = acc
       qs = order[ii] * bq
       qp, kp, qseg, kseg = _pos_seg_tiles(q_pos, kv_pos, q_seg, kv_seg, qs, ks, tiling)
+      qc, doc = _grouped(_slice(q, qs, bq), kv_heads), _grouped(_slice(do, qs, bq), kv_heads)
 
       def update(acc, masked):
-        dq, dk_c, dv_c = acc
-        qc, doc = _grouped(_slice(q, qs, bq), kv_heads), _grouped(_slice(do, qs, bq), kv_heads)
+        dq_c, dk_c, dv_c = acc
         p = jnp.exp(_scores(qc, kc, scale, precision) - _rows(_slice(lse, qs, bq), kv_heads))
         if masked:
           p = jnp.where(_tile_mask(qp, kp, qseg, kseg, tiling.causal), p, 0.0)
@@ -213,12 +213,16 @@ def block_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, dq, ti
         ds = (p * (dp - _rows(_slice(delta, qs, bq), kv_heads)) * scale).astype(q.dtype)
         dq_c = jnp.einsum("bhgqk,bkhd->bqhgd", ds, kc, precision=precision,
                           preferred_element_type=jnp.float32)
-        dq = _add_slice(dq, dq_c.reshape(dq_c.shape[:2] + (-1, dq_c.shape[-1])), qs)
         dk_c += jnp.einsum("bhgqk,bqhgd->bkhd", ds, qc, precision=precision,
                            preferred_element_type=jnp.float32)
-        return dq, dk_c, dv_c
+        return dq_c, dk_c, dv_c
 
-      return _by_kind(_tile_kind(qp, kp, qseg, kseg, tiling.causal), update, acc)
+      # Only tile-sized values pass through the branches: a full-size dq there is copied per tile.
+      dq_c = jnp.zeros(qc.shape, jnp.float32)
+      dq_c, dk_c, dv_c = _by_kind(_tile_kind(qp, kp, qseg, kseg, tiling.causal), update,
+                                  (dq_c, dk_c, dv_c))
+      dq = _add_slice(dq, dq_c.reshape(dq_c.shape[:2] + (-1, dq_c.shape[-1])), qs)
+      return dq, dk_c, dv_c
 
     zeros = jnp.zeros(kc.shape, jnp.float32)
     dq, dk_c, dv_c = lax.fori_loop(0, count, q_tile, (dq, zeros, zeros))
