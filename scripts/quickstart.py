@@ -1,0 +1,28 @@
+"""The end-to-end quickstart on the CPU: corpus -> tokenizers -> dataset -> two training stages ->
+needle evaluations (trained vs untrained control) -> OUT/summary.json and heatmaps.
+
+  python scripts/quickstart.py [--output quickstart_out] [--clean] [--small]
+
+Rerunning reuses finished steps; --clean starts over; --small is the slow test's tiny version.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--output", default="quickstart_out", help="directory for everything")
+  parser.add_argument("--clean", action="store_true", help="delete --output first")
+  parser.add_argument("--small", action="store_true", help="tiny settings (tests): minutes")
+  args = parser.parse_args(argv)
+  from lwm.demo import pipeline
+  pipeline.run_pipeline(args.output, pipeline.SMALL if args.small else pipeline.FULL,
+                        clean=args.clean)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
