@@ -56,7 +56,7 @@ def run_step(name: str, command: list, done_dir: str, log) -> bool:
     return False
   log(f"[quickstart] {name}: {' '.join(command)}")
   start = time.perf_counter()
-  result = subprocess.run(command, cwd=ROOT)
+  result = subprocess.run(command, cwd=ROOT, env=child_env())
   if result.returncode:
     raise RuntimeError(f"step {name!r} failed with exit code {result.returncode}: "
                        f"{' '.join(command)}")
@@ -65,6 +65,16 @@ def run_step(name: str, command: list, done_dir: str, log) -> bool:
     f.write(f"{time.perf_counter() - start:.1f}\n")
   log(f"[quickstart] {name}: {time.perf_counter() - start:.0f} s")
   return True
+
+
+def child_env() -> dict:
+  """This environment without a forced CPU device count (a test harness sets one): each script
+  sizes the simulated devices from its own mesh."""
+  env = dict(os.environ)
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env["XLA_FLAGS"] = " ".join(flags)
+  return env
 
 
 def script(name: str, *args) -> list:

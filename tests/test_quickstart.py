@@ -1,0 +1,60 @@
+"""The quickstart command end to end at its smallest settings (`--small`, about a minute): every
+artefact exists and is readable. Run with `pytest -m slow tests/test_quickstart.py`."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = ("text_needle_accuracy", "video_needle_accuracy", "control_text_needle_accuracy",
+        "control_video_needle_accuracy", "stage2_context_length", "seconds")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("quickstart"))
+  command = [sys.executable, os.path.join(ROOT, "scripts", "quickstart.py"), "--small", "--output",
+             out]
+  subprocess.run(command, cwd=ROOT, check=True)
+  return out, command
+
+
+@pytest.mark.slow
+def test_summary_has_every_key_with_a_number(quickstart):
+  out, _ = quickstart
+  with open(os.path.join(out, "summary.json")) as f:
+    summary = json.load(f)
+  for key in KEYS:
+    assert isinstance(summary[key], (int, float)), (key, summary.get(key))
+  for key in KEYS[:4]:
+    assert 0.0 <= summary[key] <= 1.0, (key, summary[key])
+
+
+@pytest.mark.slow
+def test_heatmaps_are_pngs_next_to_the_summary(quickstart):
+  out, _ = quickstart
+  for prefix in ("", "control_"):
+    for mode in ("text", "video"):
+      with open(os.path.join(out, f"{prefix}{mode}_needle_heatmap.png"), "rb") as f:
+        assert f.read(8) == PNG
+
+
+@pytest.mark.slow
+def test_results_cells_score_held_out_values(quickstart):
+  out, _ = quickstart
+  for run in ("stage2_text", "stage2_video", "control_text", "control_video"):
+    with open(os.path.join(out, "eval", run, "results.json")) as f:
+      cells = json.load(f)
+    assert cells, run
+    for cell in cells:
+      assert 0.0 <= cell["score"] <= 1.0 and int(cell["expected"]) % 4 == 0, (run, cell)
+
+
+@pytest.mark.slow
+def test_a_rerun_reuses_every_step(quickstart):
+  out, command = quickstart
+  result = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
+  assert "skipped" in result.stdout and "train.py" not in result.stdout.split("summary")[0]
