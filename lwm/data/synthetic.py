@@ -27,14 +27,16 @@ def moving_frames(num_frames: int, height: int, width: int, seed: int = 0) -> np
   return frames
 
 
-def write_video(path: str, frames: np.ndarray, kind: str = "mp4", fps: int = 10) -> str:
-  """Writes uint8 `[n, h, w, 3]` frames to `path` as `kind` (a key of VIDEO_KINDS); h, w even."""
+def write_video(path: str, frames: np.ndarray, kind: str = "mp4", fps: int = 10,
+                options: dict | None = None) -> str:
+  """Writes uint8 `[n, h, w, 3]` frames to `path` as `kind` (a key of VIDEO_KINDS); h, w even.
+  `options` go to the encoder (e.g. {"qp": "0"} for lossless H.264)."""
   import av  # lazy: a test/benchmark dependency only
   if kind not in VIDEO_KINDS:
     raise ValueError(f"kind must be one of {sorted(VIDEO_KINDS)}, got {kind!r}")
   _, codec, pix_fmt = VIDEO_KINDS[kind]
   with av.open(path, mode="w") as container:
-    stream = container.add_stream(codec, rate=fps)
+    stream = container.add_stream(codec, rate=fps, options=options or {})
     stream.height, stream.width = frames.shape[1:3]
     stream.pix_fmt = pix_fmt
     for frame in frames:

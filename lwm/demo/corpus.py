@@ -90,19 +90,10 @@ def write_lossless(path: str, frames: np.ndarray, fps: int = 10) -> str:
   same pixels (luma exactly; digits are grey, so their chroma too). The lossy default blurs a
   16-pixel digit enough to change its VQGAN codes. decord reads only widths that are multiples of
   32, so frames are padded to 2s wide: the data stage's centre crop takes them back unresized."""
-  import av
+  from lwm.data import synthetic
   side = frames.shape[2]
   frames = np.pad(frames, ((0, 0), (0, 0), (side // 2, side // 2), (0, 0)), mode="edge")
-  with av.open(path, mode="w") as container:
-    stream = container.add_stream("libx264", rate=fps, options={"qp": "0", "preset": "ultrafast"})
-    stream.height, stream.width = frames.shape[1:3]
-    stream.pix_fmt = "yuv420p"
-    for frame in frames:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
-  return path
+  return synthetic.write_video(path, frames, "mp4", fps, options={"qp": "0", "preset": "ultrafast"})
 
 
 # ------------------------------------------------------------------------------------ Examples
