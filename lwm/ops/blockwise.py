@@ -116,7 +116,7 @@ def _pos_seg_tiles(q_pos, kv_pos, q_seg, kv_seg, qs, ks, tiling):
 
 def block_forward(q, k, v, q_pos, kv_pos, q_seg, kv_seg, state, tiling, precision=None):
   """Folds one key/value block into the running softmax state `(o, m, l)` (float32)."""
-  n_q, n_kv, kv_heads = q.shape[1], k.shape[1], k.shape[2]
+  n_q, kv_heads = q.shape[1], k.shape[2]
   bq, bk = tiling.block_q, tiling.block_kv
   scale = q.shape[-1] ** -0.5
 
@@ -184,7 +184,7 @@ def block_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, dq, ti
   Uses the global log-sum-exp `lse` and `delta = rowsum(do * o)`, so each tile's probabilities are
   the final ones: per-block statistics would give wrong gradients.
   """
-  n_q, n_kv, kv_heads = q.shape[1], k.shape[1], k.shape[2]
+  n_kv, kv_heads = k.shape[1], k.shape[2]
   bq, bk = tiling.block_q, tiling.block_kv
   scale = q.shape[-1] ** -0.5
 
