@@ -12,15 +12,19 @@ import sys
 
 
 def manifest_texts(path: str):
-  """The 'text' of every line that has one; other lines are left to preprocessing to report."""
+  """The 'prompt' and 'text' of every line that has them; other lines are left to preprocessing to
+  report."""
   with open(path, "rb") as f:
     for raw in f:
       try:
         record = json.loads(raw)
       except ValueError:
         continue
-      if isinstance(record, dict) and isinstance(record.get("text"), str):
-        yield record["text"]
+      if not isinstance(record, dict):
+        continue
+      for field in ("prompt", "text"):
+        if isinstance(record.get(field), str):
+          yield record[field]
 
 
 def main(argv=None) -> int:

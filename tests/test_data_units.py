@@ -89,12 +89,15 @@ def test_vqgan_training_improves_reconstruction():
 
 
 def test_tokenizer_reserves_markers_and_llama_style_models_spell_them(tmp_path):
-  texts = ["the quick brown fox jumps over the lazy dog " * 5, "ünïcödé 中文"]
+  texts = ["the quick brown fox jumps over the lazy dog " * 5, "ünïcödé 中文", "code 4711 " * 50]
   ours = text_tokenizer.load_tokenizer(
       text_tokenizer.train_tokenizer(texts, str(tmp_path / "ours.model"), vocab_size=320))
   for marker in text_tokenizer.RESERVED:
     assert len(ours.marker(marker)) == 1
   assert ours.decode(ours.encode(texts[1])) == texts[1]
+  # Digits stay single pieces even in a number the training text repeats.
+  pieces = [ours.processor.id_to_piece(i) for i in ours.encode("code 4711")]
+  assert pieces[-4:] == ["4", "7", "1", "1"], pieces
   # A model without the reserved symbols (like LLaMA's) is used as it is: markers become pieces.
   import sentencepiece as spm
   spm.SentencePieceTrainer.train(sentence_iterator=iter(texts * 3),
@@ -124,3 +127,19 @@ def test_interleave_layout_and_masks():
   np.testing.assert_array_equal(only_text["tokens"], [1, 20, 21, 22, 2])
   with pytest.raises(ValueError, match="order must be one of"):
     interleave.interleave(text, codes, "sideways", vocab)
+  # A prompt sits right before the text and is never a target.
+  asked = interleave.interleave([23], None, "video_text", vocab, prompt_ids=[30, 31])
+  np.testing.assert_array_equal(asked["tokens"], [1, 30, 31, 23, 2])
+  np.testing.assert_array_equal(asked["loss_mask"], [0, 0, 0, 1, 1])
+  asked = interleave.interleave([23], codes, "video_text", vocab, prompt_ids=[30])
+  np.testing.assert_array_equal(asked["tokens"], [1, 10, 5, 6, 100, 7, 8, 101, 11, 30, 23, 2])
+  np.testing.assert_array_equal(asked["loss_mask"], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1])
+
+
+def test_manifest_prompt_field():
+  from lwm.data.preprocess import LineError, parse_line
+  line = parse_line(b'{"prompt": "Question: Why? Answer:", "text": " Because."}')
+  assert line["prompt"] == "Question: Why? Answer:" and line["text"] == " Because."
+  assert parse_line(b'{"text": "no prompt"}')["prompt"] == ""
+  with pytest.raises(LineError, match="'prompt' must be a string"):
+    parse_line(b'{"prompt": 3, "text": "x"}')

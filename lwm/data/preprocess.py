@@ -6,6 +6,8 @@
 Manifest lines (paths relative to the manifest; lines numbered from 1):
   {"video": "clips/a.mp4", "text": "a caption", "order": "video_text" | "text_video" | "both"}
   {"text": "a long document"}
+  {"prompt": "Question: ... Answer:", "text": " the answer"}   (optional with any line: the prompt
+      goes right before the text and is not trained on; prompt and text are tokenized separately)
 
 Work is split into chunks of lines; each finished chunk is one file in `output/work/`, so a rerun
 after an interruption only does the missing chunks. When all are done the TFDS builder writes the
@@ -48,7 +50,8 @@ class LineError(Exception):
 # ---- one line -> one example ---------------------------------------------------------------------
 
 def parse_line(raw: bytes) -> dict:
-  """Validates one manifest line; returns {'text', 'video' (or None), 'order'}; raises LineError."""
+  """Validates one manifest line; returns {'text', 'prompt', 'video' (or None), 'order'}; raises
+  LineError."""
   try:
     decoded = raw.decode("utf-8")
   except UnicodeDecodeError as e:
@@ -61,15 +64,16 @@ def parse_line(raw: bytes) -> dict:
     raise LineError("json", f"not JSON: {e.msg} at column {e.colno}") from None
   if not isinstance(record, dict):
     raise LineError("fields", f"line is a JSON {type(record).__name__}, expected an object")
-  video, text = record.get("video"), record.get("text", "")
+  video, text, prompt = record.get("video"), record.get("text", ""), record.get("prompt", "")
   if video is None and "text" not in record:
     raise LineError("fields", f"line has neither 'text' nor 'video' (keys: {sorted(record)})")
-  if not isinstance(text, str):
-    raise LineError("fields", f"'text' must be a string, got {type(text).__name__}")
+  for name, value in (("text", text), ("prompt", prompt)):
+    if not isinstance(value, str):
+      raise LineError("fields", f"'{name}' must be a string, got {type(value).__name__}")
   if video is not None and not isinstance(video, str):
     raise LineError("fields", f"'video' must be a path string, got {type(video).__name__}")
   try:
-    text.encode("utf-8")
+    (prompt + text).encode("utf-8")
   except UnicodeEncodeError:
     raise LineError("utf8", "text is not valid UTF-8 (it holds an unpaired surrogate escape)") from None
   if video is None and not text.strip():
@@ -77,7 +81,7 @@ def parse_line(raw: bytes) -> dict:
   order = record.get("order", "video_text")
   if order not in ORDERS:
     raise LineError("fields", f"'order' must be one of {ORDERS}, got {order!r}")
-  return {"text": text, "video": video, "order": order}
+  return {"text": text, "prompt": prompt, "video": video, "order": order}
 
 
 class LineProcessor:
@@ -110,7 +114,8 @@ class LineProcessor:
         kind = "short" if "fewer than" in str(e) else "missing" if "missing" in str(e) else "video"
         raise LineError(kind, str(e), record["video"]) from None
       codes = self.encoder(frames)
-    example = interleave(self.text.encode(record["text"]), codes, record["order"], self.vocab)
+    example = interleave(self.text.encode(record["text"]), codes, record["order"], self.vocab,
+                         self.text.encode(record["prompt"]))
     example.update(line=line, num_frames=0 if codes is None else len(codes))
     return example
 
