@@ -19,7 +19,8 @@ def train_tokenizer(texts: Iterable[str], output: str, vocab_size: int = 8000) -
   """Trains a BPE sentencepiece model on `texts` with the vision markers reserved; returns its path.
 
   `output` is the `.model` path to write. Unknown characters fall back to bytes, so any UTF-8 text
-  round-trips.
+  round-trips. Digits are always single pieces (as in LLaMA's tokenizer): a number tokenizes the
+  same way whether or not it occurred in the training text.
   """
   if not output.endswith(".model"):
     raise ValueError(f"output must end with '.model', got {output!r}")
@@ -34,7 +35,7 @@ def train_tokenizer(texts: Iterable[str], output: str, vocab_size: int = 8000) -
         input=corpus, model_prefix=os.path.join(tmp, "tok"), vocab_size=vocab_size,
         model_type="bpe", byte_fallback=True, user_defined_symbols=list(RESERVED),
         pad_id=0, unk_id=1, bos_id=2, eos_id=3, hard_vocab_limit=False,
-        character_coverage=1.0, minloglevel=2)
+        character_coverage=1.0, split_digits=True, minloglevel=2)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     os.replace(os.path.join(tmp, "tok.model"), output)
   return output
