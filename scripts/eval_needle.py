@@ -41,6 +41,9 @@ def parse_args(argv=None):
                  help="text: a .txt file or a .jsonl with 'text' fields; video: a video file or a "
                       "manifest .jsonl whose clips are concatenated; default: built-in filler")
   p.add_argument("--digits", type=int, default=None, help="digits of a value (text 7, video 3)")
+  p.add_argument("--values", default=None,
+                 help="file of needle values, one per line (e.g. values training never saw); "
+                      "default: random --digits-digit numbers")
   p.add_argument("--split", default="eval", choices=["eval", "train", "all"],
                  help="text: which needle keys to draw (eval keys are never used for training)")
   p.add_argument("--needle-image", default=None, help="video: an image to hide instead of a number")
@@ -97,8 +100,9 @@ def main(argv=None):
                                 vqgan=args.vqgan)
   print(f"[eval_needle] {args.mode} needle, model {loaded.source}, mesh "
         f"{dict(loaded.model.get_mesh().shape)}, lengths {lengths}, depths {depths}", flush=True)
+  values = needle.read_values(args.values) if args.values else None
   common = dict(output=args.output, context_lengths=lengths, depths=depths, rounds=args.rounds,
-                seed=args.seed, max_new_tokens=args.max_new_tokens,
+                values=values, seed=args.seed, max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature, top_p=args.top_p)
   if args.mode == "text":
     summary = needle.run_text_needle(loaded, needles=args.needles, retrieve=args.retrieve,

@@ -165,3 +165,18 @@ def test_grids_from_min_max_intervals():
   assert grid.parse_list("1k, 32k,1m,4096") == [1024, 32768, 1048576, 4096]
   with pytest.raises(ValueError, match=r"'ten' is not one"):
     grid.parse_list("10,ten")
+
+
+def test_values_come_from_the_pool_when_one_is_given(tmp_path):
+  pool = ["108", "216", "324", "432", "540"]
+  path = tmp_path / "values.txt"
+  path.write_text("\n".join(pool) + "\n\n")
+  assert needle.read_values(str(path)) == pool
+  for seed in range(20):
+    drawn = needle.draw_needles(np.random.default_rng(seed), 3, values=pool)
+    values = [n.value for n in drawn]
+    assert set(values) <= set(pool) and len(set(values)) == 3
+  # Without a pool: `digits`-digit numbers, as before.
+  assert all(len(n.value) == 4 for n in needle.draw_needles(np.random.default_rng(0), 5, digits=4))
+  with pytest.raises(ValueError, match="pool of 5"):
+    needle.draw_values(np.random.default_rng(0), 6, values=pool)

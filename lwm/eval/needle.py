@@ -56,19 +56,43 @@ def needle_keys(split: str = "eval") -> tuple:
   return tuple(c for i, c in enumerate(CITIES) if (i % 4 == 0) == (split == "eval"))
 
 
-def draw_needles(rng: np.random.Generator, count: int, *, digits: int = 7,
-                 split: str = "eval") -> list[Needle]:
-  """`count` needles: distinct keys of `split`, distinct `digits`-digit values (no leading 0)."""
+def draw_values(rng: np.random.Generator, count: int, *, digits: int = 7,
+                values=None) -> list[str]:
+  """`count` distinct values: `digits`-digit numbers (no leading 0), or members of `values` (a
+  pool, e.g. values a model never saw in training)."""
+  if values is not None:
+    pool = sorted(set(values))
+    if count > len(pool):
+      raise ValueError(f"cannot draw {count} distinct values from a pool of {len(pool)}")
+    return [pool[i] for i in rng.choice(len(pool), count, replace=False)]
+  if digits < 1 or count > 9 * 10 ** (digits - 1):
+    raise ValueError(f"cannot draw {count} distinct values of {digits} digits")
+  drawn = set()
+  while len(drawn) < count:
+    drawn.add(str(int(rng.integers(10 ** (digits - 1), 10 ** digits))))
+  return sorted(drawn, key=lambda _: rng.random())
+
+
+def read_values(path: str) -> list[str]:
+  """A value pool file: one value per line (blank lines ignored)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"values file {path!r} does not exist")
+  with open(path, encoding="utf-8") as f:
+    values = [line.strip() for line in f if line.strip()]
+  if not values:
+    raise ValueError(f"values file {path!r} holds no values")
+  return values
+
+
+def draw_needles(rng: np.random.Generator, count: int, *, digits: int = 7, split: str = "eval",
+                 values=None) -> list[Needle]:
+  """`count` needles: distinct keys of `split` and distinct values (see `draw_values`)."""
   keys = needle_keys(split)
-  if not 1 <= count <= len(keys) or digits < 1 or count > 9 * 10 ** (digits - 1):
-    raise ValueError(f"cannot draw {count} needles of {digits} digits from {len(keys)} keys of "
-                     f"split {split!r}")
+  if not 1 <= count <= len(keys):
+    raise ValueError(f"cannot draw {count} needles from {len(keys)} keys of split {split!r}")
   chosen = rng.choice(len(keys), count, replace=False)
-  values = set()
-  while len(values) < count:
-    values.add(str(int(rng.integers(10 ** (digits - 1), 10 ** digits))))
-  values = sorted(values, key=lambda _: rng.random())
-  return [Needle(keys[i], v) for i, v in zip(chosen, values)]
+  drawn = draw_values(rng, count, digits=digits, values=values)
+  return [Needle(keys[i], v) for i, v in zip(chosen, drawn)]
 
 
 def text_needle_sentence(key: str, value: str) -> str:
@@ -242,20 +266,23 @@ def cell_rng(seed: int, cell: dict) -> np.random.Generator:
 
 def run_text_needle(loaded, *, output: str, context_lengths, depths, rounds: int = 1,
                     needles: int = 1, retrieve: int = 1, haystack: str | None = None,
-                    digits: int = 7, seed: int = 0, split: str = "eval",
+                    digits: int = 7, values=None, seed: int = 0, split: str = "eval",
                     max_new_tokens: int | None = None, temperature: float = 0.0,
                     top_p: float = 1.0, progress: bool = True, generator=None) -> dict:
   """Runs (or resumes) the text needle grid; writes OUT/results.json, OUT/heatmap.png.
 
   loaded: a `lwm.eval.inference.LoadedModel` (model + tokenizer). haystack: a .txt or .jsonl file,
-  or None for the built-in filler. Returns the summary: accuracy, per-cell scores, the table.
+  or None for the built-in filler. values: a pool to draw needle values from (default: any
+  `digits`-digit number). Returns the summary: accuracy, per-cell scores, the table.
   """
   from lwm.eval import inference
   tokenizer = loaded.tokenizer
   if tokenizer is None:
     raise ValueError("the text needle needs a tokenizer: pass --tokenizer PATH")
   generator = generator or inference.Generator(loaded.model)
-  settings = dict(mode="text", needles=needles, retrieve=retrieve, digits=digits, seed=seed,
+  values = None if values is None else sorted(set(values))
+  settings = dict(mode="text", needles=needles, retrieve=retrieve, digits=digits, values=values,
+                  seed=seed,
                   split=split, haystack=os.path.abspath(haystack) if haystack else "synthetic",
                   temperature=temperature, top_p=top_p, source=loaded.source)
   results = grid.Results(output, settings)
@@ -265,10 +292,11 @@ def run_text_needle(loaded, *, output: str, context_lengths, depths, rounds: int
   else:  # ~12 tokens a sentence with a small tokenizer; the tiling below covers any shortfall
     text = synthetic_haystack(max(64, longest // 8), seed)
   hay = haystack_tokens(tokenizer, text, longest)
-  max_new_tokens = max_new_tokens or 8 + retrieve * (digits + 2)
+  longest_value = max(map(len, values)) if values else digits
+  max_new_tokens = max_new_tokens or 8 + retrieve * (longest_value + 2)
 
   def evaluate(cell):
-    drawn = draw_needles(cell_rng(seed, cell), needles, digits=digits, split=split)
+    drawn = draw_needles(cell_rng(seed, cell), needles, digits=digits, split=split, values=values)
     prompt = build_text_prompt(tokenizer, hay, drawn, cell["depth"], cell["context_length"],
                                retrieve)
     [ids] = generator([prompt.tokens], max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,

@@ -178,7 +178,7 @@ def read_image(path: str, size: int) -> np.ndarray:
 def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: int = 1,
                      video: str | None = None, manifest: str | None = None,
                      needle_image: str | None = None, needle_answer: str | None = None,
-                     needle_frames: int = 1, digits: int = 3, seed: int = 0,
+                     needle_frames: int = 1, digits: int = 3, values=None, seed: int = 0,
                      max_new_tokens: int | None = None, temperature: float = 0.0,
                      top_p: float = 1.0, progress: bool = True, generator=None,
                      encoder=None) -> dict:
@@ -186,8 +186,9 @@ def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: in
 
   loaded: a `lwm.eval.inference.LoadedModel` with a tokenizer and a VQGAN directory (or pass a
   `lwm.data.vqgan.FrameEncoder` as `encoder`). The haystack is `video`, the clips of `manifest`, or
-  generated frames. The needle is a frame showing a random `digits`-digit number (new each round),
-  or `needle_image` with its `needle_answer`, shown for `needle_frames` frames.
+  generated frames. The needle is a frame showing a random `digits`-digit number (new each round;
+  drawn from `values` when given), or `needle_image` with its `needle_answer`, shown for
+  `needle_frames` frames.
   """
   from lwm.data import vqgan
   from lwm.eval import inference
@@ -205,14 +206,15 @@ def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: in
   generator = generator or inference.Generator(loaded.model)
   settings = dict(mode="video", video=video, manifest=manifest, needle_image=needle_image,
                   needle_answer=needle_answer, needle_frames=needle_frames, digits=digits,
-                  seed=seed, temperature=temperature, top_p=top_p, source=loaded.source)
+                  values=None if values is None else sorted(set(values)), seed=seed, temperature=temperature, top_p=top_p, source=loaded.source)
   results = grid.Results(output, settings)
   overhead = prompt_overhead(tokenizer, vocab)
   haystacks = {}
   fixed_needle = None
   if needle_image:
     fixed_needle = encoder(np.repeat(read_image(needle_image, size), needle_frames, 0))
-  max_new_tokens = max_new_tokens or 8 + len(needle_answer or "") + digits + 2
+  longest_value = max(map(len, values)) if values else digits
+  max_new_tokens = max_new_tokens or 8 + len(needle_answer or "") + longest_value + 2
 
   def haystack_codes(context_length):
     if context_length not in haystacks:
@@ -225,8 +227,7 @@ def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: in
     if fixed_needle is not None:
       expected, needle_codes = needle_answer, fixed_needle
     else:
-      rng = needle.cell_rng(seed, cell)
-      expected = str(int(rng.integers(10 ** (digits - 1), 10 ** digits)))
+      [expected] = needle.draw_values(needle.cell_rng(seed, cell), 1, digits=digits, values=values)
       needle_codes = encoder(np.repeat(needle_frame(expected, size)[None], needle_frames, 0))
     prompt = build_video_prompt(tokenizer, vocab, haystack_codes(cell["context_length"]),
                                 needle_codes, cell["depth"])
