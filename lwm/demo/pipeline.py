@@ -26,7 +26,7 @@ DONE = "quickstart_done"  # written into a step's directory when its command suc
 class Settings:
   """What the full command and the slow test change; the rest lives in configs/quickstart.py."""
   sizes: corpus.CorpusSizes = corpus.CorpusSizes()
-  vocab_size: int = 550  # small enough that every value splits into digits (1000 merged "▁37")
+  vocab_size: int = 550
   vqgan_steps: int = 600
   stage1: dict = dataclasses.field(default_factory=dict)   # --config.KEY=VALUE overrides
   stage2: dict = dataclasses.field(default_factory=dict)
@@ -85,12 +85,12 @@ def overrides(values: dict) -> list:
   return [f"--config.{k}={v}" for k, v in values.items()]
 
 
-def eval_command(checkpoint: str, mode: str, output: str, s: Settings) -> list:
-  """The needle evaluation at stage 2's length, on keys and values training never saw."""
-  return [sys.executable, "-m", "lwm.demo.eval_held_out", "--checkpoint", checkpoint, "--mode",
-          mode, "--output", output, "--context-lengths", str(s.context_length), "--depths",
-          s.depths, "--rounds", str(s.rounds), "--digits", str(corpus.DIGITS), "--mesh",
-          "1,1,1,1"]
+def eval_command(checkpoint: str, mode: str, output: str, values: str, s: Settings) -> list:
+  """The needle evaluation at stage 2's length, on keys and values (the file `values`) training
+  never saw."""
+  return script("eval_needle.py", "--checkpoint", checkpoint, "--mode", mode, "--output", output,
+                "--context-lengths", s.context_length, "--depths", s.depths, "--rounds", s.rounds,
+                "--values", values, "--mesh", "1,1,1,1")
 
 
 def steps(out: str, s: Settings) -> list:
@@ -122,8 +122,9 @@ def steps(out: str, s: Settings) -> list:
   for model in ("stage2", "control"):
     for mode in ("text", "video"):
       output = os.path.join(out, "eval", f"{model}_{mode}")
+      values = os.path.join(c, f"held_out_{mode}.txt")
       result.append((f"eval {mode} needle ({model})",
-                     eval_command(work[model], mode, output, s), output))
+                     eval_command(work[model], mode, output, values, s), output))
   return result
 
 
@@ -141,7 +142,9 @@ def summarize(out: str, s: Settings, seconds: float) -> dict:
   """Writes OUT/summary.json and copies the heatmaps next to it; returns the summary."""
   summary = {"stage2_context_length": s.context_length, "seconds": round(seconds, 1),
              "depths": [float(d) for d in s.depths.split(",")], "rounds": s.rounds,
-             "digits": corpus.DIGITS, "chance": 1.0 / len(corpus.value_pool(True))}
+             "text_digits": corpus.TEXT_DIGITS, "video_digits": corpus.VIDEO_DIGITS,
+             "chance": {mode: 1.0 / len(corpus.value_pool(True, digits)) for mode, digits in
+                        (("text", corpus.TEXT_DIGITS), ("video", corpus.VIDEO_DIGITS))}}
   for model, prefix in (("stage2", ""), ("control", "control_")):
     for mode in ("text", "video"):
       results = os.path.join(out, "eval", f"{model}_{mode}")
