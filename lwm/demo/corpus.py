@@ -56,26 +56,26 @@ def log_uniform_count(rng: np.random.Generator, limits: tuple) -> int:
   """A count in [limits[0], limits[1]] whose scale is log-uniform: as many documents of 2-4
   sentences as of 50-100, so short ones teach the skill and long ones stretch it."""
   low, high = limits
-  top = int(np.exp(rng.uniform(np.log(low + 1), np.log(high + 1))))
+  top = min(high, int(np.exp(rng.uniform(np.log(low + 1), np.log(high + 1)))))
   return int(rng.integers(max(low, top // 2), max(low, top) + 1))
 
 
 @dataclasses.dataclass(frozen=True)
 class CorpusSizes:
   """How many examples of each kind; sentence and frame ranges per stage (inclusive; a sentence is
-  ~15 tokens and a frame 17 with the quickstart's tokenizers, so the longest documents fill 512 and
-  2048 tokens)."""
-  short_text: int = 20000         # stage 1 needle documents
+  ~15 tokens and a frame 17 with the quickstart's tokenizers, so the longest examples fill 512 and
+  2048 tokens). Counts of sentences and frames are drawn log-uniformly (`log_uniform_count`)."""
+  short_text: int = 15000         # stage 1 needle documents
   long_text: int = 2000           # stage 2 needle documents
   plain_text: int = 40            # long documents without a needle (stage 2)
-  short_video: int = 1500         # stage 1 video needles
-  long_video: int = 300           # stage 2 video needles
+  short_video: int = 10000        # stage 1 video needles
+  long_video: int = 1500          # stage 2 video needles
   caption_video: int = 150        # moving shapes with a caption (both stages)
-  digit_video: int = 150          # frames showing numbers, captioned with them (both stages)
+  digit_video: int = 1500         # frames showing numbers, captioned with them (both stages)
   short_sentences: tuple = (0, 30)
   long_sentences: tuple = (0, 130)
-  short_frames: tuple = (6, 26)
-  long_frames: tuple = (30, 110)
+  short_frames: tuple = (2, 28)
+  long_frames: tuple = (2, 118)
 
 
 # ------------------------------------------------------------------------------------ Frames
@@ -143,7 +143,7 @@ def text_needle_example(rng: np.random.Generator, sentences: tuple) -> dict:
 
 def video_needle_example(rng: np.random.Generator, frames: tuple, root: str, name: str) -> dict:
   """A digit frame at a random place among moving-shape frames, asked about as in evaluation."""
-  count = int(rng.integers(frames[0], frames[1] + 1))
+  count = log_uniform_count(rng, frames)
   value = train_value(rng, VIDEO_DIGITS)
   video = haystack(rng, count - 1)
   at = int(rng.integers(0, count))
