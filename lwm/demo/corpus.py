@@ -14,8 +14,9 @@ docs/quickstart.md):
   gradient comes from the answers, not from predicting filler;
 - one needle per document in digit-free filler, so retrieval is "find the one number and copy it"
   (no key matching, the skill the one-needle evaluation measures);
-- document lengths spread log-uniformly up to the stage's context, so short documents teach the
-  copy quickly and long ones stretch it to the whole context;
+- document and video lengths spread log-uniformly up to the stage's context, so short examples
+  teach the skill quickly and long ones stretch it to the whole context (stage 2's examples start
+  at a quarter of its context: the short range is stage 1's);
 - text values of three digits: a held-out value is a new combination of digit pairs that training
   has seen, so copying is not fought by a learnt "these digits never follow" prior (with two digits
   every held-out value is a pair the model was taught never to write).
@@ -65,17 +66,17 @@ class CorpusSizes:
   """How many examples of each kind; sentence and frame ranges per stage (inclusive; a sentence is
   ~15 tokens and a frame 17 with the quickstart's tokenizers, so the longest examples fill 512 and
   2048 tokens). Counts of sentences and frames are drawn log-uniformly (`log_uniform_count`)."""
-  short_text: int = 15000         # stage 1 needle documents
-  long_text: int = 2000           # stage 2 needle documents
+  short_text: int = 12000         # stage 1 needle documents
+  long_text: int = 3000           # stage 2 needle documents
   plain_text: int = 40            # long documents without a needle (stage 2)
-  short_video: int = 10000        # stage 1 video needles
-  long_video: int = 1500          # stage 2 video needles
+  short_video: int = 12000        # stage 1 video needles
+  long_video: int = 2500          # stage 2 video needles
   caption_video: int = 150        # moving shapes with a caption (both stages)
-  digit_video: int = 1500         # frames showing numbers, captioned with them (both stages)
+  digit_video: int = 2500         # frames showing numbers, captioned with them (both stages)
   short_sentences: tuple = (0, 30)
-  long_sentences: tuple = (0, 130)
+  long_sentences: tuple = (30, 130)   # stage 2 is for the long range: short is stage 1's
   short_frames: tuple = (2, 28)
-  long_frames: tuple = (2, 118)
+  long_frames: tuple = (28, 118)
 
 
 # ------------------------------------------------------------------------------------ Frames

@@ -32,7 +32,7 @@ class Settings:
   stage2: dict = dataclasses.field(default_factory=dict)
   context_length: int = 2048  # evaluation length: stage 2's seq_len
   depths: str = "0,25,50,75,100"
-  rounds: int = 4
+  rounds: int = 8
   workers: int = 2
 
 
