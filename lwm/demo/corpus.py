@@ -25,6 +25,7 @@ match those of a freshly rendered `needle_frame`; a video value has two digits, 
 16-pixel frame.
 """
 import dataclasses
+import functools
 import json
 import os
 import zlib
@@ -47,6 +48,7 @@ def is_held_out(value: str) -> bool:
   return zlib.crc32(value.encode()) % 4 == 0
 
 
+@functools.cache  # drawn from for every example
 def value_pool(held_out: bool, digits: int) -> tuple:
   """Every `digits`-digit value (no leading 0) that is (or is not) held out."""
   values = (str(v) for v in range(10 ** (digits - 1), 10 ** digits))
