@@ -206,7 +206,8 @@ def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: in
   generator = generator or inference.Generator(loaded.model)
   settings = dict(mode="video", video=video, manifest=manifest, needle_image=needle_image,
                   needle_answer=needle_answer, needle_frames=needle_frames, digits=digits,
-                  values=None if values is None else sorted(set(values)), seed=seed, temperature=temperature, top_p=top_p, source=loaded.source)
+                  values=None if values is None else sorted(set(values)), seed=seed,
+                  temperature=temperature, top_p=top_p, source=loaded.source)
   results = grid.Results(output, settings)
   overhead = prompt_overhead(tokenizer, vocab)
   haystacks = {}
