@@ -15,11 +15,9 @@ def test_temp_memory_grows_linearly_with_tokens_per_device():
 
 
 def test_temp_memory_does_not_grow_with_device_count():
-  # Same tokens per device on 2, 4 and 8 devices. A 2-device ring has no middle step, so XLA keeps
-  # one key/value pair fewer in flight there; from 4 devices on every step has the same body.
+  # Same tokens per device on 2, 4 and 8 devices: a device holds one block whatever the ring size.
   temp = {p: measure.compiled_memory("ring_causal", 16384 * p, p)["temp"] for p in (2, 4, 8)}
-  assert temp[2] <= temp[4] * 1.1, temp
-  assert abs(temp[8] / temp[4] - 1) <= 0.1, temp
+  assert max(temp.values()) <= 1.1 * min(temp.values()), temp
 
 
 def test_keys_and_values_travel_by_collective_permute_not_all_gather():

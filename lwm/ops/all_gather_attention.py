@@ -46,8 +46,9 @@ def _local_bwd(cfg, res, do):
   q_pos, kv_pos = _positions(cfg, q.shape[1])
   precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
+  zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
   dq, dk, dv = blockwise.block_backward(q, k_all, v_all, do, lse, delta, q_pos, kv_pos, seg,
-                                        seg_all, jnp.zeros(q.shape, jnp.float32), cfg.tiling,
+                                        seg_all, zeros(q), zeros(k_all), zeros(v_all), cfg.tiling,
                                         precision)
   return dq.astype(q.dtype), dk.astype(k_all.dtype), dv.astype(v_all.dtype), None, None
 

@@ -177,9 +177,9 @@ def finalize(state, dtype):
   return o.astype(dtype), lse
 
 
-def block_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, dq, tiling,
+def block_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, dq, dk, dv, tiling,
                    precision=None):
-  """Gradients from one key/value block: adds into dq (float32) and returns this block's dk, dv.
+  """Gradients from one key/value block, added into the float32 accumulators dq, dk and dv.
 
   Uses the global log-sum-exp `lse` and `delta = rowsum(do * o)`, so each tile's probabilities are
   the final ones: per-block statistics would give wrong gradients.
@@ -224,11 +224,9 @@ def block_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, dq, ti
       dq = _add_slice(dq, dq_c.reshape(dq_c.shape[:2] + (-1, dq_c.shape[-1])), qs)
       return dq, dk_c, dv_c
 
-    zeros = jnp.zeros(kc.shape, jnp.float32)
-    dq, dk_c, dv_c = lax.fori_loop(0, count, q_tile, (dq, zeros, zeros))
+    dq, dk_c, dv_c = lax.fori_loop(0, count, q_tile, (dq, _slice(dk, ks, bk), _slice(dv, ks, bk)))
     dk = lax.dynamic_update_slice_in_dim(dk, dk_c, ks, 1)
     dv = lax.dynamic_update_slice_in_dim(dv, dv_c, ks, 1)
     return dq, dk, dv
 
-  zeros = jnp.zeros(k.shape, jnp.float32)
-  return lax.fori_loop(0, n_kv // bk, kv_tile, (dq, zeros, zeros))
+  return lax.fori_loop(0, n_kv // bk, kv_tile, (dq, dk, dv))

@@ -1,10 +1,13 @@
 """Ring attention: exact attention over a sequence sharded on a mesh axis.
 
-Each device keeps its queries; key/value blocks (with their segment ids) travel one step around the
-ring per iteration via `lax.ppermute`, and each transfer is issued before the current block's compute
-so that it can hide behind it. The backward pass is a `custom_vjp` that sends the key/value blocks
-around again and accumulates their gradients as they travel; dq stays local. Residuals are q, k, v,
-the output and the float32 log-sum-exp, so memory is O(seq / devices) per device.
+Each device keeps its queries; every device's key/value block (with its segment ids) travels once
+around the ring via `lax.ppermute`, piece by piece: a device computes one piece while it passes on a
+piece it has finished, and the next block's piece arriving takes the slot the finished one freed.
+So a device holds one block and a few tiles on a ring of any size, and each transfer can hide
+behind a piece's compute. The backward pass is a `custom_vjp` that sends the blocks around again
+with their dk, dv accumulators: a device adds its share to a piece before passing it on, and the
+last pass brings each block's gradients to its owner; dq stays local. Residuals are q, k, v, the
+output and the float32 log-sum-exp, so memory is O(seq / devices) per device.
 
 Two layers:
 - `ring_attention_sharded`: the per-shard function, called inside `jax.shard_map` (the model does).
@@ -34,9 +37,10 @@ def _ring_geometry(cfg, n):
   num_shards = lax.axis_size(cfg.axis_name)
   index = lax.axis_index(cfg.axis_name)
   positions = lambda shard: layout_lib.shard_positions(shard, num_shards, n, cfg.layout)
-  shift = lambda tree: jax.tree.map(
-      lambda x: lax.ppermute(x, cfg.axis_name, [(j, (j + 1) % num_shards) for j in range(num_shards)]),
-      tree)
+  pairs = [(j, (j + 1) % num_shards) for j in range(num_shards)]
+  shift = lambda tree: jax.tree.map(lambda x: lax.ppermute(x, cfg.axis_name, pairs), tree)
+  if num_shards == 1:
+    shift = lambda tree: tree
   return num_shards, index, positions, shift
 
 
@@ -44,52 +48,98 @@ def _precision(dtype):
   return lax.Precision.HIGHEST if dtype == jnp.float32 else None
 
 
+# A block travels around the ring as `num_pieces` pieces, piece j being kv tile j of each half of
+# the shard (for zigzag: of each of its two chunks, so that every piece costs every device the same
+# causal work). A device computes one piece while it passes on a piece it has finished and takes
+# in the next block's piece in the slot that the finished one freed: it holds one block and a few
+# tiles, whatever the ring size. Block arrays are kept as [batch, 2, num_pieces, block_kv, ...] so
+# that a piece is one index on axis 2; a piece is [batch, 2 * block_kv, ...], like a short shard.
+
+def _to_pieces(x, num_pieces):
+  return x.reshape(x.shape[:1] + (2, num_pieces, -1) + x.shape[2:])
+
+
+def _from_pieces(x):
+  return x.reshape(x.shape[:1] + (-1,) + x.shape[4:])
+
+
+def _take(block, j):
+  """Piece j of every array of `block` (a dict)."""
+  take = lambda x: lax.dynamic_index_in_dim(x, j, axis=2, keepdims=True)
+  return {name: _from_pieces(take(x)) for name, x in block.items()}
+
+
+def _put(block, piece, j):
+  """`block` with slot j of the arrays named in `piece` holding the piece's values."""
+  put = lambda x, p: lax.dynamic_update_index_in_dim(x, _to_pieces(p, 1), j, axis=2)
+  return {**block, **{name: put(block[name], p) for name, p in piece.items()}}
+
+
+def _piece_positions(positions, j, num_pieces):
+  """The global positions `[2 * block_kv]` of piece j of a shard with token positions `positions`."""
+  halves = positions.reshape(2, num_pieces, -1)
+  return lax.dynamic_index_in_dim(halves, j, axis=1, keepdims=False).reshape(-1)
+
+
 def _forward(cfg, q, k, v, segment_ids):
   num_shards, index, positions, shift = _ring_geometry(cfg, q.shape[1])
   q_pos, precision = positions(index), _precision(q.dtype)
+  num_pieces = q.shape[1] // (2 * cfg.tiling.block_kv)
+  block = {"k": k, "v": v} | ({} if segment_ids is None else {"seg": segment_ids})
+  block = {name: _to_pieces(x, num_pieces) for name, x in block.items()}
 
-  def step(carry, t, send):
-    kv, state = carry
-    incoming = shift(kv) if send else kv  # issued before the compute that it can hide behind
-    k_blk, v_blk, seg_blk = kv
-    state = blockwise.block_forward(q, k_blk, v_blk, q_pos, positions((index - t) % num_shards),
-                                    segment_ids, seg_blk, state, cfg.tiling, precision)
-    return incoming, state
+  def step(g, carry, send):  # piece g = piece g % T of block g // T (from device index - g // T)
+    block, piece, state = carry
+    if send:  # piece g goes on while it is computed; its slot takes the previous device's piece g
+      block = _put(block, shift(piece), g % num_pieces)
+    after = _take(block, (g + 1) % num_pieces)  # read after the refill: it may be the arrival
+    kv_pos = _piece_positions(positions((index - g // num_pieces) % num_shards), g % num_pieces,
+                              num_pieces)
+    state = blockwise.block_forward(q, piece["k"], piece["v"], q_pos, kv_pos, segment_ids,
+                                    piece.get("seg"), state, cfg.tiling, precision)
+    return block, after, state
 
-  carry = ((k, v, segment_ids), blockwise.init_state(q))
-  if num_shards > 1:
-    carry, _ = lax.scan(lambda c, t: (step(c, t, True), None), carry, jnp.arange(num_shards - 1))
-  _, state = step(carry, num_shards - 1, False)
-  return blockwise.finalize(state, q.dtype)
+  carry = (block, _take(block, 0), blockwise.init_state(q))
+  last_block = (num_shards - 1) * num_pieces  # the next device needs all but our last block
+  carry = lax.fori_loop(0, last_block, lambda g, c: step(g, c, True), carry)
+  carry = lax.fori_loop(last_block, num_shards * num_pieces, lambda g, c: step(g, c, False), carry)
+  return blockwise.finalize(carry[2], q.dtype)
 
 
 def _backward(cfg, q, k, v, segment_ids, o, lse, do):
   num_shards, index, positions, shift = _ring_geometry(cfg, q.shape[1])
   q_pos, precision = positions(index), _precision(q.dtype)
+  num_pieces = q.shape[1] // (2 * cfg.tiling.block_kv)
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
+  zeros = jnp.zeros(k.shape, jnp.float32)
+  # dk, dv travel with their block: a device adds its share to a piece before passing it on.
+  block = {"k": k, "v": v, "dk": zeros, "dv": zeros}
+  block |= {} if segment_ids is None else {"seg": segment_ids}
+  block = {name: _to_pieces(x, num_pieces) for name, x in block.items()}
+  sends = {"all": tuple(block), "home": ("dk", "dv")}
 
-  def step(carry, t, send, receive):
-    kv, dq, dk, dv = carry
-    incoming = shift(kv) if send else kv
-    if receive:  # the accumulated dk, dv of this step's block, from the device that had it last step
-      dk, dv = shift((dk, dv))
-    k_blk, v_blk, seg_blk = kv
-    dq, dk_blk, dv_blk = blockwise.block_backward(
-        q, k_blk, v_blk, do, lse, delta, q_pos, positions((index - t) % num_shards), segment_ids,
-        seg_blk, dq, cfg.tiling, precision)
-    return incoming, dq, dk + dk_blk, dv + dv_blk
+  def step(g, carry, phase):
+    block, done, piece, dq = carry
+    if phase in sends:  # piece g-1, finished, goes on while piece g is computed
+      block = _put(block, shift({n: done[n] for n in sends[phase]}), (g - 1) % num_pieces)
+      if num_pieces == 1 and phase == "all":  # what arrives is piece g itself: no overlap
+        piece = _take(block, 0)
+    after = _take(block, (g + 1) % num_pieces)
+    kv_pos = _piece_positions(positions((index - g // num_pieces) % num_shards), g % num_pieces,
+                              num_pieces)
+    dq, dk, dv = blockwise.block_backward(
+        q, piece["k"], piece["v"], do, lse, delta, q_pos, kv_pos, segment_ids, piece.get("seg"),
+        dq, piece["dk"], piece["dv"], cfg.tiling, precision)
+    return block, piece | {"dk": dk, "dv": dv}, after, dq
 
-  zeros_kv = jnp.zeros(k.shape, jnp.float32)
-  carry = step(((k, v, segment_ids), jnp.zeros(q.shape, jnp.float32), zeros_kv, zeros_kv), 0,
-               num_shards > 1, False)
-  if num_shards > 1:
-    # Every later step has the same body, so memory does not depend on the ring size; the key/value
-    # block sent during the last step is not used (one extra transfer, hidden behind compute).
-    carry, _ = lax.scan(lambda c, t: (step(c, t, True, True), None), carry,
-                        jnp.arange(1, num_shards))
-  _, dq, dk, dv = carry
-  if num_shards > 1:
-    dk, dv = shift((dk, dv))  # home: the device that owns the block
+  carry = step(0, (block, None, _take(block, 0), jnp.zeros(q.shape, jnp.float32)), "none")
+  last_block = (num_shards - 1) * num_pieces
+  carry = lax.fori_loop(1, last_block + 1, lambda g, c: step(g, c, "all"), carry)
+  # During the last block the next device needs only the gradients: it owns that block.
+  block, done, _, dq = lax.fori_loop(last_block + 1, num_shards * num_pieces,
+                                     lambda g, c: step(g, c, "home"), carry)
+  block = _put(block, shift({n: done[n] for n in sends["home"]}), num_pieces - 1)
+  dk, dv = _from_pieces(block["dk"]), _from_pieces(block["dv"])
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
@@ -122,12 +172,11 @@ def _check_shapes(q, k, v, segment_ids, layout, block_q, block_kv):
     raise ValueError(f"query heads {q.shape[2]} must be a multiple of key/value heads {k.shape[2]}")
   if segment_ids is not None and segment_ids.shape != q.shape[:2]:
     raise ValueError(f"segment_ids must be [batch, seq] = {q.shape[:2]}, got {segment_ids.shape}")
-  span = q.shape[1] // 2 if layout == "zigzag" else q.shape[1]
+  half = q.shape[1] // 2
   for name, block in (("block_q", block_q), ("block_kv", block_kv)):
-    if span == 0 or span % block:
-      what = "half the per-device sequence" if layout == "zigzag" else "the per-device sequence"
-      raise ValueError(f"{name}={block} must divide {what} ({span} tokens); pick a divisor or "
-                       f"change the sequence length")
+    if half == 0 or q.shape[1] % 2 or half % block:
+      raise ValueError(f"{name}={block} must divide half the per-device sequence ({q.shape[1]} / 2 "
+                       f"tokens); pick a divisor or change the sequence length")
 
 
 def ring_attention_sharded(q, k, v, segment_ids=None, *, axis_name="sp", causal=True,
@@ -143,13 +192,14 @@ def ring_attention_sharded(q, k, v, segment_ids=None, *, axis_name="sp", causal=
     causal: mask keys after the query, by global token index.
     layout: "natural" (device i holds tokens [i*n, (i+1)*n)) or "zigzag" (device i holds sequence
       chunks i and 2P-1-i, see `lwm.ops.to_zigzag`), which balances causal work across devices.
-    block_q, block_kv: tile sizes; clipped to the shard (half shard for zigzag) and must divide it.
+    block_q, block_kv: tile sizes; clipped to half the shard and must divide it (keys and values
+      travel as pieces of one tile from each half; for zigzag the halves are its two chunks).
 
   Returns:
     `[batch, seq_shard, heads, head_dim]` in q's dtype.
   """
-  span = q.shape[1] // 2 if layout == "zigzag" else q.shape[1]
-  block_q, block_kv = min(block_q, span) or 1, min(block_kv, span) or 1
+  half = q.shape[1] // 2
+  block_q, block_kv = min(block_q, half) or 1, min(block_kv, half) or 1
   _check_shapes(q, k, v, segment_ids, layout, block_q, block_kv)
   if segment_ids is not None:
     segment_ids = segment_ids.astype(jnp.int32)
