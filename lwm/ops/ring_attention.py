@@ -34,14 +34,22 @@ class RingConfig:
 
 
 def _ring_geometry(cfg, n):
+  """(ring size, pieces per block, this shard's query positions, kv_positions, shift).
+
+  `kv_positions(g)` gives the global positions of global piece g: piece g % T of the block that
+  came from device index - g // T. `shift` sends a pytree to the next device on the ring.
+  """
   num_shards = lax.axis_size(cfg.axis_name)
   index = lax.axis_index(cfg.axis_name)
+  num_pieces = n // (2 * cfg.tiling.block_kv)
   positions = lambda shard: layout_lib.shard_positions(shard, num_shards, n, cfg.layout)
+  kv_positions = lambda g: _piece_positions(positions((index - g // num_pieces) % num_shards),
+                                            g % num_pieces, num_pieces)
   pairs = [(j, (j + 1) % num_shards) for j in range(num_shards)]
   shift = lambda tree: jax.tree.map(lambda x: lax.ppermute(x, cfg.axis_name, pairs), tree)
   if num_shards == 1:
     shift = lambda tree: tree
-  return num_shards, index, positions, shift
+  return num_shards, num_pieces, positions(index), kv_positions, shift
 
 
 def _precision(dtype):
@@ -76,15 +84,14 @@ def _put(block, piece, j):
 
 
 def _piece_positions(positions, j, num_pieces):
-  """The global positions `[2 * block_kv]` of piece j of a shard with token positions `positions`."""
+  """Global positions `[2 * block_kv]` of piece j of a shard with token positions `positions`."""
   halves = positions.reshape(2, num_pieces, -1)
   return lax.dynamic_index_in_dim(halves, j, axis=1, keepdims=False).reshape(-1)
 
 
 def _forward(cfg, q, k, v, segment_ids):
-  num_shards, index, positions, shift = _ring_geometry(cfg, q.shape[1])
-  q_pos, precision = positions(index), _precision(q.dtype)
-  num_pieces = q.shape[1] // (2 * cfg.tiling.block_kv)
+  num_shards, num_pieces, q_pos, kv_positions, shift = _ring_geometry(cfg, q.shape[1])
+  precision = _precision(q.dtype)
   block = {"k": k, "v": v} | ({} if segment_ids is None else {"seg": segment_ids})
   block = {name: _to_pieces(x, num_pieces) for name, x in block.items()}
 
@@ -93,9 +100,7 @@ def _forward(cfg, q, k, v, segment_ids):
     if send:  # piece g goes on while it is computed; its slot takes the previous device's piece g
       block = _put(block, shift(piece), g % num_pieces)
     after = _take(block, (g + 1) % num_pieces)  # read after the refill: it may be the arrival
-    kv_pos = _piece_positions(positions((index - g // num_pieces) % num_shards), g % num_pieces,
-                              num_pieces)
-    state = blockwise.block_forward(q, piece["k"], piece["v"], q_pos, kv_pos, segment_ids,
+    state = blockwise.block_forward(q, piece["k"], piece["v"], q_pos, kv_positions(g), segment_ids,
                                     piece.get("seg"), state, cfg.tiling, precision)
     return block, after, state
 
@@ -107,9 +112,8 @@ def _forward(cfg, q, k, v, segment_ids):
 
 
 def _backward(cfg, q, k, v, segment_ids, o, lse, do):
-  num_shards, index, positions, shift = _ring_geometry(cfg, q.shape[1])
-  q_pos, precision = positions(index), _precision(q.dtype)
-  num_pieces = q.shape[1] // (2 * cfg.tiling.block_kv)
+  num_shards, num_pieces, q_pos, kv_positions, shift = _ring_geometry(cfg, q.shape[1])
+  precision = _precision(q.dtype)
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
   zeros = jnp.zeros(k.shape, jnp.float32)
   # dk, dv travel with their block: a device adds its share to a piece before passing it on.
@@ -125,11 +129,9 @@ def _backward(cfg, q, k, v, segment_ids, o, lse, do):
       if num_pieces == 1 and phase == "all":  # what arrives is piece g itself: no overlap
         piece = _take(block, 0)
     after = _take(block, (g + 1) % num_pieces)
-    kv_pos = _piece_positions(positions((index - g // num_pieces) % num_shards), g % num_pieces,
-                              num_pieces)
     dq, dk, dv = blockwise.block_backward(
-        q, piece["k"], piece["v"], do, lse, delta, q_pos, kv_pos, segment_ids, piece.get("seg"),
-        dq, piece["dk"], piece["dv"], cfg.tiling, precision)
+        q, piece["k"], piece["v"], do, lse, delta, q_pos, kv_positions(g), segment_ids,
+        piece.get("seg"), dq, piece["dk"], piece["dv"], cfg.tiling, precision)
     return block, piece | {"dk": dk, "dv": dv}, after, dq
 
   carry = step(0, (block, None, _take(block, 0), jnp.zeros(q.shape, jnp.float32)), "none")
