@@ -1,10 +1,15 @@
 """One mesh with axes (dp, fsdp, tp, sp) and one table mapping logical axis names to mesh axes.
 
 Layers name each dimension logically (`embed`, `heads`, `mlp`, `seq`...). `LOGICAL_RULES` is the
-only place that says which mesh axes shard it. Parameters are sharded over fsdp and sp together, as
-LWM does, so a long-context mesh (large sp) does not replicate them; tp shards heads, the FFN
-hidden dimension, the vocabularies and the residual stream's embed dimension; the sequence is
-sharded over sp.
+only place that says which mesh axes shard it: every `with_sharding_constraint`, `shard_map` spec,
+collective and zigzag size in the model is derived from it. Parameters are sharded over fsdp and sp
+together, as LWM does, so a long-context mesh (large sp) does not replicate them; tp shards heads,
+the FFN hidden dimension, the vocabularies and the residual stream's embed dimension; the sequence
+is sharded over sp.
+
+Any `jax.sharding.Mesh` is accepted where a mesh is taken, whatever its axis types (`jax.make_mesh`
+makes Explicit axes by default): `model_mesh` gives the model its Auto view of the same devices.
+A mesh may leave out axes it does not use (`jax.make_mesh((8,), ("sp",))`): they count as size 1.
 """
 import math
 from typing import Sequence
@@ -14,7 +19,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("dp", "fsdp", "tp", "sp")
+from lwm.mesh_spec import MESH_AXES, parse_mesh_sizes
+
 
 LOGICAL_RULES = (
     # Parameters.
@@ -27,7 +33,7 @@ LOGICAL_RULES = (
     ("norm", None),
     # Activations.
     ("batch", ("dp", "fsdp")),
-    ("seq", "sp"),
+    ("seq", "sp"),  # Also the ring of ring attention: must be one mesh axis.
     ("act_heads", "tp"),
     ("act_embed", "tp"),  # Residual stream: saved layer inputs are not replicated over tp.
 )
@@ -51,40 +57,83 @@ def make_mesh(dp: int = 1, fsdp: int = 1, tp: int = 1, sp: int = 1, *, devices=N
               axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
-def parse_mesh(text: str, **kwargs) -> Mesh:
-  """Builds a mesh from "dp,fsdp,tp,sp", e.g. "1,2,1,4"."""
-  sizes = [int(s) for s in text.split(",")]
-  if len(sizes) != 4:
-    raise ValueError(f"mesh {text!r} must give four sizes dp,fsdp,tp,sp (e.g. 1,2,1,4)")
-  return make_mesh(*sizes, **kwargs)
+def model_mesh(mesh: Mesh | None) -> Mesh | None:
+  """The mesh as the model runs on it: the same devices, Auto axis types, and a size-1 axis for
+  every mesh axis the rules name that `mesh` leaves out.
+
+  `jax.make_mesh` defaults to Explicit axes, under which every einsum would have to state its
+  output sharding; the model instead places activations with constraints and shard_maps.
+  """
+  if mesh is None:
+    return None
+  missing = tuple(a for a in rule_mesh_axes() if a not in mesh.axis_names)
+  if not missing and all(t == AxisType.Auto for t in mesh.axis_types):
+    return mesh
+  names = tuple(mesh.axis_names) + missing
+  devices = mesh.devices.reshape(mesh.devices.shape + (1,) * len(missing))
+  return Mesh(devices, names, axis_types=(AxisType.Auto,) * len(names))
+
+
+def parse_mesh(text: str, *, devices=None) -> Mesh:
+  """Builds a mesh from "sp=8,fsdp=-1" or the positional "dp,fsdp,tp,sp" ("1,2,1,4"); a -1 takes
+  the devices the other axes leave."""
+  devices = jax.devices() if devices is None else list(devices)
+  return make_mesh(*parse_mesh_sizes(text, len(devices)), devices=devices)
+
+
+def mesh_axes(logical: str, rules=None) -> tuple[str, ...]:
+  """The mesh axes that the rules map the logical axis `logical` to (maybe empty)."""
+  table = dict(LOGICAL_RULES if rules is None else rules)
+  if logical not in table:
+    raise ValueError(f"logical axis {logical!r} has no rule; known: {sorted(table)}")
+  axes = table[logical]
+  return () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+
+
+def rule_mesh_axes(rules=None) -> tuple[str, ...]:
+  """Every mesh axis some rule names, in first-use order."""
+  names = []
+  for logical, _ in (LOGICAL_RULES if rules is None else rules):
+    names += [a for a in mesh_axes(logical, rules) if a not in names]
+  return tuple(names)
 
 
 def axis_size(mesh: Mesh, axes) -> int:
+  """The product of the sizes of mesh axes `axes` (a name, a tuple or None); absent axes are 1."""
   if axes is None:
     return 1
   axes = (axes,) if isinstance(axes, str) else axes
-  return math.prod(mesh.shape[a] for a in axes)
+  return math.prod(mesh.shape.get(a, 1) for a in axes)
 
 
-def logical_to_spec(logical: Sequence, shape: Sequence[int] | None = None, mesh: Mesh | None = None,
-                    rules=LOGICAL_RULES) -> P:
-  """PartitionSpec for logical axis names.
+def seq_axis() -> str:
+  """The one mesh axis the sequence is sharded over: the ring of ring attention."""
+  axes = mesh_axes("seq")
+  if len(axes) != 1:
+    raise ValueError(f"the 'seq' rule must name exactly one mesh axis (the ring), got {axes}")
+  return axes[0]
 
-  With `shape` and `mesh`, mesh axes that do not divide a dimension are dropped from the end (so
-  a tiny config or batch 1 on a wide mesh replicates that dimension instead of failing), and mesh
-  axes of size 1 are left out.
+
+def seq_shards(mesh: Mesh | None) -> int:
+  """How many pieces the sequence is cut into on `mesh` (1 without a mesh)."""
+  return 1 if mesh is None else axis_size(mesh, mesh_axes("seq"))
+
+
+def logical_to_spec(logical: Sequence, shape: Sequence[int | None] | None = None,
+                    mesh: Mesh | None = None, rules=None) -> P:
+  """PartitionSpec for logical axis names (None: replicated), by `rules` (LOGICAL_RULES).
+
+  With `mesh`, mesh axes that it lacks or that have size 1 are left out; with `shape` too, mesh
+  axes that do not divide a dimension are dropped from the end (so a tiny config or batch 1 on a
+  wide mesh replicates that dimension instead of failing). A shape entry None is not checked.
   """
-  table = dict(rules)
   spec, used = [], set()
   for i, name in enumerate(logical):
-    if name is not None and name not in table:
-      raise ValueError(f"logical axis {name!r} has no rule; known: {sorted(table)}")
-    axes = table.get(name) if name is not None else None
-    axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+    axes = () if name is None else mesh_axes(name, rules)
     axes = tuple(a for a in axes if a not in used)
     if mesh is not None:
-      axes = tuple(a for a in axes if mesh.shape[a] > 1)
-      if shape is not None:
+      axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
+      if shape is not None and shape[i] is not None:
         while axes and shape[i] % axis_size(mesh, axes):
           axes = axes[:-1]
     used.update(axes)
@@ -92,8 +141,21 @@ def logical_to_spec(logical: Sequence, shape: Sequence[int] | None = None, mesh:
   return P(*spec)
 
 
+def spec_axes(spec: P) -> tuple[str, ...]:
+  """Every mesh axis a PartitionSpec shards over (e.g. the axes a shard_map's psum must sum)."""
+  axes = []
+  for entry in spec:
+    axes += [] if entry is None else ([entry] if isinstance(entry, str) else list(entry))
+  return tuple(axes)
+
+
 def named_sharding(mesh: Mesh, logical: Sequence, shape=None) -> NamedSharding:
+  mesh = model_mesh(mesh)
   return NamedSharding(mesh, logical_to_spec(logical, shape, mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(model_mesh(mesh), P())
 
 
 def constrain(x, mesh: Mesh | None, logical: Sequence):
@@ -104,9 +166,8 @@ def constrain(x, mesh: Mesh | None, logical: Sequence):
 
 
 def batch_axes(mesh: Mesh, batch: int) -> tuple[str, ...]:
-  """The mesh axes sharding the batch dimension: ('dp', 'fsdp') where they divide `batch`."""
-  spec = logical_to_spec(("batch",), (batch,), mesh)[0]
-  return () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
+  """The mesh axes sharding the batch dimension (the `batch` rule's, where they divide `batch`)."""
+  return spec_axes(logical_to_spec(("batch",), (batch,), mesh))
 
 
 def param_shardings(state: nnx.State, mesh: Mesh):
@@ -124,9 +185,8 @@ def param_shardings(state: nnx.State, mesh: Mesh):
 
 
 def batch_shardings(mesh: Mesh, batch: int, keys: Sequence[str]) -> dict:
-  """Shardings of a `[batch, seq]` batch dict: batch over (dp, fsdp), sequence over sp."""
-  b = batch_axes(mesh, batch)
-  sharding = NamedSharding(mesh, P(b or None, "sp" if mesh.shape["sp"] > 1 else None))
+  """Shardings of a `[batch, seq]` batch dict: by the `batch` and `seq` rules."""
+  sharding = named_sharding(mesh, ("batch", "seq"), (batch, None))
   return {k: sharding for k in keys}
 
 
@@ -134,7 +194,6 @@ def state_shardings_like(tree, params_shardings, mesh: Mesh):
   """Shardings for an optimizer state: sub-trees shaped like the params take the params' shardings,
   everything else (step counts) is replicated."""
   params_def = jax.tree.structure(params_shardings)
-  replicated = NamedSharding(mesh, P())
   return jax.tree.map(
-      lambda x: params_shardings if jax.tree.structure(x) == params_def else replicated,
+      lambda x: params_shardings if jax.tree.structure(x) == params_def else replicated(mesh),
       tree, is_leaf=lambda x: jax.tree.structure(x) == params_def)

@@ -21,7 +21,6 @@ from lwm.data import packing
 from lwm.data.dataset import load_examples
 
 INDEX_FILE = "index.npz"
-BATCH_AXES = (("dp", "fsdp"), "sp")
 
 
 def load_index(data_dir: str, examples) -> dict:
@@ -69,19 +68,18 @@ class Loader:
 
   def _setup_mesh(self, mesh):
     import jax
+    from lwm import sharding as shd
     from lwm.ops import to_zigzag
-    missing = {"dp", "fsdp", "sp"} - set(mesh.axis_names)
-    if missing:
-      raise ValueError(f"mesh axes must include dp, fsdp and sp, got {mesh.axis_names}")
-    rows_split = mesh.shape["dp"] * mesh.shape["fsdp"]
-    self.num_shards = mesh.shape["sp"]
+    rows_split = shd.axis_size(mesh, shd.mesh_axes("batch"))
+    self.num_shards = shd.seq_shards(mesh)
     if self.global_batch_size % rows_split:
       raise ValueError(f"global_batch_size {self.global_batch_size} must be divisible by "
                        f"dp * fsdp = {rows_split}")
     if self.seq_len % (2 * self.num_shards):
       raise ValueError(f"seq_len {self.seq_len} must be divisible by 2 * sp = {2 * self.num_shards} "
                        "for the zigzag layout")
-    self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*BATCH_AXES))
+    self.sharding = jax.sharding.NamedSharding(
+        shd.model_mesh(mesh), jax.sharding.PartitionSpec(shd.mesh_axes("batch"), shd.seq_axis()))
     shape = (self.global_batch_size, self.seq_len)
     row_slices = [idx[0] for idx in self.sharding.addressable_devices_indices_map(shape).values()]
     local = set()

@@ -130,7 +130,7 @@ class Generator:
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     lengths = [len(p) for p in prompts]
-    seq = padded_length(max(lengths), self.mesh.shape["sp"])
+    seq = padded_length(max(lengths), shd.seq_shards(self.mesh))
     tokens = np.zeros((len(prompts), seq), np.int32)
     mask = np.zeros((len(prompts), seq), bool)
     for i, prompt in enumerate(prompts):

@@ -38,33 +38,6 @@ class KVCache(NamedTuple):
   v: jax.Array
 
 
-def _qkv(params, h, cos, sin, config):
-  """Projections with RoPE: h `[batch, seq, embed]` -> q `[b, s, heads, hd]`, k, v `[b, s, kv,
-  hd]`."""
-  batch, seq, _ = h.shape
-  hd = config.dim_per_head
-  q = (h @ params["wq"]).reshape(batch, seq, config.num_heads, hd)
-  k = (h @ params["wk"]).reshape(batch, seq, config.num_kv_heads, hd)
-  v = (h @ params["wv"]).reshape(batch, seq, config.num_kv_heads, hd)
-  return layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin), v
-
-
-def _prefill_layer(params, x, *, cos, sin, segment_ids, config, mesh):
-  """`layers.decoder_layer` that also returns this layer's k, v `[batch, seq, kv_heads, hd]`."""
-  batch, seq, _ = x.shape
-  h = layers.rms_norm(x, params["attn_norm"], config.rms_norm_eps)
-  q, k, v = _qkv(params, h, cos, sin, config)
-  q, k, v = (shd.constrain(t, mesh, ("batch", "seq", "act_heads", None)) for t in (q, k, v))
-  o = layers.ring_self_attention(q, k, v, segment_ids, mesh=mesh, block_q=config.attention_block_q,
-                                 block_kv=config.attention_block_kv)
-  x = x + o.reshape(batch, seq, -1) @ params["wo"]
-  x = shd.constrain(x, mesh, ("batch", "seq", "act_embed"))
-  h = layers.rms_norm(x, params["ffn_norm"], config.rms_norm_eps)
-  x = x + layers.blockwise_ffn(h, params["w_gate"], params["w_up"], params["w_down"],
-                               chunk=config.ffn_chunk, mesh=mesh)
-  return shd.constrain(x, mesh, ("batch", "seq", "act_embed")), k, v
-
-
 def prefill(model, tokens, vision_mask, lengths, *, max_new_tokens: int):
   """Runs the prompt through the model with ring attention; returns (logits, cache).
 
@@ -76,9 +49,10 @@ def prefill(model, tokens, vision_mask, lengths, *, max_new_tokens: int):
   """
   config, mesh = model.config, model.get_mesh()
   batch, seq = tokens.shape
-  sp = mesh.shape["sp"]
+  sp = shd.seq_shards(mesh)
   if seq % (2 * sp):
-    raise ValueError(f"prompt length {seq} must be padded to a multiple of 2 * sp = {2 * sp}")
+    raise ValueError(f"prompt length {seq} must be padded to a multiple of 2 * {shd.seq_axis()} = "
+                     f"{2 * sp}")
   positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
   valid = positions < lengths[:, None]
   zig = lambda a: None if a is None else ops.to_zigzag(a, sp)
@@ -88,9 +62,8 @@ def prefill(model, tokens, vision_mask, lengths, *, max_new_tokens: int):
 
   def body(x, params):
     params = jax.tree.map(lambda w: w.astype(config.compute_dtype), params)
-    x, k, v = _prefill_layer(params, x, cos=cos, sin=sin, segment_ids=valid_z.astype(jnp.int32),
-                             config=config, mesh=mesh)
-    return x, (k, v)
+    return layers.decoder_layer(params, x, cos=cos, sin=sin, segment_ids=valid_z.astype(jnp.int32),
+                                config=config, mesh=mesh, mode="prefill")
 
   x, (prompt_k, prompt_v) = jax.lax.scan(body, x, model.layers.arrays())
   last = jnp.argmax(positions_z == (lengths - 1)[:, None], axis=1)  # zigzag index of the last token
@@ -101,37 +74,10 @@ def prefill(model, tokens, vision_mask, lengths, *, max_new_tokens: int):
   return model.logits(hidden)[:, 0], cache
 
 
-def cached_attention(q, prompt_k, prompt_v, prompt_valid, k, v, step):
-  """One query per row against the prompt cache and generated slots 0..step, one softmax over both.
-
-  q: `[batch, 1, heads, hd]`; prompt_k/v: `[batch, seq, kv_heads, hd]`; prompt_valid:
-  `[batch, seq]`; k, v: `[batch, max_new, kv_heads, hd]`. Returns `[batch, 1, heads, hd]` in q's
-  dtype.
-  """
-  batch, _, heads, hd = q.shape
-  kv_heads = k.shape[2]
-  qg = q.reshape(batch, kv_heads, heads // kv_heads, hd).astype(jnp.float32) * hd ** -0.5
-  generated = jnp.broadcast_to(jnp.arange(k.shape[1]) <= step, (batch, k.shape[1]))
-
-  def scores(keys, visible):
-    s = jnp.einsum("bkgd,bskd->bkgs", qg, keys.astype(jnp.float32),
-                   precision=jax.lax.Precision.HIGHEST)
-    return jnp.where(visible[:, None, None, :], s, -jnp.inf)
-
-  s_prompt, s_new = scores(prompt_k, prompt_valid), scores(k, generated)
-  # Slot `step` (the current token) is always visible, so the joint maximum is finite.
-  m = jnp.maximum(s_prompt.max(-1), s_new.max(-1))[..., None]
-  p_prompt, p_new = jnp.exp(s_prompt - m), jnp.exp(s_new - m)
-  mix = lambda p, values: jnp.einsum("bkgs,bskd->bkgd", p, values.astype(jnp.float32),
-                                     precision=jax.lax.Precision.HIGHEST)
-  out = (mix(p_prompt, prompt_v) + mix(p_new, v)) / (p_prompt.sum(-1) + p_new.sum(-1))[..., None]
-  return out.reshape(batch, 1, heads, hd).astype(q.dtype)
-
-
 def decode_step(model, cache: KVCache, tokens, step):
   """Feeds generated token number `step` (text ids `[batch]`); returns (logits `[batch, vocab]`,
   cache with its keys and values in slot `step`)."""
-  config = model.config
+  config, mesh = model.config, model.get_mesh()
   positions = (cache.lengths + step)[:, None]
   x = model.embed(tokens[:, None].astype(jnp.int32))
   cos, sin = layers.rope_angles(positions, config.dim_per_head, config.rope_theta)
@@ -139,14 +85,9 @@ def decode_step(model, cache: KVCache, tokens, step):
   def body(x, inputs):
     params, prompt_k, prompt_v, k, v = inputs
     params = jax.tree.map(lambda w: w.astype(config.compute_dtype), params)
-    h = layers.rms_norm(x, params["attn_norm"], config.rms_norm_eps)
-    q, k_new, v_new = _qkv(params, h, cos, sin, config)
-    k = jax.lax.dynamic_update_slice_in_dim(k, k_new.astype(k.dtype), step, axis=1)
-    v = jax.lax.dynamic_update_slice_in_dim(v, v_new.astype(v.dtype), step, axis=1)
-    o = cached_attention(q, prompt_k, prompt_v, cache.prompt_valid, k, v, step)
-    x = x + o.reshape(x.shape[0], 1, -1) @ params["wo"]
-    h = layers.rms_norm(x, params["ffn_norm"], config.rms_norm_eps)
-    return x + layers.swiglu(h, params["w_gate"], params["w_up"], params["w_down"]), (k, v)
+    layer_cache = layers.DecodeCache(prompt_k, prompt_v, cache.prompt_valid, k, v, step)
+    return layers.decoder_layer(params, x, cos=cos, sin=sin, config=config, mesh=mesh,
+                                mode="decode", cache=layer_cache)
 
   x, (k, v) = jax.lax.scan(body, x, (model.layers.arrays(), cache.prompt_k, cache.prompt_v,
                                      cache.k, cache.v))

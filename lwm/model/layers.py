@@ -2,8 +2,10 @@
 
 Shapes: x `[batch, seq, embed]`; q `[batch, seq, heads, head_dim]`; k, v `[batch, seq, kv_heads,
 head_dim]`. Sequences arrive in the ring's zigzag order; `positions` carry each token's true index.
+`decoder_layer` is the one layer of training, prefill and cached decode (its `mode`).
 """
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,13 +65,14 @@ def blockwise_ffn(x, w_gate, w_up, w_down, *, chunk: int, mesh: Mesh):
   """SwiGLU over sequence chunks of at most `chunk` tokens per device, recomputed in the backward.
 
   Only one chunk's `[chunk, mlp]` hidden exists at a time. The sequence is viewed as
-  `[batch, sp, chunks, chunk, embed]` so the scan runs over a dimension that is not sharded.
+  `[batch, shards, chunks, chunk, embed]` (shards: the mesh's `seq` pieces) so the scan runs over
+  a dimension that is not sharded.
   """
   batch, seq, embed = x.shape
-  sp = mesh.shape["sp"]
-  local = seq // sp
+  shards = shd.seq_shards(mesh)
+  local = seq // shards
   size = _divisor_at_most(local, chunk)
-  xs = x.reshape(batch, sp, local // size, size, embed)
+  xs = x.reshape(batch, shards, local // size, size, embed)
   xs = shd.constrain(xs, mesh, ("batch", "seq", None, None, "act_embed"))
   xs = jnp.moveaxis(xs, 2, 0)
 
@@ -83,27 +86,32 @@ def blockwise_ffn(x, w_gate, w_up, w_down, *, chunk: int, mesh: Mesh):
   return jnp.moveaxis(ys, 0, 2).reshape(batch, seq, embed)
 
 
-def attention_specs(mesh: Mesh, batch: int):
-  """shard_map specs for q/k/v `[batch, seq, heads, head_dim]` and segment ids `[batch, seq]`."""
-  b = shd.batch_axes(mesh, batch) or None
-  return P(b, "sp", "tp", None), P(b, "sp")
+def attention_specs(mesh: Mesh, shape):
+  """shard_map specs, from the rules, for q/k/v `[batch, seq, heads, head_dim]` of `shape` and
+  for segment ids `[batch, seq]`."""
+  qkv = shd.logical_to_spec(("batch", "seq", "act_heads", None), shape, mesh)
+  return qkv, P(*qkv[:2])
 
 
 def ring_self_attention(q, k, v, segment_ids, *, mesh: Mesh, block_q: int, block_kv: int):
-  """Causal attention with the sequence (zigzag order) sharded over `sp`, heads over `tp`.
+  """Causal attention with the sequence (zigzag order) sharded over the `seq` rule's mesh axis and
+  heads over the `act_heads` rule's.
 
   q: [batch, seq, heads, head_dim]; k, v: [batch, seq, kv_heads, head_dim]; segment_ids:
   [batch, seq] int32 (0 = padding) or None. Returns [batch, seq, heads, head_dim].
   """
-  tp, sp = mesh.shape["tp"], mesh.shape["sp"]
-  if q.shape[2] % tp or k.shape[2] % tp:
-    raise ValueError(f"tp={tp} must divide heads={q.shape[2]} and kv_heads={k.shape[2]}")
-  half = q.shape[1] // sp // 2
-  if half == 0 or q.shape[1] % (2 * sp):
-    raise ValueError(f"sequence length {q.shape[1]} must be a multiple of 2 * sp = {2 * sp}")
-  qkv_spec, seg_spec = attention_specs(mesh, q.shape[0])
-  fn = functools.partial(ops.ring_attention_sharded, axis_name="sp", causal=True, layout="zigzag",
-                         block_q=_divisor_at_most(half, block_q),
+  heads_split = shd.axis_size(mesh, shd.mesh_axes("act_heads"))
+  shards = shd.seq_shards(mesh)
+  if q.shape[2] % heads_split or k.shape[2] % heads_split:
+    raise ValueError(f"the {shd.mesh_axes('act_heads')} mesh axes ({heads_split} devices) must "
+                     f"divide heads={q.shape[2]} and kv_heads={k.shape[2]}")
+  half = q.shape[1] // shards // 2
+  if half == 0 or q.shape[1] % (2 * shards):
+    raise ValueError(f"sequence length {q.shape[1]} must be a multiple of 2 * {shd.seq_axis()} = "
+                     f"{2 * shards}")
+  qkv_spec, seg_spec = attention_specs(mesh, k.shape)
+  fn = functools.partial(ops.ring_attention_sharded, axis_name=shd.seq_axis(), causal=True,
+                         layout="zigzag", block_q=_divisor_at_most(half, block_q),
                          block_kv=_divisor_at_most(half, block_kv))
   if segment_ids is None:
     return jax.shard_map(lambda a, b, c: fn(a, b, c), mesh=mesh, in_specs=(qkv_spec,) * 3,
@@ -112,32 +120,124 @@ def ring_self_attention(q, k, v, segment_ids, *, mesh: Mesh, block_q: int, block
                        out_specs=qkv_spec, check_vma=False)(q, k, v, segment_ids)
 
 
-def decoder_layer(params: dict, x, *, cos, sin, segment_ids, config, mesh: Mesh, layer_index=0):
-  """One pre-norm LLaMA layer. params: this layer's weights (see `Transformer`), in compute dtype.
+def cached_attention(q, prompt_k, prompt_v, prompt_valid, k, v, step):
+  """One query per row against the prompt cache and generated slots 0..step, one softmax over both.
 
-  x: [batch, seq, embed]; cos, sin: [batch, seq, head_dim // 2]; layer_index: int32 scalar, traced
-  from the layer scan. Returns [batch, seq, embed].
+  q: `[batch, 1, heads, hd]`; prompt_k/v: `[batch, seq, kv_heads, hd]`; prompt_valid:
+  `[batch, seq]`; k, v: `[batch, max_new, kv_heads, hd]`. Returns `[batch, 1, heads, hd]` in q's
+  dtype.
   """
-  batch, seq, _ = x.shape
+  batch, _, heads, hd = q.shape
+  kv_heads = k.shape[2]
+  qg = q.reshape(batch, kv_heads, heads // kv_heads, hd).astype(jnp.float32) * hd ** -0.5
+  generated = jnp.broadcast_to(jnp.arange(k.shape[1]) <= step, (batch, k.shape[1]))
+
+  def scores(keys, visible):
+    s = jnp.einsum("bkgd,bskd->bkgs", qg, keys.astype(jnp.float32),
+                   precision=jax.lax.Precision.HIGHEST)
+    return jnp.where(visible[:, None, None, :], s, -jnp.inf)
+
+  s_prompt, s_new = scores(prompt_k, prompt_valid), scores(k, generated)
+  # Slot `step` (the current token) is always visible, so the joint maximum is finite.
+  m = jnp.maximum(s_prompt.max(-1), s_new.max(-1))[..., None]
+  p_prompt, p_new = jnp.exp(s_prompt - m), jnp.exp(s_new - m)
+  mix = lambda p, values: jnp.einsum("bkgs,bskd->bkgd", p, values.astype(jnp.float32),
+                                     precision=jax.lax.Precision.HIGHEST)
+  out = (mix(p_prompt, prompt_v) + mix(p_new, v)) / (p_prompt.sum(-1) + p_new.sum(-1))[..., None]
+  return out.reshape(batch, 1, heads, hd).astype(q.dtype)
+
+
+# How a layer runs (MaxText's model_mode): "train" is the forward of training (and the model's
+# __call__); "prefill" is the same computation that also returns the layer's keys and values;
+# "decode" feeds one token per row against a `DecodeCache` and returns its updated slots.
+MODES = ("train", "prefill", "decode")
+
+
+class DecodeCache(NamedTuple):
+  """One layer's keys and values for a decode step (a slice of `lwm.model.decode.KVCache`).
+
+  prompt_k, prompt_v: `[batch, seq, kv_heads, hd]` in zigzag order; prompt_valid: `[batch, seq]`;
+  k, v: `[batch, max_new, kv_heads, hd]`, generated slots; step: int32 scalar, the slot this token
+  fills.
+  """
+  prompt_k: jax.Array
+  prompt_v: jax.Array
+  prompt_valid: jax.Array
+  k: jax.Array
+  v: jax.Array
+  step: jax.Array
+
+
+def qkv_projections(params: dict, h, cos, sin, config):
+  """h `[batch, seq, embed]` -> q `[batch, seq, heads, hd]`, k, v `[batch, seq, kv_heads, hd]`,
+  with RoPE applied to q and k."""
+  batch, seq, _ = h.shape
   hd = config.dim_per_head
-  h = rms_norm(x, params["attn_norm"], config.rms_norm_eps)
   q = (h @ params["wq"]).reshape(batch, seq, config.num_heads, hd)
   k = (h @ params["wk"]).reshape(batch, seq, config.num_kv_heads, hd)
   v = (h @ params["wv"]).reshape(batch, seq, config.num_kv_heads, hd)
-  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def self_attention(params: dict, h, *, cos, sin, segment_ids, config, mesh: Mesh, layer_index,
+                   mode: str, cache: DecodeCache | None):
+  """The attention block on normalised input h `[batch, seq, embed]`: (output `[batch, seq,
+  embed]` after the `wo` projection, kv). kv: None ("train"), this layer's (k, v) `[batch, seq,
+  kv_heads, hd]` ("prefill"), or the cache's updated generated slots (k, v) ("decode")."""
+  batch, seq, _ = h.shape
+  q, k, v = qkv_projections(params, h, cos, sin, config)
+  if mode == "decode":
+    k_slots = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache.step, 1)
+    v_slots = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache.step, 1)
+    o = cached_attention(q, cache.prompt_k, cache.prompt_v, cache.prompt_valid, k_slots, v_slots,
+                         cache.step)
+    return o.reshape(batch, seq, -1) @ params["wo"], (k_slots, v_slots)
   q, k, v = (shd.constrain(t, mesh, ("batch", "seq", "act_heads", None)) for t in (q, k, v))
   attend = functools.partial(ring_self_attention, mesh=mesh, block_q=config.attention_block_q,
                              block_kv=config.attention_block_kv)
-  # Why the always-true cond: when jax.grad linearizes the scan over layers, it hoists every
-  # computation that does not depend on the loop out of it, recursing into the ring's own loops;
-  # the ring's masks (functions of positions and segment ids only) then become residuals stacked
-  # over ring steps x tiles x tiles (25 GiB per device at 32K tokens for `1b`). A branch index that
-  # depends on the scanned layer index keeps the whole attention call inside the loop.
-  o = jax.lax.cond(layer_index >= 0, lambda args: attend(*args),
-                   lambda args: jnp.zeros_like(args[0]), (q, k, v, segment_ids))
-  x = x + o.reshape(batch, seq, config.num_heads * hd) @ params["wo"]
-  x = shd.constrain(x, mesh, ("batch", "seq", "act_embed"))
-  h = rms_norm(x, params["ffn_norm"], config.rms_norm_eps)
-  x = x + blockwise_ffn(h, params["w_gate"], params["w_up"], params["w_down"],
-                        chunk=config.ffn_chunk, mesh=mesh)
-  return shd.constrain(x, mesh, ("batch", "seq", "act_embed"))
+  if mode == "train":
+    # Why the always-true cond: when jax.grad linearizes the scan over layers, it hoists every
+    # computation that does not depend on the loop out of it, recursing into the ring's own loops;
+    # the ring's masks (functions of positions and segment ids only) then become residuals stacked
+    # over ring steps x tiles x tiles (25 GiB per device at 32K tokens for `1b`). A branch index
+    # that depends on the scanned layer index keeps the whole attention call inside the loop.
+    o = jax.lax.cond(layer_index >= 0, lambda args: attend(*args),
+                     lambda args: jnp.zeros_like(args[0]), (q, k, v, segment_ids))
+  else:
+    o = attend(q, k, v, segment_ids)
+  return o.reshape(batch, seq, -1) @ params["wo"], (k, v) if mode == "prefill" else None
+
+
+def feed_forward(params: dict, h, *, config, mesh: Mesh, mode: str):
+  """SwiGLU on normalised input h `[batch, seq, embed]`: blockwise over the sharded sequence, or
+  directly for a decode step's single token."""
+  if mode == "decode":
+    return swiglu(h, params["w_gate"], params["w_up"], params["w_down"])
+  return blockwise_ffn(h, params["w_gate"], params["w_up"], params["w_down"],
+                       chunk=config.ffn_chunk, mesh=mesh)
+
+
+def decoder_layer(params: dict, x, *, cos, sin, config, mesh: Mesh | None, segment_ids=None,
+                  layer_index=0, mode: str = "train", cache: DecodeCache | None = None):
+  """One pre-norm LLaMA layer, for training, prefill and cached decode (see MODES).
+
+  params: this layer's weights (see `Transformer`), in compute dtype. x: [batch, seq, embed]
+  (seq = 1 in "decode"); cos, sin: [batch, seq, head_dim // 2]; segment_ids: [batch, seq] int32
+  or None; layer_index: int32 scalar, traced from the layer scan; cache: this layer's DecodeCache
+  ("decode" only). Returns (x [batch, seq, embed], kv) with kv as `self_attention` says.
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r}; expected one of {MODES}")
+  if (cache is not None) != (mode == "decode"):
+    raise ValueError(f"mode={mode!r} takes {'a' if mode == 'decode' else 'no'} DecodeCache")
+  # Decode steps hold one token per row: nothing to place along the sequence.
+  place = (lambda t: t) if mode == "decode" else (
+      lambda t: shd.constrain(t, mesh, ("batch", "seq", "act_embed")))
+  h = rms_norm(x, params["attn_norm"], config.rms_norm_eps)
+  attn_out, kv = self_attention(params, h, cos=cos, sin=sin, segment_ids=segment_ids,
+                                config=config, mesh=mesh, layer_index=layer_index, mode=mode,
+                                cache=cache)
+  x = place(x + attn_out)
+  ffn_in = rms_norm(x, params["ffn_norm"], config.rms_norm_eps)
+  ffn_out = feed_forward(params, ffn_in, config=config, mesh=mesh, mode=mode)
+  return place(x + ffn_out), kv

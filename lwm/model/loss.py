@@ -70,8 +70,8 @@ def combine(sums, text_weight: float, vision_weight: float):
 
 
 def loss_fn(model, batch: dict):
-  """Training loss of `model` on a batch dict in zigzag order (see BATCH_KEYS), sharded like
-  P(('dp','fsdp'), 'sp'). Returns (scalar loss, metrics dict)."""
+  """Training loss of `model` on a batch dict in zigzag order (see BATCH_KEYS), sharded
+  by the `batch` and `seq` rules of `lwm.sharding`. Returns (scalar loss, metrics dict)."""
   missing = [k for k in BATCH_KEYS if k not in batch]
   if missing:
     raise KeyError(f"batch is missing {missing}; expected keys {BATCH_KEYS}")
@@ -81,9 +81,9 @@ def loss_fn(model, batch: dict):
   dt = config.compute_dtype
   head_text = model.head_text[...].astype(dt)
   head_vision = None if model.head_vision is None else model.head_vision[...].astype(dt)
-  b = shd.batch_axes(mesh, hidden.shape[0])
-  reduce_axes = b + ("sp",)  # Exactly the axes that shard the inputs below.
-  seq_spec = P(b or None, "sp")
+  hidden_spec = shd.logical_to_spec(("batch", "seq", None), hidden.shape, mesh)
+  reduce_axes = shd.spec_axes(hidden_spec)  # Exactly the axes that shard the inputs below.
+  seq_spec = P(*hidden_spec[:2])
 
   def shard_sums(h, ht, hv, t, tv, m):
     sums = loss_sums(h, ht, hv, t, tv, m, chunk=config.loss_chunk)
@@ -91,7 +91,7 @@ def loss_fn(model, batch: dict):
 
   sums = jax.shard_map(
       shard_sums, mesh=mesh,
-      in_specs=(P(b or None, "sp", None), P(), P()) + (seq_spec,) * 3, out_specs=P(),
+      in_specs=(hidden_spec, P(), P()) + (seq_spec,) * 3, out_specs=P(),
   )(hidden, head_text, head_vision, batch["targets"], batch["target_vision_mask"],
     batch["loss_mask"])
   return combine(sums, config.text_loss_weight, config.vision_loss_weight)

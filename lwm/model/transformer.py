@@ -62,12 +62,13 @@ class DecoderStack(nnx.Module):
 class Transformer(nnx.Module):
   """LLaMA-style decoder with LWM's vision vocabulary, sharded over a (dp, fsdp, tp, sp) mesh.
 
-  `mesh=None` runs on one device (a 1x1x1x1 mesh over the first device).
+  `mesh=None` runs on one device (a 1x1x1x1 mesh over the first device). Any mesh is taken as
+  `lwm.sharding.model_mesh` sees it (Auto axes; e.g. one made with `jax.make_mesh`'s defaults).
   """
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, mesh: Mesh | None = None):
     self.config = config
-    self.mesh = mesh
+    self.mesh = shd.model_mesh(mesh)
     D, std, dt = config.hidden_size, config.initializer_range, config.weight_dtype
     self.embed_text = _param(rngs, (config.vocab_size, D), ("vocab", "embed"), dt, std)
     self.layers = DecoderStack(config, rngs=rngs)
@@ -98,7 +99,7 @@ class Transformer(nnx.Module):
     """Final normalised hidden states `[batch, seq, embed]` of a batch in the mesh's zigzag order.
 
     tokens, positions: [batch, seq] int32; vision_mask: [batch, seq] bool or None; segment_ids:
-    [batch, seq] int32 (0 = padding) or None. seq must be a multiple of 2 * sp.
+    [batch, seq] int32 (0 = padding) or None. seq must be a multiple of 2 * the sequence shards.
     """
     config, mesh = self.config, self.get_mesh()
     x = shd.constrain(self.embed(tokens, vision_mask), mesh, ("batch", "seq", "act_embed"))
@@ -107,8 +108,8 @@ class Transformer(nnx.Module):
     def body(x, inputs):
       index, params = inputs
       params = jax.tree.map(lambda w: w.astype(config.compute_dtype), params)
-      x = layers.decoder_layer(params, x, cos=cos, sin=sin, segment_ids=segment_ids,
-                               config=config, mesh=mesh, layer_index=index)
+      x, _ = layers.decoder_layer(params, x, cos=cos, sin=sin, segment_ids=segment_ids,
+                                  config=config, mesh=mesh, layer_index=index, mode="train")
       return x, None
 
     indices = jnp.arange(config.num_layers, dtype=jnp.int32)
@@ -135,7 +136,7 @@ class Transformer(nnx.Module):
     of 2 * sp, converts to the zigzag layout and back.
     """
     batch, seq = tokens.shape
-    sp = self.get_mesh().shape["sp"]
+    sp = shd.seq_shards(self.get_mesh())
     pad = (-seq) % (2 * sp)
     if pad and segment_ids is None:
       segment_ids = jnp.ones((batch, seq), jnp.int32)
