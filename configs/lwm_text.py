@@ -7,18 +7,22 @@
   ... 256k, 512k, 1m likewise, each from the previous stage's workdir.
 
 Every stage: 4M tokens per batch, constant learning rate 4e-5 after warm-up, RoPE θ growing with the
-context; the mesh is the paper's dp,fsdp,tp,sp with fsdp taking the remaining devices (-1). The data
+context; the mesh is the paper's, with fsdp taking the remaining devices (-1). The data
 of each stage is a directory written by scripts/preprocess.py from documents of that stage's length.
 """
 from lwm.stage import base_config
 
-# seq_len, rope_theta, steps, warmup, mesh (paper: TPU v4-512, fp32; we keep bf16 activations).
+# Paper: TPU v4-512, fp32; we keep bf16 activations. fsdp=-1 takes the devices tp and sp leave.
 STAGES = {
-    "32k": (32768, 1e6, 1200, 100, "1,-1,4,1"),
-    "128k": (131072, 1e7, 3000, 200, "1,-1,8,1"),
-    "256k": (262144, 1e7, 3000, 200, "1,-1,16,1"),
-    "512k": (524288, 2.5e7, 720, 50, "1,-1,16,2"),
-    "1m": (1048576, 5e7, 450, 25, "1,-1,16,4"),
+    "32k": dict(seq_len=32768, rope_theta=1e6, steps=1200, warmup_steps=100, mesh="tp=4,fsdp=-1"),
+    "128k": dict(seq_len=131072, rope_theta=1e7, steps=3000, warmup_steps=200,
+                 mesh="tp=8,fsdp=-1"),
+    "256k": dict(seq_len=262144, rope_theta=1e7, steps=3000, warmup_steps=200,
+                 mesh="tp=16,fsdp=-1"),
+    "512k": dict(seq_len=524288, rope_theta=2.5e7, steps=720, warmup_steps=50,
+                 mesh="tp=16,sp=2,fsdp=-1"),
+    "1m": dict(seq_len=1048576, rope_theta=5e7, steps=450, warmup_steps=25,
+               mesh="tp=16,sp=4,fsdp=-1"),
 }
 BATCH_TOKENS = 4 * 2**20
 
@@ -26,14 +30,14 @@ BATCH_TOKENS = 4 * 2**20
 def get_config(arg: str = "32k"):
   if arg not in STAGES:
     raise ValueError(f"configs/lwm_text.py takes one of {list(STAGES)}, got {arg!r}")
-  seq_len, theta, steps, warmup, mesh = STAGES[arg]
+  s = STAGES[arg]
   names = list(STAGES)
   c = base_config()
   c.model = "7b"
-  c.seq_len, c.rope_theta, c.mesh = seq_len, theta, mesh
+  c.seq_len, c.rope_theta, c.mesh = s["seq_len"], s["rope_theta"], s["mesh"]
   c.init_from = "" if arg == "32k" else f"workdirs/text_{names[names.index(arg) - 1]}"
-  c.train.steps, c.train.warmup_steps = steps, warmup
-  c.train.batch_size = BATCH_TOKENS // seq_len
+  c.train.steps, c.train.warmup_steps = s["steps"], s["warmup_steps"]
+  c.train.batch_size = BATCH_TOKENS // s["seq_len"]
   c.train.lr, c.train.lr_schedule = 4e-5, "constant"
   c.train.text_loss_weight, c.train.vision_loss_weight = 1.0, 0.0
   c.checkpoint.every = 100

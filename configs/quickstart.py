@@ -11,7 +11,7 @@ extends to 2048 tokens with a larger θ, sharded over 8 simulated devices with r
 `bash scripts/quickstart.sh` runs these (and everything around them); see docs/quickstart.md.
 Stage 1 runs on one device (fastest on a small CPU) and learns both retrievals on examples of up to
 512 tokens (text alone reaches 1.0 held-out at 512 tokens in ~600 steps; reading video digits is
-slower); stage 2 stretches them to 4x the context on mesh 1,1,1,8 (sp=8) with long examples only.
+slower); stage 2 stretches them to 4x the context on mesh sp=8 with long examples only.
 """
 from lwm.stage import base_config
 
@@ -22,12 +22,12 @@ MODEL = dict(hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4, 
              ffn_chunk=512, loss_chunk=512, remat_policy="none")
 
 STAGES = {
-    "stage1": dict(seq_len=512, rope_theta=1e4, mesh="1,1,1,1", steps=2000, lr=3e-3, batch=16,
+    "stage1": dict(seq_len=512, rope_theta=1e4, mesh="sp=1", steps=2000, lr=3e-3, batch=16,
                    warmup=50),
-    "stage2": dict(seq_len=2048, rope_theta=1e5, mesh="1,1,1,8", steps=400, lr=1e-3, batch=4,
+    "stage2": dict(seq_len=2048, rope_theta=1e5, mesh="sp=8", steps=400, lr=1e-3, batch=4,
                    warmup=10),
     # The control: stage 2's model at its initial parameters (lr 0, one step saves them).
-    "control": dict(seq_len=2048, rope_theta=1e5, mesh="1,1,1,1", steps=1, lr=0.0, batch=1,
+    "control": dict(seq_len=2048, rope_theta=1e5, mesh="sp=1", steps=1, lr=0.0, batch=1,
                     warmup=0),
 }
 

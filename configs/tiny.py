@@ -11,8 +11,8 @@ devices than the machine has).
 from lwm.stage import base_config
 
 STAGES = {
-    "stage1": dict(seq_len=1024, rope_theta=1e4, mesh="1,8,1,1", steps=40, lr=3e-3),
-    "stage2": dict(seq_len=4096, rope_theta=1e5, mesh="1,1,1,8", steps=20, lr=1e-3),
+    "stage1": dict(seq_len=1024, rope_theta=1e4, mesh="fsdp=8", steps=40, lr=3e-3),
+    "stage2": dict(seq_len=4096, rope_theta=1e5, mesh="sp=8", steps=20, lr=1e-3),
 }
 
 

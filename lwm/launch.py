@@ -1,19 +1,41 @@
-"""Process set-up before training: simulated CPU devices and multi-host initialisation."""
+"""Process set-up before JAX starts: simulated CPU devices and multi-host initialisation."""
 import os
 
-from lwm import stage
+from lwm import mesh_spec, stage
+
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def set_device_count(count: int | None, *, replace: bool = False, environ=None) -> None:
+  """Gives the CPU backend `count` simulated devices through XLA_FLAGS (before JAX initialises).
+
+  An XLA_FLAGS that already sets a count wins (a test harness or the user chose it) unless
+  `replace`; `count=None` removes the flag (for child processes that size their own). Harmless
+  with accelerators: the flag only shapes the host (CPU) platform, which JAX then does not use by
+  default. `environ`: the environment dict to change (default: this process's).
+  """
+  environ = os.environ if environ is None else environ
+  flags = environ.get("XLA_FLAGS", "").split()
+  present = any(f.startswith(DEVICE_COUNT_FLAG) for f in flags)
+  if present and not replace and count is not None:
+    return
+  flags = [f for f in flags if not f.startswith(DEVICE_COUNT_FLAG)]
+  if count is not None:
+    flags.append(f"{DEVICE_COUNT_FLAG}={count}")
+  environ["XLA_FLAGS"] = " ".join(flags)
 
 
 def setup_devices(config, num_processes: int = 1) -> None:
-  """Gives the CPU backend as many devices as this process's share of the mesh (before JAX starts).
+  """Gives the CPU backend as many devices as this process's share of the config's mesh."""
+  set_device_count(stage.device_count_needed(config) // max(num_processes, 1))
 
-  Harmless with accelerators: the flag only shapes the host (CPU) platform, which JAX then does not
-  use by default.
-  """
-  needed = stage.device_count_needed(config) // max(num_processes, 1)
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={needed}".strip()
+
+def setup_devices_for_mesh(mesh: str | None) -> None:
+  """A command line's --mesh ("sp=8", "1,2,1,4"): the CPU gets as many devices as it needs. Nothing
+  without a mesh, or when a -1 leaves the count to the devices there are."""
+  count = mesh_spec.device_count(mesh) if mesh else None
+  if count is not None:
+    set_device_count(count)
 
 
 def initialize_distributed(auto: bool, coordinator: str | None, num_processes: int | None,

@@ -12,6 +12,22 @@ EXAMPLES = "e.g. 'sp=8', 'fsdp=2,sp=4', 'sp=4,fsdp=-1' or positional dp,fsdp,tp,
 def parse_mesh_sizes(text, num_devices: int | None = None) -> tuple[int, int, int, int]:
   """(dp, fsdp, tp, sp) from a mesh string. A -1 becomes num_devices / the others (1 without
   num_devices or when they do not divide it: the device-count check then names the mismatch)."""
+  sizes = list(_sizes(text))
+  if -1 in sizes:
+    known = math.prod(s for s in sizes if s != -1)
+    rest = num_devices // known if num_devices and num_devices % known == 0 else 1
+    sizes[sizes.index(-1)] = max(rest, 1)
+  return tuple(sizes)
+
+
+def device_count(text) -> int | None:
+  """The devices a mesh string needs; None when a -1 leaves that to the devices there are."""
+  sizes = _sizes(text)
+  return None if -1 in sizes else math.prod(sizes)
+
+
+def _sizes(text) -> tuple[int, ...]:
+  """The four sizes as written (a -1 kept), checked."""
   parts = [p for p in str(text).replace(" ", "").strip("()").split(",") if p]
   try:
     if parts and all("=" in p for p in parts):
@@ -31,10 +47,6 @@ def parse_mesh_sizes(text, num_devices: int | None = None) -> tuple[int, int, in
   if sizes.count(-1) > 1 or any(s < 1 and s != -1 for s in sizes):
     raise ValueError(f"mesh {text!r}: sizes must be positive, with at most one -1 for 'the rest'; "
                      f"{EXAMPLES}")
-  if -1 in sizes:
-    known = math.prod(s for s in sizes if s != -1)
-    rest = num_devices // known if num_devices and num_devices % known == 0 else 1
-    sizes[sizes.index(-1)] = max(rest, 1)
   return tuple(sizes)
 
 

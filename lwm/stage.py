@@ -8,6 +8,9 @@ import math
 import os
 
 import ml_collections
+from ml_collections.config_flags import config_flags
+
+from lwm import mesh_spec
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -19,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_overrides = ml_collections.ConfigDict()  # ModelConfig fields, e.g. {"num_layers": 4}
   c.seq_len = 1024            # tokens per packed sequence
   c.rope_theta = 10000.0
-  c.mesh = "1,1,1,1"          # dp,fsdp,tp,sp; product = device count; one -1 takes the rest
+  c.mesh = "sp=1"             # "sp=8", "fsdp=-1,tp=4" or dp,fsdp,tp,sp; one -1 takes the rest
   c.seed = 0
   c.init_from = ""            # "" (random), a previous stage's workdir, or a Hugging Face LLaMA dir
 
@@ -52,19 +55,17 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def mesh_sizes(config, num_devices: int | None = None) -> tuple[int, int, int, int]:
-  """(dp, fsdp, tp, sp) from `config.mesh` ("1,2,1,4"; a -1 is num_devices / the others, or 1)."""
+  """(dp, fsdp, tp, sp) from `config.mesh` ("sp=4,fsdp=-1" or "1,-1,1,4"; see lwm.mesh_spec)."""
   try:
-    sizes = [int(s) for s in str(config.mesh).replace(" ", "").strip("()").split(",")]
-  except ValueError:
-    sizes = []
-  if len(sizes) != 4 or sizes.count(-1) > 1 or any(s < 1 and s != -1 for s in sizes):
-    raise ValueError(f"config.mesh={config.mesh!r} must be four sizes dp,fsdp,tp,sp (positive, or "
-                     "one -1 for 'the rest'), e.g. '1,2,1,4' or '1,-1,4,1'")
-  if -1 in sizes:
-    known = math.prod(s for s in sizes if s != -1)
-    rest = num_devices // known if num_devices and num_devices % known == 0 else 1
-    sizes[sizes.index(-1)] = max(rest, 1)
-  return tuple(sizes)
+    return mesh_spec.parse_mesh_sizes(config.mesh, num_devices)
+  except ValueError as e:
+    raise ValueError(f"config.mesh={config.mesh!r}: {e}") from e
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """A stage config from "configs/file.py[:arg]", loaded and locked as `scripts/train.py
+  --config` loads it (ml_collections' config-file parser)."""
+  return config_flags.ConfigFileFlagParser("config", lock_config=True).parse(spec)
 
 
 def validate(config, num_devices: int | None = None) -> None:

@@ -8,10 +8,9 @@ BOS [<vision> frames </vision> | document] Question: {question} Answer:
 Frames are sampled as the run's data stage sampled them (or --max-frames/--fps).
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lwm import launch
 
 
 def parse_args(argv=None):
@@ -25,7 +24,7 @@ def parse_args(argv=None):
   p.add_argument("--vqgan", default=None)
   p.add_argument("--max-frames", type=int, default=None, help="default: the data stage's sampling")
   p.add_argument("--fps", type=float, default=None)
-  p.add_argument("--mesh", default=None, help="dp,fsdp,tp,sp (default: all devices on sp)")
+  p.add_argument("--mesh", default=None, help="e.g. sp=8 or fsdp=2,sp=4 (or dp,fsdp,tp,sp sizes); default: all devices on sp")
   p.add_argument("--dtype", default=None)
   p.add_argument("--max-new-tokens", type=int, default=64)
   p.add_argument("--temperature", type=float, default=0.0)
@@ -36,8 +35,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
-  from eval_needle import setup_devices  # same directory
-  setup_devices(args.mesh)
+  launch.setup_devices_for_mesh(args.mesh)
   from absl import logging
   logging.set_verbosity(logging.ERROR)  # Orbax warns about reading a checkpoint read-only
   from lwm import sharding

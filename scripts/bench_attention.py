@@ -10,6 +10,8 @@ same run. --memory-seq-lens adds compile-only memory rows (e.g. 1048576 on 8 dev
 import argparse
 import os
 
+from lwm import launch
+
 
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -28,8 +30,7 @@ def parse_args():
 def main():
   args = parse_args()
   count = max(args.devices, args.memory_devices if args.memory_seq_lens else 1)
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={count}")
+  launch.set_device_count(count, replace=True)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from lwm.ops import measure  # after XLA_FLAGS: JAX reads them once
 

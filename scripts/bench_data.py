@@ -13,6 +13,8 @@ import os
 import tempfile
 import time
 
+from lwm import launch
+
 
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -107,18 +109,16 @@ def bench_loader(data_dir, seq_len, batch, batches, mesh):
 
 def main():
   args = parse_args()
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8")
+  launch.set_device_count(8, replace=True)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  import jax
+  from lwm import sharding
   with tempfile.TemporaryDirectory() as tmp:
     frames256 = bench_decode(tmp, args.frames)
     bench_vqgan(frames256, [n for n in args.vqgan_configs.split(",") if n], args.frames)
     data_dir = make_dataset(os.path.join(tmp, "ds"), args.examples, args.seq_len)
     bench_loader(data_dir, args.seq_len, args.batch, args.batches, None)
     if not args.no_mesh:
-      mesh = jax.make_mesh((1, 2, 1, 4), ("dp", "fsdp", "tp", "sp"),
-                           axis_types=(jax.sharding.AxisType.Explicit,) * 4)
+      mesh = sharding.make_mesh(1, 2, 1, 4)  # the kind of mesh training builds
       bench_loader(data_dir, args.seq_len, args.batch, args.batches, mesh)
 
 

@@ -14,11 +14,9 @@ the depth x length table. Without accelerators, the CPU is split into as many de
 needs.
 """
 import argparse
-import math
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lwm import launch
 
 
 def parse_args(argv=None):
@@ -51,22 +49,13 @@ def parse_args(argv=None):
   p.add_argument("--needle-frames", type=int, default=1, help="video: frames the needle lasts")
   p.add_argument("--tokenizer", default=None, help="sentencepiece .model (default: the run's)")
   p.add_argument("--vqgan", default=None, help="VQGAN directory (default: the run's)")
-  p.add_argument("--mesh", default=None, help="dp,fsdp,tp,sp (default: all devices on sp)")
+  p.add_argument("--mesh", default=None, help="e.g. sp=8 or fsdp=2,sp=4 (or dp,fsdp,tp,sp sizes); default: all devices on sp")
   p.add_argument("--dtype", default=None, help="activation dtype (default: the stage's)")
   p.add_argument("--max-new-tokens", type=int, default=None)
   p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
   p.add_argument("--top-p", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
-
-
-def setup_devices(mesh: str | None) -> None:
-  """Without accelerators the CPU gets as many devices as the mesh needs (before JAX starts)."""
-  if mesh:
-    count = math.prod(int(s) for s in mesh.split(","))
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-      os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
 def grids(args):
@@ -89,7 +78,7 @@ def grids(args):
 
 def main(argv=None):
   args = parse_args(argv)
-  setup_devices(args.mesh)
+  launch.setup_devices_for_mesh(args.mesh)
   from absl import logging
   logging.set_verbosity(logging.ERROR)  # Orbax warns about reading a checkpoint read-only
   from lwm import sharding

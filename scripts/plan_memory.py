@@ -4,23 +4,24 @@ reports per-device memory.
 Everything is compiled from abstract shapes on simulated CPU devices, so nothing is allocated; XLA's
 memory analysis then gives the per-device figures.
 
-  python scripts/plan_memory.py --model 1b --seq-len 1048576 --batch 1 --mesh 1,1,1,8
-  python scripts/plan_memory.py --model 7b --seq-len 1048576 --batch 1 --mesh 1,1,1,64
-  python scripts/plan_memory.py --model 7b --seq-len 1048576 --mesh 1,1,1,64 --mode prefill
+  python scripts/plan_memory.py --model 1b --seq-len 1048576 --batch 1 --mesh sp=8
+  python scripts/plan_memory.py --model 7b --seq-len 1048576 --batch 1 --mesh sp=64
+  python scripts/plan_memory.py --model 7b --seq-len 1048576 --mesh sp=64 --mode prefill
   python scripts/plan_memory.py --config configs/lwm_text.py:1m --devices 256
 
 --mode train: one full step (forward, backward, AdamW; float32 parameters and optimizer state,
 bfloat16 activations). --mode prefill: a prompt's prefill with ring attention, every layer's keys and
 values kept as the decode cache (an output, sharded over sp and tp). --config takes the model, the
-sequence length, the micro-batch, the mesh and the model overrides of a stage config (its mesh may
-use -1; give --devices then). The figures are the CPU compiler's buffer assignment; a GPU or TPU
+sequence length, the micro-batch, the mesh and the model config of a stage config as training
+builds them (its mesh may use -1; give --devices then). The figures are the CPU compiler's buffer assignment; a GPU or TPU
 compiler schedules differently, so keep some headroom.
 """
 import argparse
-import importlib.util
 import math
 import os
 import time
+
+from lwm import launch, mesh_spec, stage
 
 
 def parse_args(argv=None):
@@ -31,7 +32,8 @@ def parse_args(argv=None):
   parser.add_argument("--model", default="1b", help="named size: tiny, small, 1b, 7b")
   parser.add_argument("--seq-len", type=int, default=1048576)
   parser.add_argument("--batch", type=int, default=1)
-  parser.add_argument("--mesh", default="1,1,1,8", help="dp,fsdp,tp,sp sizes")
+  parser.add_argument("--mesh", default="sp=8",
+                      help="e.g. sp=8 or fsdp=2,sp=4 (or dp,fsdp,tp,sp sizes: 1,1,1,8)")
   parser.add_argument("--remat-policy", default=None, help="override the config's remat policy")
   parser.add_argument("--dtype", default="bfloat16", help="activation (and KV cache) dtype")
   parser.add_argument("--ffn-chunk", type=int, default=None)
@@ -50,65 +52,62 @@ def parse_args(argv=None):
 CPU_FLAGS = "--xla_disable_hlo_passes=while-loop-invariant-code-motion"
 
 
-def load_stage_config(spec: str):
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("stage_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def plan(args):
-  """(model name, overrides, mesh sizes, batch, seq_len) from the flags or a stage config."""
-  overrides = {"dtype": args.dtype, "param_dtype": "float32"}
-  name, sizes, batch, seq_len = args.model, [int(s) for s in args.mesh.split(",")], args.batch, \
-      args.seq_len
+def stage_config(args):
+  """The stage config to plan: --config's, or the defaults with --model, --seq-len, --batch, --mesh
+  and --dtype."""
   if args.config:
-    from lwm import stage
-    c = load_stage_config(args.config)
-    if "-1" in str(c.mesh).replace(" ", "").split(",") and not args.devices:
+    c = stage.load_config(args.config)
+    if mesh_spec.device_count(c.mesh) is None and not args.devices:
       raise SystemExit(f"{args.config} has mesh {c.mesh!r}: give --devices to resolve the -1")
-    name, sizes = c.model, list(stage.mesh_sizes(c, args.devices))
-    batch, seq_len = c.train.batch_size // c.train.grad_accum, c.seq_len
-    overrides.update(c.model_overrides.to_dict(), rope_theta=float(c.rope_theta),
-                     dtype=c.train.dtype)
-  if len(sizes) != 4:
-    raise SystemExit(f"--mesh {args.mesh!r} must give four sizes dp,fsdp,tp,sp (e.g. 1,2,1,4)")
-  for flag, field in (("remat_policy", "remat_policy"), ("ffn_chunk", "ffn_chunk"),
-                      ("loss_chunk", "loss_chunk")):
-    if getattr(args, flag):
-      overrides[field] = getattr(args, flag)
+    return c
+  c = stage.base_config()
+  c.model, c.seq_len, c.mesh, c.train.dtype = args.model, args.seq_len, args.mesh, args.dtype
+  c.train.batch_size, c.train.grad_accum = args.batch, 1
+  return c
+
+
+def planning_overrides(args) -> dict:
+  """ModelConfig fields the flags change on top of the stage's."""
+  overrides = {field: getattr(args, field) for field in ("remat_policy", "ffn_chunk", "loss_chunk")
+               if getattr(args, field)}
   if args.attention_block:
     overrides["attention_block_q"] = overrides["attention_block_kv"] = args.attention_block
-  return name, overrides, sizes, batch, seq_len
+  return overrides
 
 
 def main(argv=None):
   args = parse_args(argv)
-  name, overrides, sizes, batch, seq_len = plan(args)
+  c = stage_config(args)
+  try:
+    sizes = stage.mesh_sizes(c, args.devices)
+  except ValueError as e:
+    raise SystemExit(str(e)) from e
+  batch, seq_len = c.train.batch_size // c.train.grad_accum, c.seq_len
   # Must happen before JAX initialises its CPU backend.
   os.environ["JAX_PLATFORMS"] = "cpu"
-  flags = (os.environ.get("XLA_FLAGS", "") +
-           f" --xla_force_host_platform_device_count={math.prod(sizes)}")
+  launch.set_device_count(math.prod(sizes), replace=True)
   train_mode = args.mode == "train"
-  os.environ["XLA_FLAGS"] = flags if args.cpu_licm or not train_mode else f"{flags} {CPU_FLAGS}"
+  if train_mode and not args.cpu_licm:
+    os.environ["XLA_FLAGS"] = f"{os.environ['XLA_FLAGS']} {CPU_FLAGS}"
   # pylint: disable=import-outside-toplevel
   from lwm import sharding as shd
+  from lwm import train
   from lwm.eval import inference
-  from lwm.model import abstract_model, count_params, get_config, lower_train_step
+  from lwm.model import abstract_model, count_params, lower_train_step
 
-  config = get_config(name, **overrides)
+  # The model config training would build (no dataset: vocabularies stay the named size's).
+  config = train.model_config(c, {"text_vocab_size": 0}).replace(**planning_overrides(args))
   mesh = shd.make_mesh(*sizes)
-  data_axes = shd.batch_axes(mesh, batch)
-  if shd.axis_size(mesh, data_axes) < mesh.shape["dp"] * mesh.shape["fsdp"]:
-    print(f"note: batch {batch} is not divisible by dp*fsdp="
-          f"{mesh.shape['dp'] * mesh.shape['fsdp']}; activations are replicated over the rest "
+  data_axes, batch_axes = shd.batch_axes(mesh, batch), shd.mesh_axes("batch")
+  if shd.axis_size(mesh, data_axes) < shd.axis_size(mesh, batch_axes):
+    print(f"note: batch {batch} is not divisible by {'*'.join(batch_axes)}="
+          f"{shd.axis_size(mesh, batch_axes)}; activations are replicated over the rest "
           "(parameters stay sharded). Prefer fsdp=1 and a larger sp for batch 1.")
-  print(f"model {name}: {config}")
+  print(f"model {c.model}: {config}")
   print(f"XLA_FLAGS={os.environ['XLA_FLAGS'].strip()}")
   print(f"parameters: {count_params(abstract_model(config)) / 1e9:.3f} B (text and vision)")
-  print(f"{args.mode}: mesh dp,fsdp,tp,sp = {sizes}; batch {batch} x {seq_len} tokens; "
-        f"{seq_len // mesh.shape['sp']} tokens per sp shard")
+  print(f"{args.mode}: mesh {mesh_spec.format_mesh(sizes)}; batch {batch} x {seq_len} tokens; "
+        f"{seq_len // shd.seq_shards(mesh)} tokens per {shd.seq_axis()} shard")
 
   start = time.time()
   if train_mode:

@@ -6,10 +6,7 @@ needle evaluations (trained vs untrained control) -> OUT/summary.json and heatma
 Rerunning reuses finished steps; --clean starts over; --small is the slow test's tiny version.
 """
 import argparse
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:

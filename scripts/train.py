@@ -9,13 +9,8 @@ simulated devices as the config's mesh needs (set before JAX starts). Multi-host
 distributed flags, or --distributed to let jax.distributed.initialize() read SLURM / TPU pod
 settings.
 """
-import os
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "stage config file[:arg]",
                                           lock_config=True)

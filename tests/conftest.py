@@ -1,10 +1,10 @@
 """Every test runs on the CPU with 8 simulated devices (set before JAX initializes)."""
 import os
 
+from lwm import launch
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-flags = os.environ.get("XLA_FLAGS", "")
-if "xla_force_host_platform_device_count" not in flags:
-  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
+launch.set_device_count(8)
 
 import jax  # noqa: E402
 

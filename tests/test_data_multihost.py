@@ -39,13 +39,14 @@ class CountingSource(list):
 
 
 def worker(process_id: int, port: int, out: str) -> None:
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  from lwm import launch
+  launch.set_device_count(4, replace=True)
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
+  from lwm import sharding as shd
   from lwm.data.loader import Loader
-  mesh = jax.make_mesh((1, 2, 1, 4), ("dp", "fsdp", "tp", "sp"),
-                       axis_types=(jax.sharding.AxisType.Explicit,) * 4)
+  mesh = shd.make_mesh(1, 2, 1, 4)
   source = CountingSource(documents())
   loader = Loader(None, SEQ_LEN, BATCH, seed=SEED, mesh=mesh, examples=source)
   source.read.clear()  # building the index read everything; preprocess saves it as index.npz

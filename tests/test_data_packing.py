@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from lwm import sharding as shd
 from lwm.data import packing
 from lwm.data.loader import Loader
 from lwm.ops import from_zigzag
@@ -161,8 +162,7 @@ def test_state_from_another_stage_is_refused():
 
 
 def test_global_arrays_on_the_mesh_are_zigzag_and_sharded():
-  mesh = jax.make_mesh((1, 2, 1, 4), ("dp", "fsdp", "tp", "sp"),
-                       axis_types=(jax.sharding.AxisType.Explicit,) * 4)
+  mesh = shd.make_mesh(1, 2, 1, 4)
   docs = corpus(num=30)
   on_mesh = Loader(None, seq_len=256, global_batch_size=4, seed=1, mesh=mesh, examples=docs)
   plain = Loader(None, seq_len=256, global_batch_size=4, seed=1, examples=docs)
@@ -180,8 +180,7 @@ def test_global_arrays_on_the_mesh_are_zigzag_and_sharded():
 
 
 def test_bad_mesh_sizes_name_the_numbers():
-  mesh = jax.make_mesh((1, 2, 1, 4), ("dp", "fsdp", "tp", "sp"),
-                       axis_types=(jax.sharding.AxisType.Explicit,) * 4)
+  mesh = shd.make_mesh(1, 2, 1, 4)
   with pytest.raises(ValueError, match="global_batch_size 3"):
     Loader(None, seq_len=256, global_batch_size=3, mesh=mesh, examples=corpus(num=3))
   with pytest.raises(ValueError, match="seq_len 100"):

@@ -113,15 +113,14 @@ def test_same_frames_every_codec(corpus):
 
 
 def test_loader_reads_the_preprocessed_dataset(corpus):
-  import jax
+  from lwm import sharding as shd
   from lwm.data.loader import Loader
   from lwm.ops import from_zigzag
   out = corpus["options"].output
   assert os.path.isfile(os.path.join(out, "index.npz"))
   with open(os.path.join(out, "vocab.json")) as f:
     assert json.load(f)["eov"] == vqgan.get_config("tiny").codebook_size + 1
-  mesh = jax.make_mesh((1, 2, 1, 4), ("dp", "fsdp", "tp", "sp"),
-                       axis_types=(jax.sharding.AxisType.Explicit,) * 4)
+  mesh = shd.make_mesh(1, 2, 1, 4)
   loader = Loader(out, seq_len=512, global_batch_size=2, seed=0, mesh=mesh)
   batch = next(loader)
   seg = np.asarray(from_zigzag(batch["segment_ids"], 4))

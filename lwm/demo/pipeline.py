@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from lwm import launch
 from lwm.demo import corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,9 +72,7 @@ def child_env() -> dict:
   """This environment without a forced CPU device count (a test harness sets one): each script
   sizes the simulated devices from its own mesh."""
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env["XLA_FLAGS"] = " ".join(flags)
+  launch.set_device_count(None, environ=env)
   return env
 
 
