@@ -36,7 +36,8 @@ def get_config(arg: str = "1k"):
   c = base_config()
   c.model = "7b"
   c.seq_len, c.rope_theta, c.mesh = s["seq_len"], 5e7, s["mesh"]
-  c.init_from = "workdirs/text_1m" if arg == "1k" else f"workdirs/vision_{names[names.index(arg) - 1]}"
+  previous = names[names.index(arg) - 1]
+  c.init_from = "workdirs/text_1m" if arg == "1k" else f"workdirs/vision_{previous}"
   c.train.steps, c.train.warmup_steps = s["steps"], s["warmup_steps"]
   c.train.batch_size = BATCH_TOKENS // s["seq_len"]
   c.train.lr, c.train.lr_schedule = s["lr"], s["lr_schedule"]

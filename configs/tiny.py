@@ -1,12 +1,15 @@
-"""Tiny CPU stages: stage1 (1K tokens, θ=1e4, sp=1) then stage2 (4K tokens, θ=1e5, sp=8, from stage1).
+"""Tiny CPU stages: stage1 (1K tokens, θ=1e4, fsdp=8) then stage2 (4K tokens, θ=1e5, sp=8, from
+stage1).
 
   python scripts/preprocess.py ...  # or any dataset directory; then:
-  python scripts/train.py --config configs/tiny.py:stage1 --workdir /tmp/tiny1 --config.data.path DATA
-  python scripts/train.py --config configs/tiny.py:stage2 --workdir /tmp/tiny2 --config.data.path DATA \
+  python scripts/train.py --config configs/tiny.py:stage1 --workdir /tmp/tiny1 \
+      --config.data.path DATA
+  python scripts/train.py --config configs/tiny.py:stage2 --workdir /tmp/tiny2 \
+      --config.data.path DATA \
       --config.init_from /tmp/tiny1
 
-Both run in minutes on 8 simulated CPU devices (scripts/train.py simulates them when the mesh needs more
-devices than the machine has).
+Both run in minutes on 8 simulated CPU devices (scripts/train.py simulates them when the mesh needs
+more devices than the machine has).
 """
 from lwm.stage import base_config
 

@@ -51,6 +51,6 @@ def _sizes(text) -> tuple[int, ...]:
 
 
 def format_mesh(sizes) -> str:
-  """The named form of (dp, fsdp, tp, sp), leaving out axes of size 1: (1, 2, 1, 4) -> 'fsdp=2,sp=4'."""
+  """The named form of (dp, fsdp, tp, sp) without its size-1 axes: (1, 2, 1, 4) -> 'fsdp=2,sp=4'."""
   named = [f"{axis}={size}" for axis, size in zip(MESH_AXES, sizes) if size != 1]
   return ",".join(named) or "sp=1"

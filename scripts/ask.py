@@ -24,7 +24,8 @@ def parse_args(argv=None):
   p.add_argument("--vqgan", default=None)
   p.add_argument("--max-frames", type=int, default=None, help="default: the data stage's sampling")
   p.add_argument("--fps", type=float, default=None)
-  p.add_argument("--mesh", default=None, help="e.g. sp=8 or fsdp=2,sp=4 (or dp,fsdp,tp,sp sizes); default: all devices on sp")
+  p.add_argument("--mesh", default=None,
+                 help="e.g. sp=8, fsdp=2,sp=4 or dp,fsdp,tp,sp sizes (default: all devices on sp)")
   p.add_argument("--dtype", default=None)
   p.add_argument("--max-new-tokens", type=int, default=64)
   p.add_argument("--temperature", type=float, default=0.0)

@@ -1,4 +1,5 @@
-"""Throughput of the data stage on this machine: video decoding, image tokenization, packing+loading.
+"""Throughput of the data stage on this machine: video decoding, image tokenization, packing and
+loading.
 
   python scripts/bench_data.py
   python scripts/bench_data.py --vqgan-configs small,lwm --seq-len 32768 --batch 8
@@ -9,6 +10,7 @@ packing into [batch, seq_len] rows; with --mesh also zigzag and global arrays on
 devices). The loader runs in one process: its figure is per core.
 """
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -49,7 +51,6 @@ def bench_decode(tmp, frames):
 
 
 def bench_vqgan(frames256, names, frames):
-  import numpy as np
   from lwm.data import vqgan
   for name in names:
     config = vqgan.get_config(name)
@@ -58,15 +59,15 @@ def bench_vqgan(frames256, names, frames):
     data = vqgan.centre_crop_resize(frames256[:count], config.resolution)
     encoder = vqgan.FrameEncoder(model, batch_size=min(8, count))
     encoder(data[:encoder.batch_size])  # compile
-    seconds = timed(lambda: encoder(data))
+    seconds = timed(functools.partial(encoder, data))
     print(f"vqgan   {name:<5} {config.resolution}px -> {config.grid}x{config.grid} codes: "
           f"{count / seconds:9.1f} frames/s")
     del model, encoder
-  _ = np
 
 
 def make_dataset(tmp, num_examples, seq_len):
   import numpy as np
+
   from lwm.data import chunks, dataset, loader, packing
   rng = np.random.default_rng(0)
   work = os.path.join(tmp, "work")
@@ -90,6 +91,7 @@ def make_dataset(tmp, num_examples, seq_len):
 
 def bench_loader(data_dir, seq_len, batch, batches, mesh):
   import jax
+
   from lwm.data.loader import Loader
   loader = Loader(data_dir, seq_len=seq_len, global_batch_size=batch, seed=0, mesh=mesh)
   jax.block_until_ready(next(loader))

@@ -49,7 +49,8 @@ def parse_args(argv=None):
   p.add_argument("--needle-frames", type=int, default=1, help="video: frames the needle lasts")
   p.add_argument("--tokenizer", default=None, help="sentencepiece .model (default: the run's)")
   p.add_argument("--vqgan", default=None, help="VQGAN directory (default: the run's)")
-  p.add_argument("--mesh", default=None, help="e.g. sp=8 or fsdp=2,sp=4 (or dp,fsdp,tp,sp sizes); default: all devices on sp")
+  p.add_argument("--mesh", default=None,
+                 help="e.g. sp=8, fsdp=2,sp=4 or dp,fsdp,tp,sp sizes (default: all devices on sp)")
   p.add_argument("--dtype", default=None, help="activation dtype (default: the stage's)")
   p.add_argument("--max-new-tokens", type=int, default=None)
   p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")

@@ -10,11 +10,11 @@ memory analysis then gives the per-device figures.
   python scripts/plan_memory.py --config configs/lwm_text.py:1m --devices 256
 
 --mode train: one full step (forward, backward, AdamW; float32 parameters and optimizer state,
-bfloat16 activations). --mode prefill: a prompt's prefill with ring attention, every layer's keys and
-values kept as the decode cache (an output, sharded over sp and tp). --config takes the model, the
-sequence length, the micro-batch, the mesh and the model config of a stage config as training
-builds them (its mesh may use -1; give --devices then). The figures are the CPU compiler's buffer assignment; a GPU or TPU
-compiler schedules differently, so keep some headroom.
+bfloat16 activations). --mode prefill: a prompt's prefill with ring attention, every layer's keys
+and values kept as the decode cache (an output, sharded over sp and tp). --config takes the model,
+the sequence length, the micro-batch, the mesh and the model config of a stage config as training
+builds them (its mesh may use -1; give --devices then). The figures are the CPU compiler's buffer
+assignment; a GPU or TPU compiler schedules differently, so keep some headroom.
 """
 import argparse
 import math

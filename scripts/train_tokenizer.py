@@ -1,10 +1,11 @@
-"""Trains a sentencepiece text tokenizer on a manifest's text, with <vision>, </vision>, <eof>, <eov>
-reserved.
+"""Trains a sentencepiece text tokenizer on a manifest's text, with <vision>, </vision>, <eof>,
+<eov> reserved.
 
   python scripts/train_tokenizer.py --manifest corpus/manifest.jsonl --output tok.model \
       --vocab-size 8000
 
-An existing model (e.g. LLaMA-2's tokenizer.model) needs no training: pass it to --tokenizer directly.
+An existing model (e.g. LLaMA-2's tokenizer.model) needs no training: pass it to --tokenizer
+directly.
 """
 import argparse
 import json

@@ -1,4 +1,5 @@
-"""Trains the VQGAN image tokenizer on frames sampled from a manifest's videos; prints held-out PSNR.
+"""Trains the VQGAN image tokenizer on frames sampled from a manifest's videos; prints held-out
+PSNR.
 
   python scripts/train_vqgan.py --manifest corpus/manifest.jsonl --output vq/ \
       --config small --steps 2000

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import model_testing
 from lwm import sharding as shd
 from lwm.model import Transformer, get_config, loss_fn
-from tests.model_testing import packed_batch, to_layout
 
 MESHES = {"sp8": (1, 1, 1, 8), "fsdp2_sp4": (1, 2, 1, 4), "tp2_sp4": (1, 1, 2, 4),
           "dp2_fsdp2_tp2": (2, 2, 2, 1)}
@@ -16,7 +16,7 @@ def loss_and_grads(config, params_np, batch_np, mesh):
   graphdef, abstract = nnx.split(
       nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), mesh=mesh)), nnx.Param)
   sp = 1 if mesh is None else mesh.shape["sp"]
-  batch = to_layout(batch_np, sp)
+  batch = model_testing.to_layout(batch_np, sp)
   params = jax.tree.map(lambda a, p: p.replace(value=a), params_np, abstract,
                         is_leaf=lambda x: isinstance(x, nnx.Variable))
   if mesh is not None:
@@ -37,7 +37,7 @@ def reference():
   _, params = nnx.split(Transformer(config, rngs=nnx.Rngs(0)), nnx.Param)
   params_np = jax.tree.map(lambda p: np.asarray(p[...]), params,
                            is_leaf=lambda x: isinstance(x, nnx.Variable))
-  batch = packed_batch(config, batch=2, seq=32)
+  batch = model_testing.packed_batch(config, batch=2, seq=32)
   return config, params_np, batch, loss_and_grads(config, params_np, batch, None)
 
 

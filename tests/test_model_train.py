@@ -10,10 +10,10 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+import model_testing
 from lwm import sharding as shd
 from lwm.model import (CONFIGS, abstract_model, adamw, count_params, create_sharded, from_hf_llama,
                        get_config, init_optimizer, jit_train_step, lower_train_step)
-from tests.model_testing import packed_batch, to_layout
 
 LLAMA2_7B_PARAMS = 6_738_415_616
 
@@ -58,8 +58,9 @@ def test_tiny_loss_goes_down(mesh_sizes):
   tx = adamw(3e-3, weight_decay=0.0)
   graphdef, params, opt_state = create_sharded(config, mesh, tx)
   step = jit_train_step(graphdef, tx, params, mesh, batch_size=2)
-  batch = jax.device_put(to_layout(packed_batch(config, 2, 32), mesh.shape["sp"]),
-                         shd.batch_shardings(mesh, 2, packed_batch(config, 2, 32).keys()))
+  batch_np = model_testing.packed_batch(config, 2, 32)
+  batch = jax.device_put(model_testing.to_layout(batch_np, mesh.shape["sp"]),
+                         shd.batch_shardings(mesh, 2, batch_np.keys()))
   losses = []
   for _ in range(6):
     params, opt_state, metrics = step(params, opt_state, batch)
@@ -94,7 +95,7 @@ def test_hf_checkpoint_trains_on_a_mesh(tmp_path):
   tx = adamw(1e-3)
   step = jit_train_step(graphdef, tx, params, mesh, batch_size=2)
   config = model.config
-  batch = to_layout(packed_batch(config, 2, 32), mesh.shape["sp"])
+  batch = model_testing.to_layout(model_testing.packed_batch(config, 2, 32), mesh.shape["sp"])
   _, _, metrics = step(params, init_optimizer(tx, params, mesh), batch)
   assert np.isfinite(float(metrics["loss"])) and config.vocab_size == HF_CONFIG["vocab_size"]
 

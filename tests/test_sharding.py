@@ -1,10 +1,11 @@
-"""The rules table is the one place that maps logical axes to mesh axes, and any mesh is accepted."""
+"""The rules table is the one place that maps logical axes to mesh axes; any mesh is accepted."""
 import jax
 import jax.extend
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 import model_testing
 from lwm import mesh_spec
@@ -48,7 +49,8 @@ def shard_map_specs(jaxpr) -> list:
 
 
 def test_changing_the_seq_rule_moves_every_place(monkeypatch):
-  """Sequence on a mesh axis named `cp` (there is no `sp` at all): the training loss, prefill and cached decode still equal one device, and every shard_map shards over `cp`."""
+  """Sequence on a mesh axis named `cp` (there is no `sp` at all): the training loss, prefill and
+  cached decode still equal one device's, and every shard_map shards over `cp`."""
   config, params = tiny_params()
   batch_np = model_testing.packed_batch(config, batch=2, seq=32)
   reference_loss, _ = loss_of(Transformer(config, rngs=nnx.Rngs(0)), batch_np)

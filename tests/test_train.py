@@ -1,4 +1,4 @@
-"""Staged training in-process: bad configs fail before compiling, stages chain, NaN stops the run."""
+"""Staged training in-process: bad configs fail before compiling, stages chain, NaN stops a run."""
 import re
 
 import jax
@@ -103,3 +103,38 @@ def test_gradient_accumulation_takes_one_update_per_step(dataset, tmp_path):
   mngr.close()
   # Two optimizer steps of two micro-batches of 8 rows of 256 tokens: the loader packed 4 batches.
   assert data_state["tokens"] + data_state["padding"] == 4 * 8 * 256, data_state
+
+
+def test_gradient_accumulation_applies_one_adamw_update_of_the_mean_gradient():
+  """With grad_accum=2, micro-batch gradients g1..g4 give exactly two AdamW updates, of the clipped
+  means (g1+g2)/2 and (g3+g4)/2, and the parameters do not move between them. Reference: AdamW
+  written out in float64 NumPy."""
+  import optax
+  c = stage.base_config()
+  t = c.train
+  t.grad_accum, t.lr, t.lr_schedule, t.warmup_steps, t.steps = 2, 0.1, "constant", 1, 10
+  t.weight_decay, t.b1, t.b2, t.clip_norm = 0.1, 0.9, 0.95, 1.0
+  rng = np.random.default_rng(0)
+  p0 = rng.normal(size=5)
+  grads = [rng.normal(size=5) * s for s in (0.1, 0.3, 2.0, 0.5)]  # the third one gets clipped
+  tx = train.optimizer(t)
+  params = jax.numpy.asarray(p0, jax.numpy.float32)
+  state = tx.init(params)
+  seen = []
+  for g in grads:
+    updates, state = tx.update(jax.numpy.asarray(g, jax.numpy.float32), state, params)
+    params = optax.apply_updates(params, updates)
+    seen.append(np.asarray(params, np.float64))
+
+  def clipped(g):
+    return g * min(1.0, t.clip_norm / np.linalg.norm(g))
+  m = v = np.zeros(5)
+  p = p0.copy()
+  for k, g in enumerate([clipped((grads[0] + grads[1]) / 2), clipped((grads[2] + grads[3]) / 2)]):
+    m, v = t.b1 * m + (1 - t.b1) * g, t.b2 * v + (1 - t.b2) * g * g
+    m_hat, v_hat = m / (1 - t.b1 ** (k + 1)), v / (1 - t.b2 ** (k + 1))
+    lr = 0.0 if k == 0 else t.lr  # the warm-up starts at 0
+    p = p - lr * (m_hat / (np.sqrt(v_hat) + 1e-8) + t.weight_decay * p)
+  np.testing.assert_array_equal(seen[2], seen[1])  # a micro-step: no update in between
+  np.testing.assert_allclose(seen[3], p, rtol=1e-5, atol=1e-6)
+  assert np.abs(seen[3] - p0).max() > 0.05  # the update is not a no-op
