@@ -11,7 +11,7 @@ import model_testing
 from lwm import mesh_spec
 from lwm import sharding as shd
 from lwm.eval import inference
-from lwm.model import Transformer, get_config, loss_fn
+from lwm.model import Transformer, from_hf_llama, get_config, loss_fn, to_hf_llama
 
 
 def tiny_params():
@@ -124,3 +124,17 @@ def test_bad_mesh_notation_is_named(text):
 def test_parse_mesh_named_and_positional_agree():
   assert shd.parse_mesh("fsdp=2,sp=-1").shape == shd.parse_mesh("1,2,1,4").shape
   assert mesh_spec.format_mesh((1, 2, 1, 4)) == "fsdp=2,sp=4"
+
+
+def test_from_hf_llama_takes_a_jax_make_mesh_mesh(tmp_path):
+  """A user's `jax.make_mesh` mesh (Explicit axes by default) loads and runs a Hugging Face
+  checkpoint like the one-device model."""
+  config, params = tiny_params()
+  model = Transformer(config, rngs=nnx.Rngs(0))
+  to_hf_llama(model, str(tmp_path))
+  mesh = jax.make_mesh((1, 2, 1, 4), shd.MESH_AXES)
+  loaded = from_hf_llama(str(tmp_path), mesh=mesh, vision_vocab_size=0)
+  assert loaded.layers.wq[...].sharding.spec == P(None, ("fsdp", "sp"), None)
+  tokens = model_testing.packed_batch(config, batch=2, seq=16, seed=2)["tokens"]
+  np.testing.assert_allclose(np.asarray(loaded(tokens)), np.asarray(model(tokens)),
+                             rtol=1e-5, atol=1e-5)
