@@ -6,7 +6,7 @@ from flax import nnx
 
 from lwm import sharding as shd
 from lwm.eval import inference
-from lwm.model import Transformer, decode, get_config
+from lwm.model import Transformer, decode, get_config, layers
 
 
 def tiny_model(mesh=None, seed=0, **overrides):
@@ -66,11 +66,15 @@ def test_cached_decoding_gives_the_tokens_of_recomputation(mesh_sizes):
   assert cached == reference
 
 
-def test_cached_decode_logits_match_the_full_forward():
+@pytest.mark.parametrize("mesh_sizes", [None, (1, 2, 2, 2)])
+def test_cached_decode_logits_match_the_full_forward(mesh_sizes):
+  """Prefill + decode steps (the decoder layer's "prefill" and "decode" modes) give the logits of
+  the training forward ("train" mode, one device) over the whole sequence."""
   model = tiny_model()
   tokens = prompt(21, seed=4)
-  gen = inference.Generator(model)
-  seq = inference.padded_length(21, 1)
+  mesh = None if mesh_sizes is None else shd.make_mesh(*mesh_sizes)
+  gen = inference.Generator(tiny_model(mesh))
+  seq = inference.padded_length(21, 1 if mesh is None else mesh.shape["sp"])
   padded = np.zeros((1, seq), np.int32)
   padded[0, :21] = tokens
   logits, cache = gen.prefill(padded, np.zeros_like(padded, bool), [21], 3)
@@ -79,6 +83,15 @@ def test_cached_decode_logits_match_the_full_forward():
     logits, cache = gen.decode(cache, np.asarray([token], np.int32), step)
     full = np.asarray(model(np.concatenate([tokens, follow[:step + 1]])[None]))[0, -1]
     np.testing.assert_allclose(np.asarray(logits)[0], full, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_layer_refuses_an_unknown_mode():
+  config = get_config("tiny")
+  x = np.zeros((1, 2, config.hidden_size), np.float32)
+  with pytest.raises(ValueError, match="mode='sample'"):
+    layers.decoder_layer({}, x, cos=None, sin=None, config=config, mesh=None, mode="sample")
+  with pytest.raises(ValueError, match="takes a DecodeCache"):
+    layers.decoder_layer({}, x, cos=None, sin=None, config=config, mesh=None, mode="decode")
 
 
 def test_vision_tokens_in_the_prompt_use_the_vision_embedding():
