@@ -95,7 +95,7 @@ def read_safetensors(path: str) -> dict:
 def write_safetensors(path: str, tensors: dict, metadata: dict | None = None) -> None:
   """Writes name -> np.ndarray in the safetensors format (bfloat16 included)."""
   header, offset = {}, 0
-  arrays = {k: np.ascontiguousarray(v) for k, v in sorted(tensors.items())}
+  arrays = {k: np.asarray(v, order="C") for k, v in sorted(tensors.items())}
   for name, arr in arrays.items():
     header[name] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape),
                     "data_offsets": [offset, offset + arr.nbytes]}
@@ -230,7 +230,7 @@ def _state_dict_pickle(arrays: dict) -> bytes:
 
 def write_pytorch_bin(path: str, tensors: dict, chunk_bytes: int = 64 * 1024**2) -> None:
   """Writes name -> np.ndarray as `torch.save(state_dict)` does (zip, data.pkl + data/<k>)."""
-  arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+  arrays = {k: np.asarray(v, order="C") for k, v in tensors.items()}
   prefix = os.path.splitext(os.path.basename(path))[0] + "/"
   with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
     zf.writestr(prefix + "data.pkl", _state_dict_pickle(arrays))
