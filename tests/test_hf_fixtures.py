@@ -215,3 +215,16 @@ def test_exported_config_reads_the_same_in_installed_transformers(scaling, tmp_p
   else:
     rope = {**(read.rope_scaling or {"rope_type": "default"}), "rope_theta": read.rope_theta}
   assert rope == {"rope_type": "default", **dict(scaling), "rope_theta": 5e5}
+
+
+def test_training_a_named_size_from_a_scaled_checkpoint_is_refused(tmp_path):
+  """LLaMA-2 long-context fine-tunes use linear scaling; the named size `tiny` has none."""
+  from lwm import stage, train
+  path = rewrite_config(os.path.join(FIXTURES, "llama-rope-parameters"), tmp_path / "linear",
+                        lambda c: c["rope_parameters"].update(rope_type="linear", factor=4.0))
+  config = stage.base_config()
+  config.model, config.init_from = "tiny", path
+  with pytest.raises(ValueError, match="rope_scaling"):
+    train.model_config(config, {"text_vocab_size": 256})
+  config.model = "hf"
+  assert dict(train.model_config(config, {"text_vocab_size": 256}).rope_scaling)["factor"] == 4.0
