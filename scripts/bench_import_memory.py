@@ -31,6 +31,8 @@ def parse_args():
   parser.add_argument("--baseline-checkout", default="",
                       help="another lwm checkout to import with, for comparison")
   parser.add_argument("--dir", default="", help="where to write (default: a temporary directory)")
+  parser.add_argument("--stack-on-host-mb", type=float, default=-1,
+                      help="override lwm.model.hf.STACK_ON_HOST_BYTES (0: every stack per layer)")
   parser.add_argument("--child", default="", help=argparse.SUPPRESS)
   return parser.parse_args()
 
@@ -73,11 +75,13 @@ def write_checkpoint(path: str, args, layout: str) -> int:
   return total
 
 
-def child(path: str) -> None:
+def child(path: str, stack_on_host_mb: float) -> None:
   """Imports `path` and prints one JSON line: RSS before, peak RSS, parameter bytes (bytes)."""
   import jax
   import jax.numpy as jnp
-  from lwm.model import from_hf_llama
+  from lwm.model import from_hf_llama, hf
+  if stack_on_host_mb >= 0:
+    hf.STACK_ON_HOST_BYTES = int(stack_on_host_mb * 2**20)
   jax.devices()
   with open("/proc/self/status") as f:
     before = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
@@ -90,7 +94,7 @@ def child(path: str) -> None:
 def main():
   args = parse_args()
   if args.child:
-    return child(args.child)
+    return child(args.child, args.stack_on_host_mb)
   root = args.dir or tempfile.mkdtemp(prefix="bench_import_")
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   print(f"{'layout':<12} {'lwm':<9} {'file MB':>8} {'params MB':>9} {'RSS before':>10} "
@@ -102,7 +106,8 @@ def main():
     if args.baseline_checkout and layout == "safetensors":
       checkouts.append(("baseline", args.baseline_checkout))
     for label, pythonpath in checkouts:
-      out = subprocess.run([sys.executable, __file__, "--child", path],
+      out = subprocess.run([sys.executable, __file__, "--child", path,
+                            "--stack-on-host-mb", str(args.stack_on_host_mb)],
                            env={**env, "PYTHONPATH": pythonpath}, check=True,
                            capture_output=True, text=True).stdout
       r = json.loads(out.strip().splitlines()[-1])

@@ -177,8 +177,9 @@ STACK_ON_HOST_BYTES = 256 * 1024**2
 def _layer_writer(transpose: bool, dtype, sharding):
   """A jitted (stack, index, tensor) -> stack that casts/transposes one layer's host tensor on
   device and writes it in place (the stack is donated) at `index`."""
-  def write(stack, i, w):
-    return stack.at[i].set((w.T if transpose else w).astype(dtype))
+  def write(stack, i, w):  # Not .at[i].set: XLA:CPU copies the stack for that scatter.
+    layer = (w.T if transpose else w).astype(dtype)[None]
+    return jax.lax.dynamic_update_slice(stack, layer, (i,) + (0,) * (stack.ndim - 1))
   return jax.jit(write, donate_argnums=0, out_shardings=sharding)
 
 
@@ -192,7 +193,7 @@ def _place(source, transpose: bool, shape, dtype, sharding, name: str):
     if got != want:
       raise ValueError(f"{name}: checkpoint shape {got} (after transposing HF's [out, in]), "
                        f"config expects {want}")
-  host = lambda t: (t.read().T if transpose else t.read()).astype(dtype)
+  host = lambda t: (t.read().T if transpose else t.read()).astype(dtype, copy=False)
   put = lambda a: jax.device_put(a, sharding) if sharding is not None else jax.device_put(a)
   if not per_layer:
     return put(host(source))
