@@ -101,13 +101,15 @@ def validate(config, num_devices: int | None = None) -> None:
                      "stage's workdir or a Hugging Face LLaMA directory")
   if config.model == "hf" and not is_hf_dir(config.init_from):
     raise ValueError("config.model='hf' takes the model from config.init_from, which must be a "
-                     f"Hugging Face LLaMA directory (config.json + *.safetensors); got "
-                     f"{config.init_from!r}")
+                     "Hugging Face LLaMA directory (config.json + *.safetensors or "
+                     f"pytorch_model*.bin); got {config.init_from!r}")
 
 
 def is_hf_dir(path: str) -> bool:
+  """A Hugging Face checkpoint: config.json with *.safetensors or pytorch_model*.bin weights."""
   return bool(path) and os.path.isfile(os.path.join(path, "config.json")) and any(
-      f.endswith(".safetensors") for f in os.listdir(path))
+      f.endswith(".safetensors") or (f.startswith("pytorch_model") and f.endswith(".bin"))
+      for f in os.listdir(path))
 
 
 def dataset_vocab(data_path: str) -> dict:

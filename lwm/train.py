@@ -45,6 +45,14 @@ def model_config(config, vocab: dict):
       base = hf.config_from_hf(json.load(f), **overrides)
   else:
     base = model_config_lib.get_config(config.model, **overrides)
+    if stage.is_hf_dir(config.init_from):  # A named size must not drop the checkpoint's scaling.
+      with open(os.path.join(config.init_from, "config.json")) as f:
+        scaling = hf.config_from_hf(json.load(f)).rope_scaling
+      if scaling != base.rope_scaling:
+        raise ValueError(f"config.init_from={config.init_from!r} uses rope_scaling="
+                         f"{dict(scaling) or None}, config.model={config.model!r} has "
+                         f"{dict(base.rope_scaling) or None}; use config.model='hf' or set "
+                         "config.model_overrides.rope_scaling")
   text_ids, vision_ids = vocab["text_vocab_size"], vocab.get("codebook_size", -2) + 2
   if not stage.is_hf_dir(config.init_from):  # our own models grow to fit the dataset's vocabularies
     base = base.replace(vocab_size=max(base.vocab_size, text_ids),

@@ -157,5 +157,5 @@ def test_bfloat16_round_trip_through_float32_params_is_exact(tmp_path):
   from lwm.model.hf import read_checkpoint
   written = read_checkpoint(dst)
   for name, value in tensors.items():
-    np.testing.assert_array_equal(written[name].view(np.uint16), value.view(np.uint16),
+    np.testing.assert_array_equal(written[name].read().view(np.uint16), value.view(np.uint16),
                                   err_msg=name)

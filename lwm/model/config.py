@@ -4,6 +4,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from lwm.model import rope
+
 REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable",
                   "dots_with_no_batch_dims_saveable", "everything_saveable")
 
@@ -17,6 +19,8 @@ class ModelConfig:
     vision_vocab_size: VQGAN codes plus `<eof>`/`<eov>` and spare ids (LWM: 8192 + 256).
       0 builds a text-only model (no vision embedding or head).
     head_dim: 0 means hidden_size // num_heads.
+    rope_scaling: () for plain RoPE, or sorted (key, value) pairs of a "linear" or "llama3"
+      frequency scaling as Hugging Face configs write it (lwm.model.rope; a dict is accepted).
     max_sequence_length: informational (exported as max_position_embeddings); RoPE has no table.
   Attributes (long-sequence machinery):
     dtype / param_dtype: activation and parameter dtypes, as names ("bfloat16", "float32").
@@ -36,6 +40,7 @@ class ModelConfig:
   head_dim: int = 0
   rms_norm_eps: float = 1e-5
   rope_theta: float = 10000.0
+  rope_scaling: tuple = ()
   max_sequence_length: int = 4096
   initializer_range: float = 0.02
   dtype: str = "bfloat16"
@@ -49,6 +54,7 @@ class ModelConfig:
   vision_loss_weight: float = 0.5
 
   def __post_init__(self):
+    object.__setattr__(self, "rope_scaling", rope.normalize_scaling(self.rope_scaling))
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
                        f"num_kv_heads={self.num_kv_heads} (grouped-query attention)")

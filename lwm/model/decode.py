@@ -58,7 +58,8 @@ def prefill(model, tokens, vision_mask, lengths, *, max_new_tokens: int):
   zig = lambda a: None if a is None else ops.to_zigzag(a, sp)
   positions_z, valid_z = zig(positions), zig(valid)
   x = shd.constrain(model.embed(zig(tokens), zig(vision_mask)), mesh, ("batch", "seq", "act_embed"))
-  cos, sin = layers.rope_angles(positions_z, config.dim_per_head, config.rope_theta)
+  cos, sin = layers.rope_angles(positions_z, config.dim_per_head, config.rope_theta,
+                                config.rope_scaling)
 
   def body(x, params):
     params = jax.tree.map(lambda w: w.astype(config.compute_dtype), params)
@@ -80,7 +81,8 @@ def decode_step(model, cache: KVCache, tokens, step):
   config, mesh = model.config, model.get_mesh()
   positions = (cache.lengths + step)[:, None]
   x = model.embed(tokens[:, None].astype(jnp.int32))
-  cos, sin = layers.rope_angles(positions, config.dim_per_head, config.rope_theta)
+  cos, sin = layers.rope_angles(positions, config.dim_per_head, config.rope_theta,
+                                config.rope_scaling)
 
   def body(x, inputs):
     params, prompt_k, prompt_v, k, v = inputs

@@ -1,28 +1,31 @@
-"""Hugging Face LLaMA checkpoints (config.json + *.safetensors) in and out.
+"""Hugging Face LLaMA checkpoints (config.json + safetensors or pytorch_model.bin) in and out.
 
-`from_hf_llama` reads the text model (sharded files with an index json too) and adds a fresh vision
-embedding and head; `to_hf_llama` writes the text part back in the same layout, bit for bit.
-HF stores matrices as [out, in]; we store [in, out], stacked over layers.
+`from_hf_llama` reads the text model and adds a fresh vision embedding and head; `to_hf_llama`
+writes the text part back, bit for bit. HF stores matrices as [out, in]; we store [in, out],
+stacked over layers. Import streams: each tensor is read, converted and placed on its device(s)
+before the next is read (lwm.model.weights), so the host never holds the checkpoint twice.
+
+config.json is read as transformers 4.x and 5.x read it; a field that would change the model and
+that we do not implement is refused with an error naming it (see `config_from_hf`).
 """
+import functools
 import json
+import logging
 import os
-import struct
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
 from lwm import sharding as shd
+from lwm.model import rope
 from lwm.model.config import ModelConfig
 from lwm.model.transformer import Transformer
+from lwm.model.weights import read_checkpoint, read_safetensors, write_safetensors  # noqa: F401
 
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-              "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
-              "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+log = logging.getLogger(__name__)
 
 # Our stacked layer weight -> (HF name inside model.layers.{i}., transpose?)
 _LAYER_NAMES = {
@@ -37,103 +40,176 @@ _LAYER_NAMES = {
     "w_down": ("mlp.down_proj.weight", True),
 }
 
-
-def read_safetensors(path: str) -> dict:
-  """name -> read-only np.ndarray (memory-mapped, so a 7B checkpoint is not read until used)."""
-  with open(path, "rb") as f:
-    (header_len,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(header_len))
-  data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
-  tensors = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    if info["dtype"] not in _ST_DTYPES:
-      raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}; "
-                       f"supported: {sorted(_ST_DTYPES)}")
-    start, end = info["data_offsets"]
-    tensors[name] = data[start:end].view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
-  return tensors
+# LlamaConfig's fields that change the function and that we implement only at one value: field ->
+# (value when absent, as LlamaConfig defaults it; the value we implement).
+_FIXED_FIELDS = {"hidden_act": ("silu", "silu"), "attention_bias": (False, False),
+                 "mlp_bias": (False, False), "attention_dropout": (0.0, 0.0),
+                 "partial_rotary_factor": (1.0, 1.0)}
+_ROPE_KEYS = ("rope_type", "type", "rope_theta", "partial_rotary_factor")
 
 
-def write_safetensors(path: str, tensors: dict, metadata: dict | None = None) -> None:
-  """Writes name -> np.ndarray in the safetensors format (bfloat16 included)."""
-  header, offset = {}, 0
-  arrays = {k: np.ascontiguousarray(v) for k, v in sorted(tensors.items())}
-  for name, arr in arrays.items():
-    header[name] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape),
-                    "data_offsets": [offset, offset + arr.nbytes]}
-    offset += arr.nbytes
-  if metadata:
-    header["__metadata__"] = metadata
-  raw = json.dumps(header, separators=(",", ":")).encode()
-  raw += b" " * (-len(raw) % 8)  # The format aligns the data section to 8 bytes.
-  with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(raw)))
-    f.write(raw)
-    for arr in arrays.values():
-      f.write(arr.tobytes())
+# ------------------------------------------------------------------------------------ config
 
+def _rope_from_hf(hf: dict) -> tuple[float, tuple]:
+  """(rope_theta, rope_scaling) from a config.json, as both transformers majors read it.
 
-def read_checkpoint(path: str) -> dict:
-  """All tensors of a checkpoint directory: the files of model.safetensors.index.json if present,
-  else every *.safetensors file."""
-  index = os.path.join(path, "model.safetensors.index.json")
-  if os.path.exists(index):
-    with open(index) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
-  else:
-    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-  if not files:
-    raise FileNotFoundError(f"no *.safetensors files in {path}")
-  tensors = {}
-  for name in files:
-    tensors.update(read_safetensors(os.path.join(path, name)))
-  return tensors
+  4.x reads top-level `rope_theta` and `rope_scaling`; 5.x reads `rope_parameters` (with
+  `rope_theta` inside), where a non-null `rope_scaling` takes its place and a top-level
+  `rope_theta` fills a missing one. Where the two readings would differ, the config is refused.
+  """
+  scaling, params = hf.get("rope_scaling"), hf.get("rope_parameters")
+  strip = lambda d: {k: v for k, v in d.items() if k != "rope_theta"}
+  if scaling and params and strip(scaling) != strip(params):
+    raise ValueError(f"config.json: rope_scaling={scaling} and rope_parameters={params} disagree "
+                     "(transformers 4.x reads the first, 5.x would too); make them equal")
+  field = "rope_scaling" if scaling else "rope_parameters"
+  source = dict(scaling or params or {})
+  thetas = {float(t) for t in (hf.get("rope_theta"), source.get("rope_theta")) if t is not None}
+  if len(thetas) > 1:
+    raise ValueError(f"config.json: rope_theta={hf.get('rope_theta')} but "
+                     f"{field}.rope_theta={source.get('rope_theta')}; they must agree")
+  theta = thetas.pop() if thetas else 10000.0  # LlamaConfig's default.
+  kind = source.get("rope_type", source.get("type", "default"))
+  if "type" in source and source.get("rope_type", kind) != source["type"]:
+    raise ValueError(f"config.json: {field} has rope_type={source['rope_type']!r} and "
+                     f"type={source['type']!r}; they must agree")
+  if float(source.get("partial_rotary_factor", 1.0)) != 1.0:
+    raise ValueError(f"config.json: {field}.partial_rotary_factor="
+                     f"{source['partial_rotary_factor']}; only full rotary embeddings (1.0) are "
+                     "implemented")
+  if kind == "default":
+    extra = sorted(set(source) - set(_ROPE_KEYS))
+    if extra:
+      raise ValueError(f"config.json: {field} of rope_type 'default' has {extra}, which it does "
+                       "not use; remove them or give the scaling's rope_type")
+    return theta, ()
+  if kind not in rope.SCALING_KEYS:
+    raise ValueError(f"config.json: {field}.rope_type={kind!r} is not implemented; supported: "
+                     f"'default', {', '.join(repr(k) for k in rope.SCALING_KEYS)}")
+  scaled = {k: v for k, v in source.items() if k not in _ROPE_KEYS}
+  if kind == "llama3":  # 5.x fills it from max_position_embeddings; 4.x requires it.
+    scaled.setdefault("original_max_position_embeddings",
+                      hf.get("max_position_embeddings", 2048))
+  try:
+    return theta, rope.normalize_scaling({"rope_type": kind, **scaled})
+  except ValueError as e:
+    raise ValueError(f"config.json: {field}: {e}") from None
 
 
 def config_from_hf(hf: dict, **overrides) -> ModelConfig:
-  """ModelConfig from a HF LLaMA config.json dict; `overrides` replace any field."""
-  if hf.get("rope_scaling"):
-    raise ValueError(f"rope_scaling={hf['rope_scaling']} is not supported; expected null "
-                     "(context is extended by raising rope_theta instead)")
-  if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
-    raise ValueError("expected a LLaMA without biases and with silu activation, got "
-                     f"hidden_act={hf.get('hidden_act')}, "
-                     f"attention_bias={hf.get('attention_bias')}, mlp_bias={hf.get('mlp_bias')}")
+  """ModelConfig from a HF LLaMA config.json dict; `overrides` replace any field.
+
+  A missing field takes LlamaConfig's default, as transformers does; fields that LLaMA's modeling
+  code does not read are ignored by both. Raises ValueError naming any field whose value we do not
+  implement (model_type other than llama, biases, another activation, dropout, partial or
+  unsupported RoPE scaling).
+  """
+  if hf.get("model_type", "llama") != "llama":
+    raise ValueError(f"config.json: model_type={hf['model_type']!r}; only 'llama' is supported")
+  for field, (default, supported) in _FIXED_FIELDS.items():
+    if hf.get(field, default) != supported:
+      raise ValueError(f"config.json: {field}={hf[field]!r} is not implemented (only "
+                       f"{supported!r}); the logits would differ from transformers'")
+  if hf.get("pretraining_tp", 1) != 1:  # Same function; only the order of HF's sums differs.
+    log.info("config.json: pretraining_tp=%s only splits HF's matmuls; ignored",
+             hf["pretraining_tp"])
+  theta, scaling = _rope_from_hf(hf)
   fields = dict(
       vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
       intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
       num_heads=hf["num_attention_heads"],
       num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
       head_dim=hf.get("head_dim") or 0, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-      rope_theta=float(hf.get("rope_theta", 10000.0)),
-      max_sequence_length=hf.get("max_position_embeddings", 4096),
+      rope_theta=theta, rope_scaling=scaling,
+      max_sequence_length=hf.get("max_position_embeddings", 2048),
       initializer_range=hf.get("initializer_range", 0.02))
   fields.update(overrides)
   return ModelConfig(**fields)
 
 
-def _text_arrays(tensors: dict, config: ModelConfig, tied: bool) -> dict:
-  """Our parameter paths -> host arrays (checkpoint dtype), from HF tensor names."""
+def hf_config(config: ModelConfig, dtype) -> dict:
+  """The config.json of a LLaMA with `config`'s text shapes and RoPE.
+
+  RoPE is written both ways: top-level rope_theta + rope_scaling (read by transformers 4.x; 5.x
+  takes a non-null rope_scaling as its rope_parameters) and rope_parameters (read by 5.x).
+  """
+  scaling = dict(config.rope_scaling) or None
+  parameters = {"rope_type": "default", **(scaling or {}), "rope_theta": config.rope_theta}
+  return {
+      "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+      "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+      "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
+      "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
+      "head_dim": config.dim_per_head, "rms_norm_eps": config.rms_norm_eps,
+      "rope_theta": config.rope_theta, "rope_scaling": scaling, "rope_parameters": parameters,
+      "max_position_embeddings": config.max_sequence_length,
+      "initializer_range": config.initializer_range, "attention_bias": False, "mlp_bias": False,
+      "attention_dropout": 0.0, "pretraining_tp": 1, "tie_word_embeddings": False,
+      "torch_dtype": jnp.dtype(dtype).name, "dtype": jnp.dtype(dtype).name,
+      "bos_token_id": 1, "eos_token_id": 2,
+  }
+
+
+# ------------------------------------------------------------------------------------ import
+
+def _text_sources(tensors: dict, config: ModelConfig, tied: bool) -> dict:
+  """Our parameter path -> (HF tensor or list of per-layer tensors, transpose?)."""
   def get(name):
     if name not in tensors:
-      raise KeyError(f"checkpoint has no tensor {name!r}")
+      raise KeyError(f"checkpoint has no tensor {name!r}" + (
+          " (config.json says tie_word_embeddings=false)" if name == "lm_head.weight" else ""))
     return tensors[name]
-  arrays = {("embed_text",): get("model.embed_tokens.weight"),
-            ("final_norm",): get("model.norm.weight")}
-  head = get("model.embed_tokens.weight") if tied else get("lm_head.weight")
-  arrays[("head_text",)] = head.T
+  sources = {("embed_text",): (get("model.embed_tokens.weight"), False),
+             ("final_norm",): (get("model.norm.weight"), False),
+             ("head_text",): (get("model.embed_tokens.weight" if tied else "lm_head.weight"), True)}
   for ours, (theirs, transpose) in _LAYER_NAMES.items():
     per_layer = [get(f"model.layers.{i}.{theirs}") for i in range(config.num_layers)]
-    arrays[("layers", ours)] = np.stack([w.T if transpose else w for w in per_layer])
-  return arrays
+    sources[("layers", ours)] = (per_layer, transpose)
+  return sources
+
+
+# A stacked weight up to this size is stacked on the host and transferred at once; a larger one
+# is written into a device buffer layer by layer (no host copy of the whole stack, but a compile).
+STACK_ON_HOST_BYTES = 256 * 1024**2
+
+
+@functools.lru_cache(maxsize=64)
+def _layer_writer(transpose: bool, dtype, sharding):
+  """A jitted (stack, index, tensor) -> stack that casts/transposes one layer's host tensor on
+  device and writes it in place (the stack is donated) at `index`."""
+  def write(stack, i, w):  # Not .at[i].set: XLA:CPU copies the stack for that scatter.
+    layer = (w.T if transpose else w).astype(dtype)[None]
+    return jax.lax.dynamic_update_slice(stack, layer, (i,) + (0,) * (stack.ndim - 1))
+  return jax.jit(write, donate_argnums=0, out_shardings=sharding)
+
+
+def _place(source, transpose: bool, shape, dtype, sharding, name: str):
+  """Reads `source` (one LazyTensor, or a list of one per layer) into a device array of `shape`."""
+  per_layer = isinstance(source, list)
+  tensors = source if per_layer else [source]
+  want = tuple(shape[1:] if per_layer else shape)
+  for t in tensors:
+    got = tuple(reversed(t.shape)) if transpose else tuple(t.shape)
+    if got != want:
+      raise ValueError(f"{name}: checkpoint shape {got} (after transposing HF's [out, in]), "
+                       f"config expects {want}")
+  host = lambda t: (t.read().T if transpose else t.read()).astype(dtype, copy=False)
+  put = lambda a: jax.device_put(a, sharding) if sharding is not None else jax.device_put(a)
+  if not per_layer:
+    return put(host(source))
+  if np.prod(shape) * dtype.itemsize <= STACK_ON_HOST_BYTES:
+    return put(np.stack([host(t) for t in tensors]))
+  stack = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+  write = _layer_writer(transpose, dtype, sharding)
+  for i, t in enumerate(tensors):
+    stack = write(stack, jnp.int32(i), t.read())
+  return stack
 
 
 def from_hf_llama(path: str, *, dtype=jnp.float32, mesh: Mesh | None = None,
                   compute_dtype=None, vision_vocab_size: int = 8448, seed: int = 0,
                   **config_overrides) -> Transformer:
-  """Loads a HF LLaMA checkpoint directory into a Transformer.
+  """Loads a HF LLaMA checkpoint directory (safetensors or pytorch_model.bin, sharded or not).
 
   dtype: parameter dtype (also the compute dtype unless `compute_dtype` is given). mesh: places the
   parameters on it (sharded by lwm.sharding's rules); the forward then runs sharded. The vision
@@ -146,49 +222,30 @@ def from_hf_llama(path: str, *, dtype=jnp.float32, mesh: Mesh | None = None,
   config = config_from_hf(hf, vision_vocab_size=vision_vocab_size, param_dtype=dtype.name,
                           dtype=jnp.dtype(compute_dtype or dtype).name, **config_overrides)
   tensors = read_checkpoint(path)
-  tied = hf.get("tie_word_embeddings", False) or "lm_head.weight" not in tensors
-  arrays = _text_arrays(tensors, config, tied)
+  sources = _text_sources(tensors, config, tied=bool(hf.get("tie_word_embeddings", False)))
 
   graphdef, abstract = nnx.split(
       nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(seed), mesh=mesh)), nnx.Param)
-  if vision_vocab_size:
-    fresh = nnx.Rngs(seed)
-    for name in ("embed_vision", "head_vision"):
-      shape = abstract[name].shape
-      arrays[(name,)] = config.initializer_range * jax.random.normal(fresh.params(), shape, dtype)
   shardings = shd.param_shardings(abstract, mesh) if mesh is not None else abstract
+  fresh = nnx.Rngs(seed)
+  noise = {(n,): fresh.params() for n in ("embed_vision", "head_vision") if vision_vocab_size}
 
   def fill(path_, variable, sharding):
     key = tuple(str(getattr(p, "key", p)) for p in path_)
-    value = arrays[key]
-    if tuple(value.shape) != tuple(variable.shape):
-      raise ValueError(f"{'.'.join(key)}: checkpoint shape {tuple(value.shape)}, config expects "
-                       f"{tuple(variable.shape)}")
-    value = value.astype(dtype) if isinstance(value, jax.Array) else np.asarray(value).astype(dtype)
-    if mesh is None:
-      return variable.replace(value=jnp.asarray(value))
-    return variable.replace(value=jax.device_put(value, sharding.get_value()))
+    target = sharding.get_value() if mesh is not None else None
+    if key in noise:
+      value = config.initializer_range * jax.random.normal(noise[key], variable.shape, dtype)
+      return variable.replace(value=value if target is None else jax.device_put(value, target))
+    source, transpose = sources[key]
+    value = _place(source, transpose, variable.shape, dtype, target, ".".join(key))
+    return variable.replace(value=value)
 
   state = jax.tree.map_with_path(fill, abstract, shardings,
                                  is_leaf=lambda x: isinstance(x, nnx.Variable))
   return nnx.merge(graphdef, state)
 
 
-def hf_config(config: ModelConfig, dtype) -> dict:
-  """The config.json of a LLaMA with `config`'s text shapes."""
-  return {
-      "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-      "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
-      "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
-      "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
-      "head_dim": config.dim_per_head, "rms_norm_eps": config.rms_norm_eps,
-      "rope_theta": config.rope_theta, "rope_scaling": None,
-      "max_position_embeddings": config.max_sequence_length,
-      "initializer_range": config.initializer_range, "attention_bias": False, "mlp_bias": False,
-      "tie_word_embeddings": False, "torch_dtype": jnp.dtype(dtype).name,
-      "bos_token_id": 1, "eos_token_id": 2,
-  }
-
+# ------------------------------------------------------------------------------------ export
 
 def to_hf_llama(model: Transformer, path: str, *, dtype=None,
                 max_shard_bytes: int = 5 * 1024**3) -> None:

@@ -13,6 +13,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from lwm import ops
 from lwm import sharding as shd
+from lwm.model import rope
 
 
 def rms_norm(x, weight, eps: float):
@@ -25,13 +26,13 @@ def rms_norm(x, weight, eps: float):
   return y.astype(x.dtype) * weight.astype(x.dtype)
 
 
-def rope_angles(positions, head_dim: int, theta: float):
+def rope_angles(positions, head_dim: int, theta: float, scaling=()):
   """cos, sin of the rotary angles for int positions `[batch, seq]`.
 
-  Returns two float32 arrays `[batch, seq, head_dim // 2]`.
+  scaling: ModelConfig.rope_scaling (see lwm.model.rope). Returns two float32 arrays
+  `[batch, seq, head_dim // 2]`.
   """
-  exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
-  inv_freq = 1.0 / (theta ** exponent)
+  inv_freq = rope.inverse_frequencies(head_dim, theta, scaling)
   angles = positions.astype(jnp.float32)[..., None] * inv_freq
   return jnp.cos(angles), jnp.sin(angles)
 

@@ -103,7 +103,8 @@ class Transformer(nnx.Module):
     """
     config, mesh = self.config, self.get_mesh()
     x = shd.constrain(self.embed(tokens, vision_mask), mesh, ("batch", "seq", "act_embed"))
-    cos, sin = layers.rope_angles(positions, config.dim_per_head, config.rope_theta)
+    cos, sin = layers.rope_angles(positions, config.dim_per_head, config.rope_theta,
+                                  config.rope_scaling)
 
     def body(x, inputs):
       index, params = inputs
