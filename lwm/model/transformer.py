@@ -81,7 +81,9 @@ class Transformer(nnx.Module):
       self.embed_vision = self.head_vision = None
 
   def get_mesh(self) -> Mesh:
-    return self.mesh or shd.model_mesh(shd.make_mesh(devices=jax.devices()[:1]))
+    if self.mesh is not None:
+      return self.mesh
+    return shd.model_mesh(shd.make_mesh(devices=jax.devices()[:1]))
 
   def embed(self, tokens, vision_mask=None):
     """tokens, vision_mask: [batch, seq] -> [batch, seq, embed] in the compute dtype."""
