@@ -33,7 +33,12 @@ def corpus(tmp_path_factory):
 
 def preprocess_args(root, manifest, output):
   return ["--manifest", manifest, "--output", output, "--tokenizer", os.path.join(root, "tok.model"),
-          "--vqgan", os.path.join(root, "vq"), "--max-frames", "4", "--chunk-size", "1"]
+          "--vqgan", os.path.join(root, "vq"), "--max-frames", "4", "--chunk-size", "1", "--workers", "1"]
+
+
+def read_json(path):
+  with open(path) as f:
+    return json.load(f)
 
 
 def records(path):
@@ -48,7 +53,7 @@ def test_killed_preprocess_resumes_to_the_same_dataset(corpus):
   work, deadline = os.path.join(killed, "work"), time.time() + 120
   while time.time() < deadline and proc.poll() is None:
     done = [n for n in os.listdir(work)] if os.path.isdir(work) else []
-    if sum(n.startswith("chunk-") and n.endswith(".npz") and "tmp" not in n for n in done) >= 4:
+    if sum(n.startswith("chunk-") and n.endswith(".json") for n in done) >= 4:
       break
     time.sleep(0.02)
   if proc.poll() is not None:
@@ -58,11 +63,11 @@ def test_killed_preprocess_resumes_to_the_same_dataset(corpus):
   assert not os.path.exists(os.path.join(killed, "summary.json"))
   assert run_script("preprocess.py", *preprocess_args(root, manifest, killed)).wait(120) == 0
   assert records(killed) == records(whole)
-  for name in ("summary.json", "failures.jsonl"):
-    with open(os.path.join(killed, name)) as a, open(os.path.join(whole, name)) as b:
-      assert a.read() == b.read()
-  with open(os.path.join(killed, "summary.json")) as f:
-    assert json.load(f)["lines"] == len(expected)
+  with open(os.path.join(killed, "failures.jsonl")) as a, open(os.path.join(whole, "failures.jsonl")) as b:
+    assert a.read() == b.read()
+  summaries = [read_json(os.path.join(d, "summary.json")) for d in (killed, whole)]
+  assert summaries[0].pop("run")["chunks_resumed"] >= 4 and summaries[1].pop("run")["chunks_resumed"] == 0
+  assert summaries[0] == summaries[1] and summaries[0]["lines"] == len(expected)
 
 
 def test_exit_status_is_1_when_no_line_succeeds(corpus):

@@ -39,9 +39,13 @@ def test_interrupted_then_resumed_equals_uninterrupted(setup):
   assert preprocess(cut, workers=0, max_chunks=2, progress=False) is None  # "killed" after 2 chunks
   work = os.path.join(cut.output, "work")
   assert len([n for n in os.listdir(work) if n.startswith("chunk-")]) == 2
-  with open(os.path.join(work, "chunk-00000004.npz.tmp.npz"), "wb") as f:
-    f.write(b"half-written")  # what a kill during a write leaves behind: never read
+  for name in ("chunk-00000004.json.tmp-dead", "tmp/lwm_examples-train.array_record-00004-of-00008.x"):
+    with open(os.path.join(work, name), "wb") as f:
+      f.write(b"half-written")  # what a kill during a write leaves behind: never read
   resumed = preprocess(cut, workers=2, progress=False)
+  assert resumed.pop("run") == {"task_retries": 0, "decode_retries": 0, "chunks_run": 6,
+                                "chunks_resumed": 2}
+  assert summary.pop("run")["chunks_run"] == 8
   assert resumed == summary
   assert _records(cut.output) == _records(whole.output)
   assert _read(cut.output, "failures.jsonl") == _read(whole.output, "failures.jsonl")

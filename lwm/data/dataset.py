@@ -1,39 +1,15 @@
-"""The tokenized dataset on disk: built by the TFDS builder in `data/lwm_examples.py`, read back
-without TensorFlow as a random-access source.
+"""The tokenized dataset on disk (TFDS `lwm_examples`, array_record; written by
+`lwm.data.preprocess` with the builder in `lwm/data/tfds_builder.py`), read back without TensorFlow
+as a random-access source.
 
   examples = load_examples("out/")   # len(examples), examples[i] -> dict of numpy arrays
 """
-import importlib.util
 import os
-import sys
 
 import numpy as np
 
-BUILDER_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "data", "lwm_examples.py")
 NAME = "lwm_examples"
 VERSION = "1.0.0"
-_MODULE = "lwm_data_builders_lwm_examples"
-
-
-def builder_class():
-  """The `LwmExamples` TFDS builder class, loaded once from data/lwm_examples.py by file path."""
-  if _MODULE not in sys.modules:  # TFDS registers builder names: define the class only once
-    path = os.path.abspath(BUILDER_FILE)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"TFDS builder {path} not found; run from a checkout of lwm")
-    spec = importlib.util.spec_from_file_location(_MODULE, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_MODULE] = module
-    spec.loader.exec_module(module)
-  return sys.modules[_MODULE].LwmExamples
-
-
-def build(output_dir: str, work_dir: str) -> str:
-  """Writes the chunk files of `work_dir` as array_record under output_dir; returns the dataset dir."""
-  import tensorflow_datasets as tfds
-  builder = builder_class()(data_dir=output_dir, file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=work_dir))
-  return os.path.join(output_dir, NAME, VERSION)
 
 
 class Examples:

@@ -121,3 +121,19 @@ def build_corpus(root: str, seed: int = 0) -> tuple[str, list[dict]]:
   with open(manifest, "wb") as f:
     f.write(b"\n".join(lines) + b"\n")
   return manifest, expected
+
+
+def faulty_decode_video(path: str, size: int, sampling):
+  """`lwm.data.video.decode_video`, except that it crashes its process (SIGSEGV, as decord does on
+  some corrupt files) on files named crash*, and never returns (decord#373) on files named hang*.
+  For tests of the isolation: `PreprocessOptions(decoder="lwm.data.synthetic:faulty_decode_video")`."""
+  import os
+  import signal
+  import time
+  from lwm.data.video import decode_video
+  name = os.path.basename(path)
+  if name.startswith("crash"):
+    os.kill(os.getpid(), signal.SIGSEGV)
+  if name.startswith("hang"):
+    time.sleep(3600)
+  return decode_video(path, size, sampling)

@@ -11,7 +11,19 @@ import numpy as np
 
 
 class VideoError(Exception):
-  """A video that cannot be used; the message is the reason written to failures.jsonl."""
+  """A video that cannot be used (corrupt, truncated, not a video); the message is the reason written
+  to failures.jsonl and `kind` its category there. Subclasses are the other kinds."""
+  kind = "video"
+
+
+class MissingVideo(VideoError):
+  """The file does not exist."""
+  kind = "missing"
+
+
+class ShortVideo(VideoError):
+  """The video gives fewer sampled frames than asked for."""
+  kind = "short"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,10 +121,11 @@ def resize_and_crop(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def decode_video(path: str, size: int, sampling: FrameSampling) -> np.ndarray:
-  """Decodes the sampled frames of `path` as uint8 `[n, size, size, 3]`; raises VideoError."""
+  """Decodes the sampled frames of `path` as uint8 `[n, size, size, 3]`; raises VideoError (or its
+  subclasses MissingVideo, ShortVideo)."""
   import decord  # lazy: see the module docstring
   if not os.path.exists(path):
-    raise VideoError(f"missing file: {path}")
+    raise MissingVideo(f"missing file: {path}")
   if os.path.getsize(path) == 0:
     raise VideoError(f"empty file: {path}")
   try:
@@ -122,7 +135,7 @@ def decode_video(path: str, size: int, sampling: FrameSampling) -> np.ndarray:
       raise VideoError(f"no frames decoded from {path}")
     indices = sample_indices(num_frames, native_fps, sampling)
     if len(indices) < sampling.required:
-      raise VideoError(f"video has {num_frames} frames and gives {len(indices)} sampled frames, "
+      raise ShortVideo(f"video has {num_frames} frames and gives {len(indices)} sampled frames, "
                        f"fewer than the {sampling.required} asked for")
     # decord's own resize returns misaligned buffers for some sizes, so decode at native size.
     frames = reader.get_batch(list(indices)).asnumpy()
