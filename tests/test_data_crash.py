@@ -1,77 +1,54 @@
-"""A worker process that dies or hangs (as decoders do on some corrupt files) costs only its own
-line: the line is reported as a "crash" or "timeout" failure and every other line still becomes an
-example. Workers that cannot start at all stop the run with an error instead."""
+"""A video that crashes the decoder (SIGSEGV) or hangs it costs only its own line: the line is a
+"crash" or "timeout" failure after one retry in a fresh decoder process, every other line is an
+example, and the retries are counted. A decoder that cannot start stops the run instead."""
+import dataclasses
 import json
 import os
-import time
 
 import pytest
 
-from lwm.data import load_examples, text_tokenizer
-from lwm.data.preprocess import LineProcessor, PreprocessOptions, preprocess
+import data_testing
+from lwm.data import load_examples
+from lwm.data.isolated_decoder import DecoderUnavailable
+from lwm.data.preprocess import PreprocessOptions, preprocess
+from lwm.data.video import FrameSampling
 
 
-class CrashingProcessor(LineProcessor):
-  """Kills its own process on lines that mention CRASH; imported by the spawned workers."""
-
-  def __call__(self, line, raw):
-    if b"CRASH" in raw:
-      os._exit(3)
-    return super().__call__(line, raw)
-
-
-def test_a_line_that_kills_its_worker_is_a_crash_failure(tmp_path):
-  lines = [{"text": f"document number {i} " * 5} for i in range(10)]
-  lines[3] = {"text": "CRASH here", "video": "clips/evil.mp4"}
-  manifest = tmp_path / "m.jsonl"
-  manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
-  tok = text_tokenizer.train_tokenizer([x["text"] for x in lines], str(tmp_path / "t.model"), 300)
-  options = PreprocessOptions(manifest=str(manifest), output=str(tmp_path / "out"), tokenizer=tok,
-                              vqgan=None, chunk_size=3)
-  summary = preprocess(options, workers=2, progress=False, processor=CrashingProcessor)
-  assert summary["examples"] == 9 and summary["failures"] == 1
-  with open(tmp_path / "out" / "failures.jsonl") as f:
-    failure = json.loads(f.read())
-  assert (failure["line"], failure["kind"], failure["path"]) == (4, "crash", "clips/evil.mp4")
-  assert sorted(e["line"] for e in load_examples(options.output)) == [1, 2, 3, 5, 6, 7, 8, 9, 10]
+@pytest.fixture(scope="module")
+def options(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("faults"))
+  manifest, expected = data_testing.fault_corpus(root)
+  lines = [json.loads(line) for line in open(manifest, "rb") if b"clips/" in line]
+  keep = [x for x in lines if x.get("video") in ("clips/a.mp4", "clips/crash.mp4", "clips/hang.mp4")
+          and x.get("order") != "sideways"]
+  small = os.path.join(root, "small.jsonl")
+  with open(small, "w") as f:
+    f.writelines(json.dumps(x) + "\n" for x in keep + [{"text": "a b c"}])
+  tok, vq = data_testing.tokenizer_and_vqgan(root, [{"ok": True, "text": "a b c caption"}])
+  return PreprocessOptions(manifest=small, output=os.path.join(root, "out"), tokenizer=tok, vqgan=vq,
+                           sampling=FrameSampling(max_frames=4), chunk_size=2, line_timeout_s=3.0,
+                           decoder=data_testing.FAULTY_DECODER), keep
 
 
-class HangingProcessor(LineProcessor):
-  """Never returns on lines that mention HANG, like decord's get_batch deadlock."""
-
-  def __call__(self, line, raw):
-    if b"HANG" in raw:
-      time.sleep(3600)
-    return super().__call__(line, raw)
-
-
-def test_a_line_that_hangs_its_worker_is_a_timeout_failure(tmp_path):
-  lines = [{"text": f"document number {i} " * 5} for i in range(6)]
-  lines[1] = {"text": "HANG here", "video": "clips/stuck.mp4"}
-  manifest = tmp_path / "m.jsonl"
-  manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
-  tok = text_tokenizer.train_tokenizer([x["text"] for x in lines], str(tmp_path / "t.model"), 300)
-  options = PreprocessOptions(manifest=str(manifest), output=str(tmp_path / "out"), tokenizer=tok,
-                              vqgan=None, chunk_size=3, line_timeout_s=1.5)
-  summary = preprocess(options, workers=2, progress=False, processor=HangingProcessor)
-  assert summary["examples"] == 5 and summary["failures_by_kind"] == {"timeout": 1}
-  with open(tmp_path / "out" / "failures.jsonl") as f:
-    failure = json.loads(f.read())
-  assert (failure["line"], failure["kind"], failure["path"]) == (2, "timeout", "clips/stuck.mp4")
-  assert "line_timeout_s=1.5" in failure["reason"]
+def test_decoder_crash_and_hang_fail_only_their_line(options):
+  options, keep = options
+  summary = preprocess(options, progress=False)
+  with open(os.path.join(options.output, "failures.jsonl")) as f:
+    failures = [json.loads(line) for line in f]
+  assert [(f["line"], f["kind"], f["path"]) for f in failures] == [
+      (keep.index({"video": "clips/crash.mp4", "text": "crashs the decoder"}) + 1, "crash",
+       "clips/crash.mp4"),
+      (keep.index({"video": "clips/hang.mp4", "text": "hangs the decoder"}) + 1, "timeout",
+       "clips/hang.mp4")]
+  assert "SIGSEGV" in failures[0]["reason"] and "line_timeout_s=3" in failures[1]["reason"]
+  assert sorted(e["line"] for e in load_examples(options.output)) == [
+      i + 1 for i in range(len(keep) + 1) if i + 1 not in (failures[0]["line"], failures[1]["line"])]
+  assert summary["run"]["decode_retries"] == 2  # each fault was tried twice
 
 
-class BrokenProcessor(LineProcessor):
-  """Fails while starting, like a worker that cannot load its tokenizer."""
-
-  def __init__(self, options):
-    raise OSError("cannot load the tokenizer")
-
-
-def test_workers_that_cannot_start_stop_the_run_instead_of_failing_every_line(tmp_path):
-  manifest = tmp_path / "m.jsonl"
-  manifest.write_text('{"text": "a"}\n{"text": "b"}\n')
-  options = PreprocessOptions(manifest=str(manifest), output=str(tmp_path / "out"),
-                              tokenizer="unused.model", vqgan=None, chunk_size=1)
-  with pytest.raises(RuntimeError, match="workers died while starting"):
-    preprocess(options, workers=2, progress=False, processor=BrokenProcessor)
+def test_a_decoder_that_cannot_start_stops_the_run(options):
+  options, _ = options
+  broken = dataclasses.replace(options, output=options.output + "_broken",
+                               decoder="lwm.data.no_such_module:decode")
+  with pytest.raises(DecoderUnavailable, match="no_such_module"):
+    preprocess(broken, progress=False)

@@ -162,6 +162,10 @@ def _serve(decoder_spec: str) -> None:
   except Exception:  # noqa: BLE001 -- reported to the parent, which raises DecoderUnavailable
     _send(replies, ("fatal", traceback.format_exc(limit=3)))
     return
+  try:
+    import decord  # noqa: F401 -- imported now, so that the first video's time limit excludes it
+  except ImportError:
+    pass
   _send(replies, ("ready", None))
   while (request := _receive(0, None)) is not None:  # 0: stdin
     try:

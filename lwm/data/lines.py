@@ -111,10 +111,12 @@ def _resolution(vqgan_dir: str) -> int:
 
 
 def _mark_attempt(options, run_id: str, stage: str, index: int) -> None:
-  """One empty file per task attempt; the driver counts the attempts beyond the first as retries."""
+  """One file per task attempt, holding the worker's address; the driver counts the attempts beyond
+  the first as retries."""
   folder = os.path.join(options.output, "work", "attempts")
   os.makedirs(folder, exist_ok=True)
-  open(os.path.join(folder, f"{run_id}.{stage}.{index:08d}.{uuid.uuid4().hex}"), "w").close()
+  with open(os.path.join(folder, f"{run_id}.{stage}.{index:08d}.{uuid.uuid4().hex}"), "w") as f:
+    f.write(_worker_address())
 
 
 # ---- the two tasks -------------------------------------------------------------------------------
