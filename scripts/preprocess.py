@@ -40,6 +40,9 @@ def parse_args(argv=None):
   parser.add_argument("--encode-batch", type=int, default=16, help="frames per VQGAN call")
   parser.add_argument("--line-timeout", type=float, default=600.0,
                       help="seconds one video may take to decode before its line fails as 'timeout'")
+  parser.add_argument("--decoder", default="lwm.data.video:decode_video",
+                      help="module:function(path, size, sampling) -> uint8 [n, size, size, 3] frames, "
+                      "run in each worker's isolated decoder process")
   return parser.parse_args(argv)
 
 
@@ -53,7 +56,8 @@ def main(argv=None) -> int:
   options = PreprocessOptions(
       manifest=args.manifest, output=args.output, tokenizer=args.tokenizer, vqgan=args.vqgan,
       sampling=FrameSampling(fps=args.fps, max_frames=args.max_frames, min_frames=args.min_frames),
-      chunk_size=args.chunk_size, encode_batch=args.encode_batch, line_timeout_s=args.line_timeout)
+      chunk_size=args.chunk_size, encode_batch=args.encode_batch, line_timeout_s=args.line_timeout,
+      decoder=args.decoder)
   resources = dask_cluster.parse_resources(args.encoder_resources)
   if resources and not (args.scheduler or args.scheduler_file):
     sys.exit("--encoder-resources needs --scheduler or --scheduler-file: the workers of the local "

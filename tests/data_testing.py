@@ -74,11 +74,11 @@ class Cluster:
     self.workers = []
     try:
       self._wait(lambda: os.path.exists(self.scheduler_file), "the scheduler file")
-      for extra in workers:
+      for i, extra in enumerate(workers):
         self.workers.append(python(
             "-m", "distributed.cli.dask_worker", "--scheduler-file", self.scheduler_file,
             "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", "--no-dashboard",
-            "--local-directory", folder, *extra))
+            "--name", str(i), "--local-directory", folder, *extra))
       self._wait(lambda: len(self.info()) == len(workers), f"{len(workers)} workers")
     except BaseException:
       self.stop()
@@ -92,11 +92,12 @@ class Cluster:
       time.sleep(0.2)
 
   def info(self) -> dict:
-    """{worker address: its resources} as the scheduler sees them."""
+    """{worker address: {"name": its index in self.workers, "resources": {...}}}."""
     from distributed import Client
     with Client(scheduler_file=self.scheduler_file, timeout=30) as client:
       workers = client.scheduler_info(n_workers=-1)["workers"]
-      return {address: w.get("resources", {}) for address, w in workers.items()}
+      return {address: {"name": w["name"], "resources": w.get("resources", {})}
+              for address, w in workers.items()}
 
   def stop(self):
     for process in [*self.workers, self.scheduler]:

@@ -122,6 +122,8 @@ class IsolatedDecoder:
     return process.wait()
 
   def __call__(self, path: str, size: int, sampling):
+    if self._process is not None and self._process.poll() is not None:
+      self._stop()  # it died between videos (its parent thread ended?): not this video's fault
     if self._process is None:
       self._start()
     try:
@@ -153,8 +155,19 @@ class IsolatedDecoder:
       pass
 
 
+def _die_with_parent() -> None:
+  """Linux: the kernel kills this process when its parent dies (a worker killed with SIGKILL
+  cannot stop a helper stuck in a decoder). Elsewhere a helper exits when its stdin closes."""
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
+
+
 def _serve(decoder_spec: str) -> None:
   """The helper's loop: one request (path, size, sampling) at a time until stdin closes."""
+  _die_with_parent()
   replies = os.fdopen(os.dup(1), "wb")
   os.dup2(2, 1)  # stray prints from C libraries must not corrupt the replies
   try:
