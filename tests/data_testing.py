@@ -99,6 +99,10 @@ class Cluster:
       return {address: {"name": w["name"], "resources": w.get("resources", {})}
               for address, w in workers.items()}
 
+  def address(self) -> str:
+    """tcp://127.0.0.1:PORT of the scheduler."""
+    return read_json(self.scheduler_file)["address"]
+
   def stop(self):
     for process in [*self.workers, self.scheduler]:
       if process.poll() is None:

@@ -116,3 +116,31 @@ def test_a_killed_driver_reruns_to_the_same_dataset(corpus, cluster):
   assert data_testing.outputs(output) == data_testing.outputs(options.output)
   summary = data_testing.read_json(os.path.join(output, "summary.json"))
   assert summary["run"]["chunks_resumed"] >= 3
+
+
+def test_text_lines_on_two_separate_workers_equal_a_run_in_this_process(tmp_path):
+  """The fast one, in the default suite: text and broken lines only (no VQGAN, so the workers never
+  start JAX), on the separate cluster against one worker thread in this process."""
+  import json
+  from lwm.data import synthetic, text_tokenizer
+  import numpy as np
+  rng = np.random.default_rng(0)
+  texts = [synthetic.random_text(rng, int(rng.integers(3, 60))) for _ in range(9)]
+  raw = [json.dumps({"text": t}).encode() for t in texts] + [b"not json", b'{"text": 3}']
+  manifest = tmp_path / "m.jsonl"
+  manifest.write_bytes(b"\n".join(raw[i] for i in rng.permutation(len(raw))) + b"\n")
+  tok = text_tokenizer.train_tokenizer(texts, str(tmp_path / "tok.model"), vocab_size=300)
+  options = PreprocessOptions(manifest=str(manifest), output=str(tmp_path / "here"), tokenizer=tok,
+                              vqgan=None, chunk_size=2)
+  preprocess(options, progress=False)
+  cluster = data_testing.Cluster(str(tmp_path), [[], []])
+  try:
+    driver = data_testing.python("scripts/preprocess.py", "--manifest", str(manifest), "--output",
+                                 str(tmp_path / "there"), "--tokenizer", tok, "--chunk-size", "2",
+                                 "--scheduler", cluster.address())
+    finish(driver)
+  finally:
+    cluster.stop()
+  there = data_testing.outputs(str(tmp_path / "there"))
+  assert there == data_testing.outputs(options.output)
+  assert there[2]["examples"] == 9 and there[2]["failures_by_kind"] == {"json": 1, "fields": 1}

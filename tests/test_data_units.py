@@ -48,9 +48,12 @@ def test_broken_files_raise_video_error_with_the_reason(tmp_path):
   (tmp_path / "empty.mp4").write_bytes(b"")
   (tmp_path / "text.mp4").write_text("not a video")
   sampling = video.FrameSampling(max_frames=2)
-  for name, words in [("empty.mp4", "empty"), ("text.mp4", "cannot decode"), ("none.mp4", "missing")]:
-    with pytest.raises(video.VideoError, match=words):
+  cases = [("empty.mp4", "empty", "video"), ("text.mp4", "cannot decode", "video"),
+           ("none.mp4", "missing", "missing")]
+  for name, words, kind in cases:
+    with pytest.raises(video.VideoError, match=words) as raised:
       video.decode_video(str(tmp_path / name), 16, sampling)
+    assert raised.value.kind == kind  # the failure kind comes from the exception's class
 
 
 def test_lwm_vqgan_config_shapes_without_allocating():
@@ -136,8 +139,18 @@ def test_interleave_layout_and_masks():
   np.testing.assert_array_equal(asked["loss_mask"], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1])
 
 
+def test_manifest_failure_kinds_are_exception_classes():
+  from lwm.data import lines
+  cases = [(b"\xff", lines.NotUtf8, "utf8"), (b"", lines.NotJson, "json"),
+           (b"[1]", lines.BadFields, "fields"), (b'{"text": "a", "order": "x"}', lines.BadFields, "fields")]
+  for raw, error, kind in cases:
+    with pytest.raises(error) as raised:
+      lines.parse_line(raw)
+    assert raised.value.kind == kind and isinstance(raised.value, lines.LineError)
+
+
 def test_manifest_prompt_field():
-  from lwm.data.preprocess import LineError, parse_line
+  from lwm.data.lines import LineError, parse_line
   line = parse_line(b'{"prompt": "Question: Why? Answer:", "text": " Because."}')
   assert line["prompt"] == "Question: Why? Answer:" and line["text"] == " Because."
   assert parse_line(b'{"text": "no prompt"}')["prompt"] == ""

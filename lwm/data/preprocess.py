@@ -28,7 +28,6 @@ import uuid
 import numpy as np
 
 from lwm.data import chunks, dask_cluster, dataset, lines
-from lwm.data.lines import LineError, parse_line  # noqa: F401 -- part of this module's API
 from lwm.data.video import FrameSampling
 
 log = logging.getLogger(__name__)
