@@ -34,15 +34,17 @@ def parse_args(argv=None):
                       help="run on the Dask scheduler described by this file (dask scheduler "
                       "--scheduler-file F)")
   parser.add_argument("--encoder-resources", default=None,
-                      help="e.g. GPU=1: VQGAN encoding only on workers started with --resources GPU=1")
+                      help="e.g. GPU=1: VQGAN encoding only on workers started with "
+                      "--resources GPU=1")
   parser.add_argument("--chunk-size", type=int, default=64,
                       help="manifest lines per task, per TFDS shard and per resumable unit")
   parser.add_argument("--encode-batch", type=int, default=16, help="frames per VQGAN call")
   parser.add_argument("--line-timeout", type=float, default=600.0,
-                      help="seconds one video may take to decode before its line fails as 'timeout'")
+                      help="seconds one video may take to decode before its line fails as "
+                      "'timeout'")
   parser.add_argument("--decoder", default="lwm.data.video:decode_video",
-                      help="module:function(path, size, sampling) -> uint8 [n, size, size, 3] frames, "
-                      "run in each worker's isolated decoder process")
+                      help="module:function(path, size, sampling) -> uint8 [n, size, size, 3] "
+                      "frames, run in each worker's isolated decoder process")
   return parser.parse_args(argv)
 
 

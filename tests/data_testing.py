@@ -70,7 +70,8 @@ class Cluster:
   def __init__(self, folder: str, workers: list[list[str]]):
     self.scheduler_file = os.path.join(folder, "scheduler.json")
     self.scheduler = python("-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                            "--port", "0", "--no-dashboard", "--scheduler-file", self.scheduler_file)
+                            "--port", "0", "--no-dashboard",
+                            "--scheduler-file", self.scheduler_file)
     self.workers = []
     try:
       self._wait(lambda: os.path.exists(self.scheduler_file), "the scheduler file")

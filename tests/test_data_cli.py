@@ -33,7 +33,8 @@ def corpus(tmp_path_factory):
 
 def preprocess_args(root, manifest, output):
   return ["--manifest", manifest, "--output", output, "--tokenizer", os.path.join(root, "tok.model"),
-          "--vqgan", os.path.join(root, "vq"), "--max-frames", "4", "--chunk-size", "1", "--workers", "1"]
+          "--vqgan", os.path.join(root, "vq"), "--max-frames", "4", "--chunk-size", "1",
+          "--workers", "1"]
 
 
 def read_json(path):
@@ -63,10 +64,12 @@ def test_killed_preprocess_resumes_to_the_same_dataset(corpus):
   assert not os.path.exists(os.path.join(killed, "summary.json"))
   assert run_script("preprocess.py", *preprocess_args(root, manifest, killed)).wait(120) == 0
   assert records(killed) == records(whole)
-  with open(os.path.join(killed, "failures.jsonl")) as a, open(os.path.join(whole, "failures.jsonl")) as b:
+  failures = [os.path.join(d, "failures.jsonl") for d in (killed, whole)]
+  with open(failures[0]) as a, open(failures[1]) as b:
     assert a.read() == b.read()
   summaries = [read_json(os.path.join(d, "summary.json")) for d in (killed, whole)]
-  assert summaries[0].pop("run")["chunks_resumed"] >= 4 and summaries[1].pop("run")["chunks_resumed"] == 0
+  assert summaries[0].pop("run")["chunks_resumed"] >= 4
+  assert summaries[1].pop("run")["chunks_resumed"] == 0
   assert summaries[0] == summaries[1] and summaries[0]["lines"] == len(expected)
 
 

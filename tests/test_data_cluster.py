@@ -39,7 +39,8 @@ def corpus(tmp_path_factory):
 def script_args(options, output, *extra):
   return ["scripts/preprocess.py", "--manifest", options.manifest, "--output", output,
           "--tokenizer", options.tokenizer, "--vqgan", options.vqgan, "--max-frames", "4",
-          "--chunk-size", "2", "--line-timeout", str(TIMEOUT_S), "--decoder", options.decoder, *extra]
+          "--chunk-size", "2", "--line-timeout", str(TIMEOUT_S), "--decoder", options.decoder,
+          *extra]
 
 
 def run_script(options, output, cluster, *extra):

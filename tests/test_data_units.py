@@ -142,7 +142,8 @@ def test_interleave_layout_and_masks():
 def test_manifest_failure_kinds_are_exception_classes():
   from lwm.data import lines
   cases = [(b"\xff", lines.NotUtf8, "utf8"), (b"", lines.NotJson, "json"),
-           (b"[1]", lines.BadFields, "fields"), (b'{"text": "a", "order": "x"}', lines.BadFields, "fields")]
+           (b"[1]", lines.BadFields, "fields"),
+           (b'{"text": "a", "order": "x"}', lines.BadFields, "fields")]
   for raw, error, kind in cases:
     with pytest.raises(error) as raised:
       lines.parse_line(raw)

@@ -41,7 +41,8 @@ def dataset_dir(path: str) -> str:
   for candidate in (path, os.path.join(path, NAME, VERSION)):
     if os.path.isfile(os.path.join(candidate, "dataset_info.json")):
       return candidate
-  raise FileNotFoundError(f"no {NAME} dataset in {path!r}: expected {NAME}/{VERSION}/dataset_info.json "
+  raise FileNotFoundError(f"no {NAME} dataset in {path!r}: expected "
+                          f"{NAME}/{VERSION}/dataset_info.json "
                           "there; run scripts/preprocess.py --output DIR first")
 
 

@@ -3,15 +3,15 @@
 decord can crash its process on some corrupt files (a segfault in FFmpeg) or deadlock in `get_batch`
 (dmlc/decord#373). Dask re-runs the tasks of a worker that died, but it would meet the same file
 again, and it has no time limit for a running task. So each worker decodes in a helper process of
-its own: a crash kills only the helper, a hang is ended by killing it, and either way the line gets a
-failure of kind "crash" or "timeout" while the worker and the rest of its chunk carry on.
+its own: a crash kills only the helper, a hang is ended by killing it, and either way the line
+gets a failure of kind "crash" or "timeout" while the worker and the rest of its chunk carry on.
 
   decoder = IsolatedDecoder("lwm.data.video:decode_video", timeout_s=600)
   frames = decoder(path, 256, FrameSampling(max_frames=8))   # uint8 [n, 256, 256, 3]
   decoder.close()
 
-The helper is `python -m lwm.data.isolated_decoder DECODER`; it speaks length-prefixed pickles on its
-stdin/stdout (a private copy of stdout: whatever C libraries print goes to stderr).
+The helper is `python -m lwm.data.isolated_decoder DECODER`; it speaks length-prefixed pickles on
+its stdin/stdout (a private copy of stdout: whatever C libraries print goes to stderr).
 """
 import importlib
 import os

@@ -2,7 +2,7 @@
 `lwm.data.preprocess`).
 
 Two tasks per chunk:
-  decode_chunk  parse each line, decode its video (in the worker's isolated decoder process) -> frames
+  decode_chunk  parse each line, decode its video (in the worker's isolated decoder process)
   encode_chunk  VQGAN-encode the chunk's frames in batches, tokenize text, interleave, write the
                 chunk's TFDS shard, then its record (chunks.py); may be sent to accelerator workers
 

@@ -1,8 +1,9 @@
-"""Preprocessing on Dask: a JSONL manifest of videos and text -> the tokenized `lwm_examples` dataset.
+"""Preprocessing on Dask: a JSONL manifest of videos and text -> the `lwm_examples` TFDS dataset.
 
+  options = PreprocessOptions(manifest="m.jsonl", output="out", tokenizer="tok.model", vqgan="vq/",
+                              sampling=FrameSampling(max_frames=8))
   with dask_cluster.connect(workers=4) as client:       # or scheduler=... / scheduler_file=...
-    summary = preprocess(PreprocessOptions(manifest="m.jsonl", output="out", tokenizer="tok.model",
-                                           vqgan="vq/", sampling=FrameSampling(max_frames=8)), client)
+    summary = preprocess(options, client)
 
 Manifest lines (paths relative to the manifest; lines numbered from 1):
   {"video": "clips/a.mp4", "text": "a caption", "order": "video_text" | "text_video" | "both"}
@@ -10,10 +11,10 @@ Manifest lines (paths relative to the manifest; lines numbered from 1):
   {"prompt": "Question: ... Answer:", "text": " the answer"}   (optional with any line: the prompt
       goes right before the text and is not trained on; prompt and text are tokenized separately)
 
-The manifest is cut into chunks of `chunk_size` lines; each chunk is a decode task and an encode task
-(`lwm.data.lines`) that write the chunk's TFDS shard and record where the cluster runs them (so the
-output directory must be on a filesystem every worker sees). A rerun after an interruption does
-only the chunks without a record. When all are done this process writes, from the records alone,
+The manifest is cut into chunks of `chunk_size` lines; each chunk is a decode task and an encode
+task (`lwm.data.lines`) that write the chunk's TFDS shard and record where the cluster runs them
+(so the output directory must be on a filesystem every worker sees). A rerun after an interruption
+does only the chunks without a record. When all are done this process writes, from the records alone,
 the TFDS dataset_info, `index.npz`, `vocab.json`, `failures.jsonl` (one line per failed manifest
 line: line, path, kind, reason) and last `summary.json`. Nothing is dropped silently: every line is
 either an example or a failure, whichever workers ran it and however often a task was retried.
@@ -48,7 +49,7 @@ class PreprocessOptions:
 
 
 def read_manifest(path: str) -> list:
-  """[(line number from 1, raw bytes)] of every line; bytes, so invalid UTF-8 is one line's failure."""
+  """[(line number from 1, raw bytes)] of every line (bytes: invalid UTF-8 fails only its line)."""
   with open(path, "rb") as f:
     return [(i + 1, raw.rstrip(b"\r\n")) for i, raw in enumerate(f)]
 
@@ -109,7 +110,8 @@ def _run_chunks(client, options: PreprocessOptions, todo: list, num_chunks: int,
 def _count_retries(work_dir: str, run_id: str) -> int:
   """Task attempts of this run beyond the first of each task (lost workers, raised errors)."""
   folder = os.path.join(work_dir, "attempts")
-  names = [n for n in os.listdir(folder) if n.startswith(run_id + ".")] if os.path.isdir(folder) else []
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  names = [n for n in names if n.startswith(run_id + ".")]
   tasks = collections.Counter(n.rsplit(".", 1)[0] for n in names)
   for name in names:
     os.remove(os.path.join(folder, name))

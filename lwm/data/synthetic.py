@@ -126,7 +126,8 @@ def build_corpus(root: str, seed: int = 0) -> tuple[str, list[dict]]:
 def faulty_decode_video(path: str, size: int, sampling):
   """`lwm.data.video.decode_video`, except that it crashes its process (SIGSEGV, as decord does on
   some corrupt files) on files named crash*, and never returns (decord#373) on files named hang*.
-  For tests of the isolation: `PreprocessOptions(decoder="lwm.data.synthetic:faulty_decode_video")`."""
+  For tests of the isolation:
+  `PreprocessOptions(decoder="lwm.data.synthetic:faulty_decode_video")`."""
   import os
   import signal
   import time

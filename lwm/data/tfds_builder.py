@@ -58,7 +58,8 @@ def builder(output_dir: str) -> LwmExamples:
 def _template(output_dir: str) -> tfds.core.ShardedFileTemplate:
   return tfds.core.ShardedFileTemplate(
       data_dir=os.path.join(output_dir, NAME, VERSION),
-      template=tfds.core.naming.DEFAULT_FILENAME_TEMPLATE, dataset_name=NAME, split=SPLIT, filetype_suffix=FILE_FORMAT)
+      template=tfds.core.naming.DEFAULT_FILENAME_TEMPLATE, dataset_name=NAME, split=SPLIT,
+      filetype_suffix=FILE_FORMAT)
 
 
 def shard_path(output_dir: str, index: int, num_shards: int) -> str:
