@@ -13,10 +13,10 @@ Manifest lines (paths relative to the manifest; lines numbered from 1):
 
 The manifest is cut into chunks of `chunk_size` lines; each chunk is a decode task and an encode
 task (`lwm.data.lines`) that write the chunk's TFDS shard and record where the cluster runs them
-(so the output directory must be on a filesystem every worker sees). A rerun after an interruption
-does only the chunks without a record. When all are done this process writes, from the records alone,
-the TFDS dataset_info, `index.npz`, `vocab.json`, `failures.jsonl` (one line per failed manifest
-line: line, path, kind, reason) and last `summary.json`. Nothing is dropped silently: every line is
+(so the output directory must be on a filesystem every worker sees). A rerun after an
+interruption does only the chunks without a record. When all are done this process writes, from
+the records alone, the TFDS dataset_info, `index.npz`, `vocab.json`, `failures.jsonl` (one line
+per failed manifest line: line, path, kind, reason) and last `summary.json`. Nothing is dropped silently: every line is
 either an example or a failure, whichever workers ran it and however often a task was retried.
 """
 import collections
