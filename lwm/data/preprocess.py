@@ -16,8 +16,9 @@ task (`lwm.data.lines`) that write the chunk's TFDS shard and record where the c
 (so the output directory must be on a filesystem every worker sees). A rerun after an
 interruption does only the chunks without a record. When all are done this process writes, from
 the records alone, the TFDS dataset_info, `index.npz`, `vocab.json`, `failures.jsonl` (one line
-per failed manifest line: line, path, kind, reason) and last `summary.json`. Nothing is dropped silently: every line is
-either an example or a failure, whichever workers ran it and however often a task was retried.
+per failed manifest line: line, path, kind, reason) and last `summary.json`. Nothing is dropped
+silently: every line is either an example or a failure, whichever workers ran it and however often
+a task was retried.
 """
 import collections
 import dataclasses
