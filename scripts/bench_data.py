@@ -3,11 +3,17 @@ loading.
 
   python scripts/bench_data.py
   python scripts/bench_data.py --vqgan-configs small,lwm --seq-len 32768 --batch 8
+  python scripts/bench_data.py --workers 1,2 --skip-single --skip-loader   # the Dask rows only
 
 Prints decode frames/s (decord + sampling + resize/crop of a 640x360 h264 clip), VQGAN tokenizer
 frames/s per config (jitted encode), and the loader's tokens/s (reading the TFDS dataset, planning,
 packing into [batch, seq_len] rows; with --mesh also zigzag and global arrays on 8 simulated CPU
 devices). The loader runs in one process: its figure is per core.
+
+With --workers 1,2 it also runs preprocessing's own tasks on a local Dask cluster of that many
+worker processes: decode tasks (`lwm.data.lines.decode_chunk`: the isolated decoder process,
+decord, sampling, resize) and VQGAN encode calls in the workers, timed from submission to the last
+result after one warm-up task per worker (the VQGAN loads and compiles once per process).
 """
 import argparse
 import functools
@@ -27,6 +33,11 @@ def parse_args():
   parser.add_argument("--examples", type=int, default=3000)
   parser.add_argument("--batches", type=int, default=40)
   parser.add_argument("--no-mesh", action="store_true", help="skip the on-mesh loader row")
+  parser.add_argument("--workers", default="", help="e.g. 1,2: Dask rows with these worker counts")
+  parser.add_argument("--clips", type=int, default=8, help="Dask rows: clips of --frames frames")
+  parser.add_argument("--encode-config", default="small", help="Dask rows: the VQGAN config")
+  parser.add_argument("--skip-single", action="store_true", help="skip the one-process rows")
+  parser.add_argument("--skip-loader", action="store_true", help="skip the loader rows")
   return parser.parse_args()
 
 
@@ -68,14 +79,14 @@ def bench_vqgan(frames256, names, frames):
 def make_dataset(tmp, num_examples, seq_len):
   import numpy as np
 
-  from lwm.data import chunks, dataset, loader, packing
+  from lwm.data import loader, packing, tfds_builder
   rng = np.random.default_rng(0)
-  work = os.path.join(tmp, "work")
-  os.makedirs(work)
   per_chunk = 500
-  for c in range(0, num_examples, per_chunk):
+  starts = range(0, num_examples, per_chunk)
+  lengths, layout, size = [], [], 0
+  for c, first in enumerate(starts):
     examples = []
-    for line in range(c, min(c + per_chunk, num_examples)):
+    for line in range(first, min(first + per_chunk, num_examples)):
       frames = int(rng.integers(0, 9))  # like a corpus of captioned clips and text documents
       n = frames * 257 + int(rng.integers(20, 3000))
       tokens = rng.integers(0, 8000, n).astype(np.int32)
@@ -83,9 +94,13 @@ def make_dataset(tmp, num_examples, seq_len):
       vision[2:2 + frames * 257] = True
       examples.append({"tokens": tokens, "vision_mask": vision, "loss_mask": ~vision,
                        "line": line, "num_frames": frames})
-    chunks.write_chunk(chunks.chunk_path(work, c // per_chunk), examples, [])
-  dataset.build(tmp, work)
-  loader.save_index(tmp, packing.build_index(dataset.load_examples(tmp)))
+    size += tfds_builder.write_shard(tfds_builder.shard_path(tmp, c, len(starts)), examples,
+                                     os.path.join(tmp, "work"))
+    lengths.append(len(examples))
+    layout += [packing.example_layout(e) for e in examples]
+  tfds_builder.write_info(tmp, lengths, size)
+  loader.save_index(tmp, {f: np.asarray([r[f] for r in layout], np.int64)
+                          for f in packing.INDEX_FIELDS})
   return tmp
 
 
@@ -109,14 +124,70 @@ def bench_loader(data_dir, seq_len, batch, batches, mesh):
         f"efficiency {stats['efficiency']:.3f}, {batch}x{seq_len}")
 
 
+def _encode_random(vqgan_dir, batch, frames, seed):
+  """Encodes `frames` random frames in a worker (the VQGAN is loaded once per process)."""
+  import numpy as np
+  from lwm.data import lines
+  encoder = lines.frame_encoder(vqgan_dir, batch)
+  r = encoder.config.resolution
+  encoder(np.random.default_rng(seed).integers(0, 256, (frames, r, r, 3), dtype=np.uint8))
+  return frames
+
+
+def bench_cluster(tmp, worker_counts, clips, frames, config_name):
+  """Decode and encode frames/s of preprocessing's tasks on local Dask clusters."""
+  import json
+  from lwm.data import dask_cluster, lines, synthetic, vqgan
+  from lwm.data.preprocess import PreprocessOptions
+  from lwm.data.video import FrameSampling
+  root = os.path.join(tmp, "cluster")
+  os.makedirs(os.path.join(root, "clips"))
+  vq = os.path.join(root, "vq")
+  vqgan.save(vq, vqgan.create(vqgan.get_config(config_name), 0))
+  video = synthetic.moving_frames(frames, 360, 640)
+  raw = []
+  for i in range(clips):
+    synthetic.write_video(os.path.join(root, f"clips/{i}.mp4"), video, "mp4", fps=30)
+    raw.append((i + 1, json.dumps({"video": f"clips/{i}.mp4", "text": "x"}).encode()))
+  options = PreprocessOptions(manifest=os.path.join(root, "m.jsonl"),
+                              output=os.path.join(root, "o"), tokenizer="", vqgan=vq,
+                              sampling=FrameSampling(max_frames=frames))
+  batch = 16
+  for workers in worker_counts:
+    with dask_cluster.connect(workers=workers) as client:
+      # One warm-up per worker (pinned), so the timed part has no start-up in it.
+      warm = []
+      for w, address in enumerate(client.scheduler_info(n_workers=-1)["workers"]):
+        warm += [client.submit(lines.decode_chunk, options, -1 - w, raw[:1], "warm", pure=False,
+                               workers=[address]),
+                 client.submit(_encode_random, vq, batch, batch, w, pure=False, workers=[address])]
+      client.gather(warm)
+      start = time.perf_counter()
+      client.gather([client.submit(lines.decode_chunk, options, i, [line], "bench", pure=False)
+                     for i, line in enumerate(raw)])
+      decode = clips * frames / (time.perf_counter() - start)
+      start = time.perf_counter()
+      done = client.gather([client.submit(_encode_random, vq, batch, 4 * batch, i, pure=False)
+                            for i in range(2 * workers)])
+      encode = sum(done) / (time.perf_counter() - start)
+    print(f"dask    {workers} local worker(s): decode 640x360 h264 -> 256x256 {decode:7.1f} "
+          f"frames/s, VQGAN {config_name} encode {encode:7.1f} frames/s")
+
+
 def main():
   args = parse_args()
   launch.set_device_count(8, replace=True)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from lwm import sharding
   with tempfile.TemporaryDirectory() as tmp:
-    frames256 = bench_decode(tmp, args.frames)
-    bench_vqgan(frames256, [n for n in args.vqgan_configs.split(",") if n], args.frames)
+    if not args.skip_single:
+      frames256 = bench_decode(tmp, args.frames)
+      bench_vqgan(frames256, [n for n in args.vqgan_configs.split(",") if n], args.frames)
+    if args.workers:
+      bench_cluster(tmp, [int(n) for n in args.workers.split(",")], args.clips, args.frames,
+                    args.encode_config)
+    if args.skip_loader:
+      return
     data_dir = make_dataset(os.path.join(tmp, "ds"), args.examples, args.seq_len)
     bench_loader(data_dir, args.seq_len, args.batch, args.batches, None)
     if not args.no_mesh:

@@ -91,7 +91,8 @@ def _text_tokenizer(path: str):
 
 
 @functools.cache
-def _frame_encoder(vqgan_dir: str, batch_size: int):
+def frame_encoder(vqgan_dir: str, batch_size: int):
+  """The VQGAN of `vqgan_dir` as a jitted batch encoder, loaded once per worker process."""
   # Several workers may share one accelerator: none may take XLA's default 75% of it up front.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   from lwm.data import vqgan
@@ -166,7 +167,7 @@ def _vocab(options) -> Vocab:
   text = _text_tokenizer(options.tokenizer)
   codebook_size = 8192
   if options.vqgan is not None:
-    codebook_size = _frame_encoder(options.vqgan, options.encode_batch).config.codebook_size
+    codebook_size = frame_encoder(options.vqgan, options.encode_batch).config.codebook_size
   return Vocab(bos=text.bos_id, eos=text.eos_id, vision_start=tuple(text.vision_start),
                vision_end=tuple(text.vision_end), codebook_size=codebook_size)
 
@@ -175,7 +176,7 @@ def _encode_frames(options, frame_lists: list) -> list:
   """VQGAN codes `[frames, codes_per_frame]` per video; all the chunk's frames in batches."""
   if not frame_lists:
     return []
-  codes = _frame_encoder(options.vqgan, options.encode_batch)(np.concatenate(frame_lists))
+  codes = frame_encoder(options.vqgan, options.encode_batch)(np.concatenate(frame_lists))
   return np.split(codes, np.cumsum([len(f) for f in frame_lists])[:-1])
 
 
