@@ -144,23 +144,30 @@ def _decode_frames(options, index, chunk_lines):
 
 def bench_cluster(tmp, worker_counts, clips, frames, config_name):
   """Decode and encode frames/s of preprocessing's tasks on local Dask clusters."""
+  import dataclasses
   import json
   from lwm.data import dask_cluster, lines, synthetic, vqgan
   from lwm.data.preprocess import PreprocessOptions
+  from lwm.data import video as video_lib
   from lwm.data.video import FrameSampling
   root = os.path.join(tmp, "cluster")
   os.makedirs(os.path.join(root, "clips"))
   vq = os.path.join(root, "vq")
   vqgan.save(vq, vqgan.create(vqgan.get_config(config_name), 0))
+  # Decode tasks read only the resolution from the VQGAN folder: decode at LWM's 256x256.
+  os.makedirs(os.path.join(root, "vq256"))
+  with open(os.path.join(root, "vq256", "config.json"), "w") as f:
+    json.dump(dataclasses.asdict(vqgan.get_config("lwm")), f)
   video = synthetic.moving_frames(frames, 360, 640)
   raw = []
   for i in range(clips):
     synthetic.write_video(os.path.join(root, f"clips/{i}.mp4"), video, "mp4", fps=30)
     raw.append((i + 1, json.dumps({"video": f"clips/{i}.mp4", "text": "x"}).encode()))
   options = PreprocessOptions(manifest=os.path.join(root, "m.jsonl"),
-                              output=os.path.join(root, "o"), tokenizer="", vqgan=vq,
+                              output=os.path.join(root, "o"), tokenizer="",
+                              vqgan=os.path.join(root, "vq256"),
                               sampling=FrameSampling(max_frames=frames))
-  batch = 16
+  batch, size = 16, 256
   for workers in worker_counts:
     with dask_cluster.connect(workers=workers) as client:
       # One warm-up per worker (pinned), so the timed part has no start-up in it.
@@ -170,16 +177,25 @@ def bench_cluster(tmp, worker_counts, clips, frames, config_name):
                                workers=[address]),
                  client.submit(_encode_random, vq, batch, batch, w, pure=False, workers=[address])]
       client.gather(warm)
+      start = time.perf_counter()  # A/B: the same clips decoded in this process, right before
+      for i in range(clips):
+        video_lib.decode_video(os.path.join(root, f"clips/{i}.mp4"), size, options.sampling)
+      here = clips * frames / (time.perf_counter() - start)
       start = time.perf_counter()
       decoded = client.gather([client.submit(_decode_frames, options, i, [line], pure=False)
                                for i, line in enumerate(raw)])
       decode = sum(decoded) / (time.perf_counter() - start)
+      _encode_random(vq, batch, batch, 0)  # compiles here; then A/B as for decoding
+      start = time.perf_counter()
+      here_encode = sum(_encode_random(vq, batch, 4 * batch, i) for i in range(2))
+      here_encode /= time.perf_counter() - start
       start = time.perf_counter()
       done = client.gather([client.submit(_encode_random, vq, batch, 4 * batch, i, pure=False)
                             for i in range(2 * workers)])
       encode = sum(done) / (time.perf_counter() - start)
-    print(f"dask    {workers} local worker(s): decode 640x360 h264 -> 256x256 {decode:7.1f} "
-          f"frames/s, VQGAN {config_name} encode {encode:7.1f} frames/s")
+    print(f"dask    {workers} local worker(s): decode 640x360 h264 -> {size}px {decode:7.1f} "
+          f"frames/s ({here:.1f} in this process just before), VQGAN {config_name} encode "
+          f"{encode:7.1f} frames/s ({here_encode:.1f} in this process just before)")
 
 
 def main():
