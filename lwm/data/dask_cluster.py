@@ -11,6 +11,8 @@ the progress bar and nothing else of Dask. `workers=0` runs one worker thread in
 import contextlib
 import logging
 
+import dask
+
 
 def parse_resources(text: str | None) -> dict | None:
   """'GPU=1,MEM=2e9' -> {'GPU': 1.0, 'MEM': 2e9}; None or '' -> None."""
@@ -43,10 +45,24 @@ def connect(workers: int = 0, scheduler: str | None = None, scheduler_file: str 
     raise ValueError(f"workers must be >= 0, got {workers}")
   # Worker processes talk over TCP on loopback; a worker thread in this process needs no network.
   where = {"processes": True, "host": "127.0.0.1"} if workers else {"processes": False}
-  with LocalCluster(n_workers=max(workers, 1), threads_per_worker=1, dashboard_address=None,
-                    silence_logs=logging.ERROR, **where) as cluster:
-    with Client(cluster) as client:
-      yield client
+  with dask.config.set({ENVIRON: _without_malloc_trim()}):
+    with LocalCluster(n_workers=max(workers, 1), threads_per_worker=1, dashboard_address=None,
+                      silence_logs=logging.ERROR, **where) as cluster:
+      with Client(cluster) as client:
+        yield client
+
+
+ENVIRON = "distributed.nanny.pre-spawn-environ"
+
+
+def _without_malloc_trim() -> dict:
+  """Dask's environment for worker processes less MALLOC_TRIM_THRESHOLD_=65536, which makes
+  VQGAN encoding ~1.7x and decoding ~3x slower here (docs/data.md); our workers hold frames for
+  one chunk, not the long-lived arrays that setting protects."""
+  import distributed  # noqa: F401 -- loads distributed's config defaults
+  environ = dict(dask.config.get(ENVIRON, {}))
+  environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+  return environ
 
 
 def declared(client, resources: dict) -> bool:

@@ -102,6 +102,9 @@ class IsolatedDecoder:
 
   def _start(self) -> None:
     env = dict(os.environ)
+    # Dask's nanny sets this for worker processes; it makes decoding ~3x slower (measured, see
+    # docs/data.md), and a helper's memory lives one video long.
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
     self._process = subprocess.Popen(
         [sys.executable, "-m", "lwm.data.isolated_decoder", self.decoder],
