@@ -11,8 +11,8 @@ import numpy as np
 
 
 class VideoError(Exception):
-  """A video that cannot be used (corrupt, truncated, not a video); the message is the reason written
-  to failures.jsonl and `kind` its category there. Subclasses are the other kinds."""
+  """A video that cannot be used (corrupt, truncated, not a video): the message is the reason
+  written to failures.jsonl and `kind` its category there. Subclasses are the other kinds."""
   kind = "video"
 
 
