@@ -105,13 +105,15 @@ class Cluster:
     return read_json(self.scheduler_file)["address"]
 
   def stop(self):
-    for process in [*self.workers, self.scheduler]:
-      if process.poll() is None:
-        process.terminate()
-    for process in [*self.workers, self.scheduler]:
-      try:
-        process.wait(20)
-      except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-      process.stdout.close()
+    """Workers first (each closes while its scheduler still answers), then the scheduler."""
+    for group in (self.workers, [self.scheduler]):
+      for process in group:
+        if process.poll() is None:
+          process.terminate()
+      for process in group:
+        try:
+          process.wait(20)
+        except subprocess.TimeoutExpired:
+          process.kill()
+          process.wait()
+        process.stdout.close()

@@ -31,10 +31,10 @@ def corpus(tmp_path_factory):
   return root, manifest, expected
 
 
-def preprocess_args(root, manifest, output):
-  return ["--manifest", manifest, "--output", output, "--tokenizer", os.path.join(root, "tok.model"),
-          "--vqgan", os.path.join(root, "vq"), "--max-frames", "4", "--chunk-size", "1",
-          "--workers", "1"]
+def preprocess_args(root, manifest, output, workers="1"):
+  return ["--manifest", manifest, "--output", output,
+          "--tokenizer", os.path.join(root, "tok.model"), "--vqgan", os.path.join(root, "vq"),
+          "--max-frames", "4", "--chunk-size", "1", "--workers", workers]
 
 
 def read_json(path):
@@ -43,7 +43,8 @@ def read_json(path):
 
 
 def records(path):
-  return sorted((e["line"], e["tokens"].tolist(), e["loss_mask"].tolist()) for e in load_examples(path))
+  return sorted((e["line"], e["tokens"].tolist(), e["loss_mask"].tolist())
+                for e in load_examples(path))
 
 
 def test_killed_preprocess_resumes_to_the_same_dataset(corpus):
@@ -78,7 +79,8 @@ def test_exit_status_is_1_when_no_line_succeeds(corpus):
   bad = os.path.join(root, "bad.jsonl")
   with open(bad, "w") as f:
     f.write('not json\n{"video": "clips/missing.mp4", "text": "x"}\n')
-  proc = run_script("preprocess.py", *preprocess_args(root, bad, os.path.join(root, "bad_out")))
+  args = preprocess_args(root, bad, os.path.join(root, "bad_out"), workers="0")
+  proc = run_script("preprocess.py", *args)
   output = proc.communicate(timeout=120)[0].decode()
   assert proc.returncode == 1, output
   assert "no line became an example" in output
