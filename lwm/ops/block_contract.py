@@ -4,10 +4,12 @@ Every implementation computes exact attention of a query shard against one key/v
 the mask given by global token positions and segment ids of both sides, and returns what the ring
 needs to merge blocks and to run the backward against the global softmax:
 
-  forward(q, k, v, mask, tiling) -> (o, lse)
+  forward(q, k, v, mask, tiling, *, acc=None) -> (o, lse)
     o `[batch, n, heads, head_dim]` float32, normalised over this block's visible keys (0 for a
     row that sees none); lse `[batch, n, heads]` float32 natural-log log-sum-exp of the scaled
-    scores (MASK_VALUE for a row that sees no key, so it weighs nothing in `merge`).
+    scores (MASK_VALUE for a row that sees no key, so it weighs nothing in `merge`). `acc` is an
+    earlier (o, lse) of the same queries: the result is then `merge(acc, block result)`, and an
+    implementation may fold the block into it in place (the ring carries one such pair).
   backward(q, k, v, o, lse, do, mask, tiling, *, delta=None, grads=None) -> (dq, dk, dv)
     float32 gradients of this block's share, with probabilities exp(s - lse) from the *global*
     lse and o (per-block statistics would give wrong gradients). `delta = rowsum(do * o)` may be

@@ -170,10 +170,18 @@ def _precision(dtype):
   return lax.Precision.HIGHEST if dtype == jnp.float32 else None
 
 
-def forward(q, k, v, mask, tiling):
-  """The contract's forward (see `lwm.ops.block_contract`): (o float32, lse float32)."""
-  state = block_forward(q, k, v, *mask, init_state(q), tiling, _precision(q.dtype))
-  return normalize(state)
+def state_from(acc):
+  """The running state (o, m, l) equal to a normalised (o, lse): m = lse, l = 1 (0 if unseen)."""
+  o, lse = acc
+  seen = lse > MASK_VALUE / 2
+  return o.astype(jnp.float32), jnp.where(seen, lse, MASK_VALUE), seen.astype(jnp.float32)
+
+
+def forward(q, k, v, mask, tiling, *, acc=None):
+  """The contract's forward (see `lwm.ops.block_contract`): (o float32, lse float32), folded
+  into `acc` in place when given."""
+  state = init_state(q) if acc is None else state_from(acc)
+  return normalize(block_forward(q, k, v, *mask, state, tiling, _precision(q.dtype)))
 
 
 def backward(q, k, v, o, lse, do, mask, tiling, *, delta=None, grads=None):

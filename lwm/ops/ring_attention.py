@@ -107,8 +107,8 @@ def _forward(cfg, q, k, v, segment_ids):
       block = _put(block, shift(piece), g % num_pieces)
     after = _take(block, (g + 1) % num_pieces)  # read after the refill: it may be the arrival
     mask = BlockMask(q_pos, kv_positions(g), segment_ids, piece.get("seg"))
-    result = cfg.attention.forward(q, piece["k"], piece["v"], mask, cfg.tiling)
-    return block, after, block_contract.merge(acc, result)
+    return block, after, cfg.attention.forward(q, piece["k"], piece["v"], mask, cfg.tiling,
+                                               acc=acc)
 
   carry = (block, _take(block, 0), block_contract.empty(q))
   last_block = (num_shards - 1) * num_pieces  # the next device needs all but our last block
