@@ -35,9 +35,10 @@ from jax.experimental import pallas as pl
 
 from lwm.ops.block_contract import MASK_VALUE, empty
 
-# Tile targets (tokens); a tile is the largest divisor of the length not above its target.
-FORWARD_TILES = (128, 64)
-BACKWARD_TILES = (64, 64)
+# Tile targets (query, key tokens) per backend and pass; a tile is the largest divisor of the
+# length not above its target (and not above the ring's tiles). Mosaic wants >= 128 lanes.
+TILES = {("gpu", "forward"): (128, 64), ("gpu", "backward"): (64, 64),
+         ("tpu", "forward"): (128, 128), ("tpu", "backward"): (128, 128)}
 _INT_MAX = 2**31 - 1
 
 
@@ -107,10 +108,19 @@ def _split(refs, has_seg):
   return (refs[0], refs[1], None, None), refs[2:]
 
 
+def _vec(ref, index=slice(None)):
+  """A row vector from a ref that is `[length]` (GPU layout) or `[1, length]` (TPU layout)."""
+  return ref[index] if len(ref.shape) == 1 else ref[0, index]
+
+
+def _store_vec(ref, value):
+  ref[...] = value if len(ref.shape) == 1 else value[None, :]
+
+
 def _load_masks(mask_refs, q_slice, kv_slice):
   q_pos, kv_pos, q_seg, kv_seg = mask_refs
-  seg = lambda ref, s: None if ref is None else ref[s]
-  return q_pos[q_slice], kv_pos[kv_slice], seg(q_seg, q_slice), seg(kv_seg, kv_slice)
+  seg = lambda ref, s: None if ref is None else _vec(ref, s)
+  return _vec(q_pos, q_slice), _vec(kv_pos, kv_slice), seg(q_seg, q_slice), seg(kv_seg, kv_slice)
 
 
 def _forward_kernel(*refs, causal, has_seg, block_kv, scale):
@@ -140,7 +150,7 @@ def _forward_kernel(*refs, causal, has_seg, block_kv, scale):
     return lax.cond(_tile_needed(*masks, causal), update, lambda c: c, carry)
 
   # The earlier (o, lse) as a running state: m = lse, l = 1 (0 for rows that saw no key yet).
-  lse_in = lse_in_ref[...]
+  lse_in = _vec(lse_in_ref)
   seen_before = lse_in > MASK_VALUE / 2
   init = (o_in_ref[...], jnp.where(seen_before, lse_in, MASK_VALUE),
           seen_before.astype(jnp.float32))
@@ -148,13 +158,13 @@ def _forward_kernel(*refs, causal, has_seg, block_kv, scale):
   seen = l > 0
   safe_l = jnp.where(seen, l, 1.0)
   o_ref[...] = jnp.where(seen[:, None], o / safe_l[:, None], 0.0).astype(o_ref.dtype)
-  lse_ref[...] = jnp.where(seen, m + jnp.log(safe_l), MASK_VALUE)
+  _store_vec(lse_ref, jnp.where(seen, m + jnp.log(safe_l), MASK_VALUE))
 
 
 def _dq_kernel(*refs, causal, has_seg, block_kv, scale):
   mask_refs, rest = _split(refs, has_seg)
   q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_in_ref, dq_ref = rest
-  q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
+  q, do, lse, delta = q_ref[...], do_ref[...], _vec(lse_ref), _vec(delta_ref)
 
   def kv_tile(j, dq):
     kv_slice = pl.ds(j * block_kv, block_kv)
@@ -185,9 +195,9 @@ def _dkdv_kernel(*refs, causal, has_seg, block_q, scale):
     def update(carry):
       dk, dv = carry
       q, do = q_ref[q_slice, :], do_ref[q_slice, :]
-      p = _probabilities(q, k, scale, lse_ref[q_slice], _visible(*masks, causal))
+      p = _probabilities(q, k, scale, _vec(lse_ref, q_slice), _visible(*masks, causal))
       dv = dv + _dot(p.astype(do.dtype), do, (0, 0))
-      ds = p * (_dot(do, v, (1, 1)) - delta_ref[q_slice][:, None])
+      ds = p * (_dot(do, v, (1, 1)) - _vec(delta_ref, q_slice)[:, None])
       return dk + _dot(ds.astype(q.dtype), q, (0, 0)) * scale, dv
 
     return lax.cond(_tile_needed(*masks, causal), update, lambda c: c, carry)
@@ -197,37 +207,73 @@ def _dkdv_kernel(*refs, causal, has_seg, block_q, scale):
   dk_ref[...], dv_ref[...] = dk, dv
 
 
-def _mask_specs(mask, q_block, kv_block):
-  """(arrays, BlockSpecs) of positions and segment ids for a grid (tile, batch, head): a side
-  with a block size is tiled along grid axis 0, a side with None is taken whole."""
-  def specs(block, length):
-    if block is None:
-      return pl.BlockSpec((length,), lambda t, b, h: (0,)), \
-          pl.BlockSpec((None, length), lambda t, b, h: (b, 0))
-    return pl.BlockSpec((block,), lambda t, b, h: (t,)), \
-        pl.BlockSpec((None, block), lambda t, b, h: (b, t))
+class _Layout:
+  """How the arrays meet the kernels on a backend, as BlockSpecs over a grid (tile, batch, head).
 
-  q_pos_spec, q_seg_spec = specs(q_block, mask.q_positions.shape[0])
-  kv_pos_spec, kv_seg_spec = specs(kv_block, mask.kv_positions.shape[0])
-  arrays, block_specs = [mask.q_positions, mask.kv_positions], [q_pos_spec, kv_pos_spec]
-  if mask.q_segment_ids is not None:
-    arrays += [mask.q_segment_ids, mask.kv_segment_ids]
-    block_specs += [q_seg_spec, kv_seg_spec]
-  return arrays, block_specs
+  "gpu" (Triton) reads the contract's layouts directly: `[batch, len, heads, dim]`, positions
+  `[len]`, segment ids `[batch, len]`, row statistics `[batch, heads, len]`. "tpu" (Mosaic)
+  wants the last two block dimensions to be whole or multiples of (8, 128), so arrays go
+  head-major `[batch, heads, len, dim]` and vectors get a unit sublane dimension: positions
+  `[1, len]`, segment ids `[batch, 1, len]`, row statistics `[batch, heads, 1, len]`. The kernels
+  see the same tiles either way. A `block` of None takes the whole length.
+  """
 
+  def __init__(self, backend):
+    self.tpu = backend == "tpu"
 
-def _heads_spec(length, block, head_dim, groups=1, tiled=True):
-  """BlockSpec of a `[batch, length, heads, head_dim]` array: a tile (or all) of one head."""
-  if tiled:
-    return pl.BlockSpec((None, block, None, head_dim), lambda t, b, h: (b, t, h // groups, 0))
-  return pl.BlockSpec((None, length, None, head_dim), lambda t, b, h: (b, 0, h // groups, 0))
+  def heads(self, x):
+    return jnp.swapaxes(x, 1, 2) if self.tpu else x
 
+  def unheads(self, x):
+    return jnp.swapaxes(x, 1, 2) if self.tpu else x
 
-def _rows_spec(length, block, tiled=True):
-  """BlockSpec of a `[batch, heads, length]` row statistic."""
-  if tiled:
-    return pl.BlockSpec((None, None, block), lambda t, b, h: (b, h, t))
-  return pl.BlockSpec((None, None, length), lambda t, b, h: (b, h, 0))
+  def heads_spec(self, length, block, head_dim, groups=1):
+    size, tiled = (length, False) if block is None else (block, True)
+    t = lambda i: i if tiled else 0
+    if self.tpu:
+      return pl.BlockSpec((None, None, size, head_dim), lambda i, b, h: (b, h // groups, t(i), 0))
+    return pl.BlockSpec((None, size, None, head_dim), lambda i, b, h: (b, t(i), h // groups, 0))
+
+  def rows(self, x):
+    """`[batch, len, heads]` -> the kernel layout."""
+    x = jnp.swapaxes(x.astype(jnp.float32), 1, 2)
+    return x[:, :, None] if self.tpu else x
+
+  def unrows(self, x):
+    return jnp.swapaxes(x[:, :, 0] if self.tpu else x, 1, 2)
+
+  def rows_spec(self, length, block):
+    size, tiled = (length, False) if block is None else (block, True)
+    t = lambda i: i if tiled else 0
+    if self.tpu:
+      return pl.BlockSpec((None, None, 1, size), lambda i, b, h: (b, h, 0, t(i)))
+    return pl.BlockSpec((None, None, size), lambda i, b, h: (b, h, t(i)))
+
+  def rows_shape(self, batch, heads, length):
+    shape = (batch, heads, 1, length) if self.tpu else (batch, heads, length)
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+  def masks(self, mask, q_block, kv_block):
+    """(arrays, BlockSpecs) of positions and segment ids; a side with a block is tiled."""
+    def specs(length, block):
+      size, tiled = (length, False) if block is None else (block, True)
+      t = lambda i: i if tiled else 0
+      if self.tpu:
+        return (pl.BlockSpec((1, size), lambda i, b, h: (0, t(i))),
+                pl.BlockSpec((None, 1, size), lambda i, b, h: (b, 0, t(i))))
+      return (pl.BlockSpec((size,), lambda i, b, h: (t(i),)),
+              pl.BlockSpec((None, size), lambda i, b, h: (b, t(i))))
+
+    q_pos_spec, q_seg_spec = specs(mask.q_positions.shape[0], q_block)
+    kv_pos_spec, kv_seg_spec = specs(mask.kv_positions.shape[0], kv_block)
+    vec = (lambda x: x[None]) if self.tpu else (lambda x: x)
+    seg = (lambda x: x[:, None]) if self.tpu else (lambda x: x)
+    arrays = [vec(mask.q_positions), vec(mask.kv_positions)]
+    block_specs = [q_pos_spec, kv_pos_spec]
+    if mask.q_segment_ids is not None:
+      arrays += [seg(mask.q_segment_ids), seg(mask.kv_segment_ids)]
+      block_specs += [q_seg_spec, kv_seg_spec]
+    return arrays, block_specs
 
 
 def _check(q, k, mask, backend):
@@ -247,26 +293,26 @@ def forward(q, k, v, mask, tiling, *, acc=None, backend="gpu", interpret=False):
   acc_o, acc_lse = empty(q) if acc is None else acc
   batch, n, heads, head_dim = q.shape
   m, groups = k.shape[1], heads // k.shape[2]
-  block_q = _fit(n, min(tiling.block_q, FORWARD_TILES[0]))
-  block_kv = _fit(m, min(tiling.block_kv, FORWARD_TILES[1]))
-  arrays, specs = _mask_specs(mask, block_q, None)
+  target_q, target_kv = TILES[backend, "forward"]
+  block_q = _fit(n, min(tiling.block_q, target_q))
+  block_kv = _fit(m, min(tiling.block_kv, target_kv))
+  lay = _Layout(backend)
+  arrays, specs = lay.masks(mask, block_q, None)
   kernel = functools.partial(_forward_kernel, causal=tiling.causal,
                              has_seg=mask.q_segment_ids is not None, block_kv=block_kv,
                              scale=1 / math.sqrt(head_dim))
+  q_tile, whole_kv = lay.heads_spec(n, block_q, head_dim), lay.heads_spec(m, None, head_dim, groups)
   o, lse = pl.pallas_call(
       kernel, grid=(n // block_q, batch, heads),
-      in_specs=specs + [_heads_spec(n, block_q, head_dim),
-                        _heads_spec(m, None, head_dim, groups, tiled=False),
-                        _heads_spec(m, None, head_dim, groups, tiled=False),
-                        _heads_spec(n, block_q, head_dim), _rows_spec(n, block_q)],
-      out_specs=[_heads_spec(n, block_q, head_dim), _rows_spec(n, block_q)],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, jnp.float32),
-                 jax.ShapeDtypeStruct((batch, heads, n), jnp.float32)],
+      in_specs=specs + [q_tile, whole_kv, whole_kv, q_tile, lay.rows_spec(n, block_q)],
+      out_specs=[q_tile, lay.rows_spec(n, block_q)],
+      out_shape=[jax.ShapeDtypeStruct(lay.heads(q).shape, jnp.float32),
+                 lay.rows_shape(batch, heads, n)],
       input_output_aliases={len(arrays) + 3: 0, len(arrays) + 4: 1},
       compiler_params=_compiler_params(backend, head_dim), interpret=interpret,
-      name="lwm_flash_forward")(*arrays, q, k, v, acc_o.astype(jnp.float32),
-                                jnp.swapaxes(acc_lse, 1, 2))
-  return o, jnp.swapaxes(lse, 1, 2)
+      name="lwm_flash_forward")(*arrays, *map(lay.heads, (q, k, v, acc_o.astype(jnp.float32))),
+                                lay.rows(acc_lse))
+  return lay.unheads(o), lay.unrows(lse)
 
 
 def backward(q, k, v, o, lse, do, mask, tiling, *, delta=None, grads=None, backend="gpu",
@@ -280,41 +326,42 @@ def backward(q, k, v, o, lse, do, mask, tiling, *, delta=None, grads=None, backe
     delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
   if grads is None:
     grads = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v))
-  rows = [jnp.swapaxes(x.astype(jnp.float32), 1, 2) for x in (lse, delta)]  # [batch, heads, n]
-  do = do.astype(q.dtype)
+  lay = _Layout(backend)
+  rows = [lay.rows(x) for x in (lse, delta)]
+  q_h, k_h, v_h, do_h = map(lay.heads, (q, k, v, do.astype(q.dtype)))
   scale, has_seg = 1 / math.sqrt(head_dim), mask.q_segment_ids is not None
   params = _compiler_params(backend, head_dim)
-  block_q = _fit(n, min(tiling.block_q, BACKWARD_TILES[0]))
-  block_kv = _fit(m, min(tiling.block_kv, BACKWARD_TILES[1]))
+  target_q, target_kv = TILES[backend, "backward"]
+  block_q = _fit(n, min(tiling.block_q, target_q))
+  block_kv = _fit(m, min(tiling.block_kv, target_kv))
 
-  arrays, specs = _mask_specs(mask, block_q, None)
-  whole_kv = _heads_spec(m, None, head_dim, groups, tiled=False)
+  arrays, specs = lay.masks(mask, block_q, None)
+  q_tile, whole_kv = lay.heads_spec(n, block_q, head_dim), lay.heads_spec(m, None, head_dim, groups)
+  row_tile = lay.rows_spec(n, block_q)
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, causal=tiling.causal, has_seg=has_seg, block_kv=block_kv,
                         scale=scale),
       grid=(n // block_q, batch, heads),
-      in_specs=specs + [_heads_spec(n, block_q, head_dim), whole_kv, whole_kv,
-                        _heads_spec(n, block_q, head_dim), _rows_spec(n, block_q),
-                        _rows_spec(n, block_q), _heads_spec(n, block_q, head_dim)],
-      out_specs=_heads_spec(n, block_q, head_dim),
-      out_shape=jax.ShapeDtypeStruct(q.shape, jnp.float32),
+      in_specs=specs + [q_tile, whole_kv, whole_kv, q_tile, row_tile, row_tile, q_tile],
+      out_specs=q_tile,
+      out_shape=jax.ShapeDtypeStruct(q_h.shape, jnp.float32),
       input_output_aliases={len(arrays) + 6: 0},
       compiler_params=params, interpret=interpret,
-      name="lwm_flash_backward_dq")(*arrays, q, k, v, do, *rows, grads[0])
+      name="lwm_flash_backward_dq")(*arrays, q_h, k_h, v_h, do_h, *rows, lay.heads(grads[0]))
 
-  arrays, specs = _mask_specs(mask, None, block_kv)
-  whole_q = _heads_spec(n, None, head_dim, tiled=False)
-  per_head = jax.ShapeDtypeStruct((batch, m, heads, head_dim), jnp.float32)
+  arrays, specs = lay.masks(mask, None, block_kv)
+  whole_q, kv_tile = lay.heads_spec(n, None, head_dim), lay.heads_spec(m, block_kv, head_dim, groups)
+  whole_rows = lay.rows_spec(n, None)
+  per_head = jax.ShapeDtypeStruct(lay.heads(jnp.zeros((batch, m, heads, 0))).shape[:3] +
+                                  (head_dim,), jnp.float32)
   dk, dv = pl.pallas_call(
       functools.partial(_dkdv_kernel, causal=tiling.causal, has_seg=has_seg, block_q=block_q,
                         scale=scale),
       grid=(m // block_kv, batch, heads),
-      in_specs=specs + [whole_q, _heads_spec(m, block_kv, head_dim, groups),
-                        _heads_spec(m, block_kv, head_dim, groups), whole_q,
-                        _rows_spec(n, None, tiled=False), _rows_spec(n, None, tiled=False)],
-      out_specs=[_heads_spec(m, block_kv, head_dim)] * 2,
+      in_specs=specs + [whole_q, kv_tile, kv_tile, whole_q, whole_rows, whole_rows],
+      out_specs=[lay.heads_spec(m, block_kv, head_dim)] * 2,
       out_shape=[per_head, per_head],
       compiler_params=params, interpret=interpret,
-      name="lwm_flash_backward_dkdv")(*arrays, q, k, v, do, *rows)
-  fold = lambda x: x.reshape(batch, m, kv_heads, groups, head_dim).sum(3)
-  return dq, grads[1] + fold(dk), grads[2] + fold(dv)
+      name="lwm_flash_backward_dkdv")(*arrays, q_h, k_h, v_h, do_h, *rows)
+  fold = lambda x: lay.unheads(x).reshape(batch, m, kv_heads, groups, head_dim).sum(3)
+  return lay.unheads(dq), grads[1] + fold(dk), grads[2] + fold(dv)
