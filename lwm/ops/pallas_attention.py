@@ -227,6 +227,9 @@ class _Layout:
   def unheads(self, x):
     return jnp.swapaxes(x, 1, 2) if self.tpu else x
 
+  def heads_shape(self, batch, length, heads, head_dim):
+    return (batch, heads, length, head_dim) if self.tpu else (batch, length, heads, head_dim)
+
   def heads_spec(self, length, block, head_dim, groups=1):
     size, tiled = (length, False) if block is None else (block, True)
     t = lambda i: i if tiled else 0
@@ -306,7 +309,7 @@ def forward(q, k, v, mask, tiling, *, acc=None, backend="gpu", interpret=False):
       kernel, grid=(n // block_q, batch, heads),
       in_specs=specs + [q_tile, whole_kv, whole_kv, q_tile, lay.rows_spec(n, block_q)],
       out_specs=[q_tile, lay.rows_spec(n, block_q)],
-      out_shape=[jax.ShapeDtypeStruct(lay.heads(q).shape, jnp.float32),
+      out_shape=[jax.ShapeDtypeStruct(lay.heads_shape(batch, n, heads, head_dim), jnp.float32),
                  lay.rows_shape(batch, heads, n)],
       input_output_aliases={len(arrays) + 3: 0, len(arrays) + 4: 1},
       compiler_params=_compiler_params(backend, head_dim), interpret=interpret,
@@ -344,16 +347,15 @@ def backward(q, k, v, o, lse, do, mask, tiling, *, delta=None, grads=None, backe
       grid=(n // block_q, batch, heads),
       in_specs=specs + [q_tile, whole_kv, whole_kv, q_tile, row_tile, row_tile, q_tile],
       out_specs=q_tile,
-      out_shape=jax.ShapeDtypeStruct(q_h.shape, jnp.float32),
+      out_shape=jax.ShapeDtypeStruct(lay.heads_shape(batch, n, heads, head_dim), jnp.float32),
       input_output_aliases={len(arrays) + 6: 0},
       compiler_params=params, interpret=interpret,
       name="lwm_flash_backward_dq")(*arrays, q_h, k_h, v_h, do_h, *rows, lay.heads(grads[0]))
 
   arrays, specs = lay.masks(mask, None, block_kv)
-  whole_q, kv_tile = lay.heads_spec(n, None, head_dim), lay.heads_spec(m, block_kv, head_dim, groups)
-  whole_rows = lay.rows_spec(n, None)
-  per_head = jax.ShapeDtypeStruct(lay.heads(jnp.zeros((batch, m, heads, 0))).shape[:3] +
-                                  (head_dim,), jnp.float32)
+  whole_q, whole_rows = lay.heads_spec(n, None, head_dim), lay.rows_spec(n, None)
+  kv_tile = lay.heads_spec(m, block_kv, head_dim, groups)
+  per_head = jax.ShapeDtypeStruct(lay.heads_shape(batch, m, heads, head_dim), jnp.float32)
   dk, dv = pl.pallas_call(
       functools.partial(_dkdv_kernel, causal=tiling.causal, has_seg=has_seg, block_q=block_q,
                         scale=scale),
