@@ -168,3 +168,9 @@ def test_device_benchmark_smoke_runs_on_cpu():
                           env=env, timeout=300, check=True)
   assert "fused kernel (one block)" in result.stdout and "ring on 2 dev" in result.stdout
   assert "-> ok" in result.stdout, result.stdout
+
+
+def test_triton_shapes_it_cannot_tile_are_refused():
+  q, k, v = random_qkv(np.random.default_rng(7), seq=48, head_dim=16)
+  with pytest.raises(ValueError, match="powers of two >= 16 for {'queries': 48"):
+    pallas_attention.forward(q, k, v, block_mask(48, None), block_contract.Tiling(16, 16, True))

@@ -279,6 +279,14 @@ class _Layout:
     return arrays, block_specs
 
 
+def _check_triton(interpret, backend, **sizes):
+  """Triton tiles are powers of two of at least 16 tokens (whole-length blocks included)."""
+  bad = {name: size for name, size in sizes.items() if size < 16 or size & (size - 1)}
+  if backend == "gpu" and not interpret and bad:
+    raise ValueError(f"the Triton kernel needs powers of two >= 16 for {bad}; choose such sequence "
+                     "and tile lengths or attention impl 'xla'")
+
+
 def _check(q, k, mask, backend):
   if backend not in ("gpu", "tpu"):
     raise ValueError(f"backend must be 'gpu' or 'tpu', got {backend!r}")
@@ -299,6 +307,8 @@ def forward(q, k, v, mask, tiling, *, acc=None, backend="gpu", interpret=False):
   target_q, target_kv = TILES[backend, "forward"]
   block_q = _fit(n, min(tiling.block_q, target_q))
   block_kv = _fit(m, min(tiling.block_kv, target_kv))
+  _check_triton(interpret, backend, queries=n, keys=m, block_q=block_q, block_kv=block_kv,
+                head_dim=head_dim)
   lay = _Layout(backend)
   arrays, specs = lay.masks(mask, block_q, None)
   kernel = functools.partial(_forward_kernel, causal=tiling.causal,
@@ -337,6 +347,8 @@ def backward(q, k, v, o, lse, do, mask, tiling, *, delta=None, grads=None, backe
   target_q, target_kv = TILES[backend, "backward"]
   block_q = _fit(n, min(tiling.block_q, target_q))
   block_kv = _fit(m, min(tiling.block_kv, target_kv))
+  _check_triton(interpret, backend, queries=n, keys=m, block_q=block_q, block_kv=block_kv,
+                head_dim=head_dim)
 
   arrays, specs = lay.masks(mask, block_q, None)
   q_tile, whole_kv = lay.heads_spec(n, block_q, head_dim), lay.heads_spec(m, None, head_dim, groups)
