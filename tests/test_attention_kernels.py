@@ -129,7 +129,7 @@ def test_impl_is_one_setting():
     model_config.get_config("tiny", attention_impl="triton")
 
 
-def _lower(platform, backend):
+def _lower(platform, backend, causal=True, with_segments=True):
   """Lowers fwd + bwd of the kernel for `platform` (Triton or Mosaic IR; nothing is compiled for
   the device): bfloat16, head dim 128, grouped-query heads, separate q/kv segment ids."""
   sd = jax.ShapeDtypeStruct
@@ -137,8 +137,10 @@ def _lower(platform, backend):
   ints = lambda *shape: sd(shape, jnp.int32)
 
   def fwd_bwd(q, k, v, do, q_pos, kv_pos, q_seg, kv_seg):
+    if not with_segments:
+      q_seg = kv_seg = None
     mask = block_contract.BlockMask(q_pos, kv_pos, q_seg, kv_seg)
-    tiles = block_contract.Tiling(512, 512, True)
+    tiles = block_contract.Tiling(512, 512, causal)
     o, lse = pallas_attention.forward(q, k, v, mask, tiles, backend=backend)
     return pallas_attention.backward(q, k, v, o.astype(q.dtype), lse, do, mask, tiles,
                                      backend=backend)
@@ -152,12 +154,15 @@ def _lower(platform, backend):
 
 def test_kernels_lower_for_gpu_and_tpu():
   assert _lower("cuda", "gpu").count("__gpu$xla.gpu.triton") == 3
+  # Without any mask the kernels take no branch (Triton does not lower a constant predicate).
+  assert _lower("cuda", "gpu", causal=False, with_segments=False).count("gpu.triton") == 3
   # Mosaic asks which TPU it lowers for; an abstract mesh names one (no TPU is needed to lower).
   tpu = jax.sharding.AbstractDevice(device_kind="TPU v5p", num_cores=1, platform="tpu")
   mesh = jax.sharding.AbstractMesh((1,), ("x",), (jax.sharding.AxisType.Explicit,),
                                    abstract_device=tpu)
   with jax.sharding.use_abstract_mesh(mesh):
     assert _lower("tpu", "tpu").count("tpu_custom_call") == 3
+    assert _lower("tpu", "tpu", causal=False, with_segments=False).count("tpu_custom_call") == 3
 
 
 def test_device_benchmark_smoke_runs_on_cpu():

@@ -81,6 +81,14 @@ def _tile_needed(q_pos, kv_pos, q_seg, kv_seg, causal):
   return needed
 
 
+def _if_needed(masks, causal, update, carry):
+  """update(carry) if the tile may hold a visible pair, else carry (no branch when nothing is
+  ever masked: a constant predicate is not lowered by Triton)."""
+  if not causal and masks[2] is None:
+    return update(carry)
+  return lax.cond(_tile_needed(*masks, causal), update, lambda c: c, carry)
+
+
 def _visible(q_pos, kv_pos, q_seg, kv_seg, causal):
   """`[bq, bk]` bool, or None when nothing is masked (non-causal, one document)."""
   mask = None
@@ -147,7 +155,7 @@ def _forward_kernel(*refs, causal, has_seg, block_kv, scale):
       o = o * alpha[:, None] + _dot(p.astype(v.dtype), v)
       return o, m_new, l * alpha + jnp.sum(p, axis=1)
 
-    return lax.cond(_tile_needed(*masks, causal), update, lambda c: c, carry)
+    return _if_needed(masks, causal, update, carry)
 
   # The earlier (o, lse) as a running state: m = lse, l = 1 (0 for rows that saw no key yet).
   lse_in = _vec(lse_in_ref)
@@ -176,7 +184,7 @@ def _dq_kernel(*refs, causal, has_seg, block_kv, scale):
       ds = p * (_dot(do, v_ref[kv_slice, :], (1, 1)) - delta[:, None])
       return dq + _dot(ds.astype(k.dtype), k) * scale
 
-    return lax.cond(_tile_needed(*masks, causal), update, lambda c: c, dq)
+    return _if_needed(masks, causal, update, dq)
 
   dq = lax.fori_loop(0, k_ref.shape[0] // block_kv, kv_tile, jnp.zeros(q.shape, jnp.float32))
   dq_ref[...] = dq_in_ref[...] + dq
@@ -200,7 +208,7 @@ def _dkdv_kernel(*refs, causal, has_seg, block_q, scale):
       ds = p * (_dot(do, v, (1, 1)) - _vec(delta_ref, q_slice)[:, None])
       return dk + _dot(ds.astype(q.dtype), q, (0, 0)) * scale, dv
 
-    return lax.cond(_tile_needed(*masks, causal), update, lambda c: c, carry)
+    return _if_needed(masks, causal, update, carry)
 
   zeros = jnp.zeros(k.shape, jnp.float32)
   dk, dv = lax.fori_loop(0, q_ref.shape[0] // block_q, q_tile, (zeros, zeros))
