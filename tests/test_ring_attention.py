@@ -107,8 +107,8 @@ def packed_segments(seq, lengths):
 @pytest.mark.parametrize("layout", ["natural", "zigzag"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_packed_documents(causal, layout):
-  # 8 devices x 16 tokens, tiles of 4: documents cross device boundaries (37, 40), are shorter than a
-  # tile (1, 3, 2), and the rows end in padding (segment 0).
+  # 8 devices x 16 tokens, tiles of 4: documents cross device boundaries (37, 40), are shorter
+  # than a tile (1, 3, 2), and the rows end in padding (segment 0).
   seq = 128
   segment_ids = np.stack([packed_segments(seq, [37, 1, 3, 40, 2, 30]),
                           packed_segments(seq, [5, 64, 20])])

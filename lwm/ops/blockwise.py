@@ -85,7 +85,8 @@ def _rows(stat, kv_heads):
 
 
 def _unrows(stat):
-  """Inverse of `_rows` for a reduced statistic [batch, kv_heads, groups, n] -> [batch, n, heads]."""
+  """Inverse of `_rows` for a reduced statistic: [batch, kv_heads, groups, n] -> [batch, n,
+  heads]."""
   stat = jnp.moveaxis(stat, 3, 1)
   return stat.reshape(stat.shape[:2] + (-1,))
 

@@ -141,7 +141,7 @@ def _forward_kernel(*refs, causal, has_seg, block_kv, scale):
     masks = _load_masks(mask_refs, slice(None), kv_slice)
 
     def update(carry):
-      o, m, l = carry
+      o, m, total = carry
       s = _dot(q, k_ref[kv_slice, :], (1, 1)) * scale
       mask = _visible(*masks, causal)
       if mask is not None:
@@ -153,20 +153,20 @@ def _forward_kernel(*refs, causal, has_seg, block_kv, scale):
       alpha = jnp.exp(m - m_new)
       v = v_ref[kv_slice, :]
       o = o * alpha[:, None] + _dot(p.astype(v.dtype), v)
-      return o, m_new, l * alpha + jnp.sum(p, axis=1)
+      return o, m_new, total * alpha + jnp.sum(p, axis=1)
 
     return _if_needed(masks, causal, update, carry)
 
-  # The earlier (o, lse) as a running state: m = lse, l = 1 (0 for rows that saw no key yet).
+  # The earlier (o, lse) as a running state: m = lse, sum 1 (0 for rows that saw no key yet).
   lse_in = _vec(lse_in_ref)
   seen_before = lse_in > MASK_VALUE / 2
   init = (o_in_ref[...], jnp.where(seen_before, lse_in, MASK_VALUE),
           seen_before.astype(jnp.float32))
-  o, m, l = lax.fori_loop(0, k_ref.shape[0] // block_kv, kv_tile, init)
-  seen = l > 0
-  safe_l = jnp.where(seen, l, 1.0)
-  o_ref[...] = jnp.where(seen[:, None], o / safe_l[:, None], 0.0).astype(o_ref.dtype)
-  _store_vec(lse_ref, jnp.where(seen, m + jnp.log(safe_l), MASK_VALUE))
+  o, m, total = lax.fori_loop(0, k_ref.shape[0] // block_kv, kv_tile, init)
+  seen = total > 0
+  safe_total = jnp.where(seen, total, 1.0)
+  o_ref[...] = jnp.where(seen[:, None], o / safe_total[:, None], 0.0).astype(o_ref.dtype)
+  _store_vec(lse_ref, jnp.where(seen, m + jnp.log(safe_total), MASK_VALUE))
 
 
 def _dq_kernel(*refs, causal, has_seg, block_kv, scale):

@@ -188,7 +188,7 @@ def _check_shapes(q, k, v, segment_ids, layout, block_q, block_kv):
 
 def ring_attention_sharded(q, k, v, segment_ids=None, *, axis_name="sp", causal=True,
                            layout="zigzag", block_q=512, block_kv=512, impl="auto"):
-  """Per-shard ring attention; call inside `jax.shard_map` with the sequence sharded over `axis_name`.
+  """Per-shard ring attention; call inside `jax.shard_map`, the sequence sharded over `axis_name`.
 
   Args:
     q: `[batch, seq_shard, heads, head_dim]`, this device's queries.
@@ -222,7 +222,8 @@ def ring_attention(q, k, v, segment_ids=None, *, mesh, axis_name="sp", causal=Tr
   """Ring attention on global arrays: `[batch, seq, heads, head_dim]` in, the same order out.
 
   The sequence is sharded over `mesh` axis `axis_name` (other mesh axes replicate). With
-  `layout="zigzag"` the inputs are already in zigzag order (`lwm.ops.to_zigzag`) and so is the output.
+  `layout="zigzag"` the inputs are already in zigzag order (`lwm.ops.to_zigzag`), and so is the
+  output.
   """
   num_shards = mesh.shape[axis_name]
   multiple = 2 * num_shards if layout == "zigzag" else num_shards
