@@ -17,13 +17,13 @@ def sp_mesh(num_devices):
 
 
 @functools.cache
-def _compiled(num_devices, causal, layout, block, with_segments):
+def _compiled(num_devices, causal, layout, block, with_segments, impl="xla"):
   mesh = sp_mesh(num_devices)
 
   def forward_and_grads(q, k, v, segment_ids, d_out):
     attend = lambda q, k, v: ring_attention(q, k, v, segment_ids if with_segments else None,
                                             mesh=mesh, causal=causal, layout=layout,
-                                            block_q=block[0], block_kv=block[1])
+                                            block_q=block[0], block_kv=block[1], impl=impl)
     out, vjp = jax.vjp(attend, q, k, v)
     return out, vjp(d_out)
 
@@ -31,9 +31,10 @@ def _compiled(num_devices, causal, layout, block, with_segments):
 
 
 def run_ring(q, k, v, segment_ids=None, d_out=None, *, num_devices, causal=True, layout="natural",
-             block=(8, 8)):
-  """Output and (dq, dk, dv) of ring attention, all in natural token order; block = (q, kv) tile."""
-  mesh, fn = _compiled(num_devices, causal, layout, block, segment_ids is not None)
+             block=(8, 8), impl="xla"):
+  """Output and (dq, dk, dv) of ring attention, all in natural token order; block = (q, kv) tile;
+  impl = the block implementation (`lwm.ops.block_contract`)."""
+  mesh, fn = _compiled(num_devices, causal, layout, block, segment_ids is not None, impl)
   seg = np.ones(q.shape[:2], np.int32) if segment_ids is None else segment_ids
   d_out = np.zeros(q.shape, q.dtype) if d_out is None else d_out
   args = [q, k, v, seg, d_out]
@@ -53,12 +54,12 @@ def random_qkv(rng, batch=1, seq=64, heads=4, kv_heads=4, head_dim=16, dtype=np.
 
 
 def check_against_reference(q, k, v, segment_ids, *, num_devices, causal, layout="natural",
-                            block=(8, 8)):
+                            block=(8, 8), impl="xla"):
   rng = np.random.default_rng(1)
   d_out = rng.standard_normal(q.shape).astype(np.float32)
   mask = ref.visibility(q.shape[1], segment_ids, causal, q.shape[0])
   out, dq, dk, dv = run_ring(q, k, v, segment_ids, d_out, num_devices=num_devices, causal=causal,
-                             layout=layout, block=block)
+                             layout=layout, block=block, impl=impl)
   want_out, _ = ref.attention(q, k, v, mask)
   want_grads = ref.attention_grads(q, k, v, mask, d_out)
   forward_error = np.abs(out - want_out).max()
@@ -106,8 +107,8 @@ def packed_segments(seq, lengths):
 @pytest.mark.parametrize("layout", ["natural", "zigzag"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_packed_documents(causal, layout):
-  # 8 devices x 16 tokens, tiles of 4: documents cross device boundaries (37, 40), are shorter than a
-  # tile (1, 3, 2), and the rows end in padding (segment 0).
+  # 8 devices x 16 tokens, tiles of 4: documents cross device boundaries (37, 40), are shorter
+  # than a tile (1, 3, 2), and the rows end in padding (segment 0).
   seq = 128
   segment_ids = np.stack([packed_segments(seq, [37, 1, 3, 40, 2, 30]),
                           packed_segments(seq, [5, 64, 20])])

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from lwm.model import rope
 
+ATTENTION_IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")  # lwm.ops.block_contract.IMPLS
 REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable",
                   "dots_with_no_batch_dims_saveable", "everything_saveable")
 
@@ -27,6 +28,8 @@ class ModelConfig:
     remat_policy: one of REMAT_POLICIES, applied to each scanned layer.
     ffn_chunk: tokens per feed-forward chunk (blockwise FFN, recomputed in the backward).
     attention_block_q / attention_block_kv: ring attention tile sizes.
+    attention_impl: the ring's per-block implementation (`lwm.ops.block_contract`): "auto" (the
+      platform's fused kernel, "xla" on a CPU), "xla", "pallas_gpu" or "pallas_tpu".
     loss_chunk: tokens per cross-entropy chunk (the [seq, vocab] logits never exist at once).
     text_loss_weight / vision_loss_weight: weights of the two cross-entropies (LWM: 0.5 / 0.5).
   """
@@ -49,6 +52,7 @@ class ModelConfig:
   ffn_chunk: int = 2048
   attention_block_q: int = 512
   attention_block_kv: int = 512
+  attention_impl: str = "auto"
   loss_chunk: int = 2048
   text_loss_weight: float = 0.5
   vision_loss_weight: float = 0.5
@@ -63,6 +67,8 @@ class ModelConfig:
                        f"num_heads={self.num_heads}; set head_dim explicitly")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLS}")
     for name in ("dtype", "param_dtype"):
       jnp.dtype(getattr(self, name))  # Fails early on a misspelt dtype name.
 

@@ -94,7 +94,8 @@ def attention_specs(mesh: Mesh, shape):
   return qkv, P(*qkv[:2])
 
 
-def ring_self_attention(q, k, v, segment_ids, *, mesh: Mesh, block_q: int, block_kv: int):
+def ring_self_attention(q, k, v, segment_ids, *, mesh: Mesh, block_q: int, block_kv: int,
+                        impl: str = "auto"):
   """Causal attention with the sequence (zigzag order) sharded over the `seq` rule's mesh axis and
   heads over the `act_heads` rule's.
 
@@ -113,7 +114,7 @@ def ring_self_attention(q, k, v, segment_ids, *, mesh: Mesh, block_q: int, block
   qkv_spec, seg_spec = attention_specs(mesh, k.shape)
   fn = functools.partial(ops.ring_attention_sharded, axis_name=shd.seq_axis(), causal=True,
                          layout="zigzag", block_q=_divisor_at_most(half, block_q),
-                         block_kv=_divisor_at_most(half, block_kv))
+                         block_kv=_divisor_at_most(half, block_kv), impl=impl)
   if segment_ids is None:
     return jax.shard_map(lambda a, b, c: fn(a, b, c), mesh=mesh, in_specs=(qkv_spec,) * 3,
                          out_specs=qkv_spec, check_vma=False)(q, k, v)
@@ -195,7 +196,7 @@ def self_attention(params: dict, h, *, cos, sin, segment_ids, config, mesh: Mesh
     return o.reshape(batch, seq, -1) @ params["wo"], (k_slots, v_slots)
   q, k, v = (shd.constrain(t, mesh, ("batch", "seq", "act_heads", None)) for t in (q, k, v))
   attend = functools.partial(ring_self_attention, mesh=mesh, block_q=config.attention_block_q,
-                             block_kv=config.attention_block_kv)
+                             block_kv=config.attention_block_kv, impl=config.attention_impl)
   if mode == "train":
     # Why the always-true cond: when jax.grad linearizes the scan over layers, it hoists every
     # computation that does not depend on the loop out of it, recursing into the ring's own loops;

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lwm.ops import blockwise
+from lwm.ops import block_contract, blockwise
 from lwm.ops import layout as layout_lib
 from lwm.ops.ring_attention import RingConfig
 
@@ -24,11 +24,8 @@ def _positions(cfg, n):
 
 
 def _forward(cfg, q, k_all, v_all, seg, seg_all):
-  q_pos, kv_pos = _positions(cfg, q.shape[1])
-  precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
-  state = blockwise.block_forward(q, k_all, v_all, q_pos, kv_pos, seg, seg_all,
-                                  blockwise.init_state(q), cfg.tiling, precision)
-  return blockwise.finalize(state, q.dtype)
+  mask = block_contract.BlockMask(*_positions(cfg, q.shape[1]), seg, seg_all)
+  return block_contract.finalize(blockwise.forward(q, k_all, v_all, mask, cfg.tiling), q.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -43,13 +40,8 @@ def _local_fwd(cfg, q, k_all, v_all, seg, seg_all):
 
 def _local_bwd(cfg, res, do):
   q, k_all, v_all, seg, seg_all, o, lse = res
-  q_pos, kv_pos = _positions(cfg, q.shape[1])
-  precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
-  delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
-  zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
-  dq, dk, dv = blockwise.block_backward(q, k_all, v_all, do, lse, delta, q_pos, kv_pos, seg,
-                                        seg_all, zeros(q), zeros(k_all), zeros(v_all), cfg.tiling,
-                                        precision)
+  mask = block_contract.BlockMask(*_positions(cfg, q.shape[1]), seg, seg_all)
+  dq, dk, dv = blockwise.backward(q, k_all, v_all, o, lse, do, mask, cfg.tiling)
   return dq.astype(q.dtype), dk.astype(k_all.dtype), dv.astype(v_all.dtype), None, None
 
 

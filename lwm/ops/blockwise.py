@@ -1,29 +1,18 @@
-"""The per-block attention compute of the ring: one query shard against one key/value block.
+"""The "xla" implementation of the block contract (`lwm.ops.block_contract`): tiled jnp.
 
-This module is the one replaceable place for the block math (a Pallas or cuDNN kernel may take over
-later, if it returns what the merge needs: running max and sum forward, the global log-sum-exp
-backward). Queries and keys are visited in tiles of `block_q` x `block_kv` tokens; a tile that is
-entirely masked (above the causal diagonal, or between segments that cannot meet) is skipped with
-`lax.cond`, and no `[seq, seq]` array is ever formed. Statistics and accumulators are float32.
+It is the reference the kernels are tested against and the CPU path. Queries and keys are visited
+in tiles of `block_q` x `block_kv` tokens; a tile that is entirely masked (above the causal
+diagonal, or between segments that cannot meet) is skipped with `lax.cond`, and no `[seq, seq]`
+array is ever formed. Statistics and accumulators are float32.
 
 Shapes: q, o, dq `[batch, n, heads, head_dim]`; k, v `[batch, n, kv_heads, head_dim]`;
 positions `[n]` (global token index); segment ids `[batch, n]` (0 = padding) or None;
 row statistics (m, l, lse, delta) `[batch, n, heads]`.
 """
-import dataclasses
-
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-MASK_VALUE = -1e30  # finite, so fully masked rows never produce inf - inf
-
-
-@dataclasses.dataclass(frozen=True)
-class Tiling:
-  block_q: int
-  block_kv: int
-  causal: bool
+from lwm.ops.block_contract import MASK_VALUE, Tiling  # noqa: F401 (Tiling: re-exported)
 
 
 def _slice(x, start, size, axis=1):
@@ -96,7 +85,8 @@ def _rows(stat, kv_heads):
 
 
 def _unrows(stat):
-  """Inverse of `_rows` for a reduced statistic [batch, kv_heads, groups, n] -> [batch, n, heads]."""
+  """Inverse of `_rows` for a reduced statistic: [batch, kv_heads, groups, n] -> [batch, n,
+  heads]."""
   stat = jnp.moveaxis(stat, 3, 1)
   return stat.reshape(stat.shape[:2] + (-1,))
 
@@ -168,13 +158,40 @@ def init_state(q):
           jnp.zeros(rows, jnp.float32))
 
 
-def finalize(state, dtype):
-  """Normalized output (0 for rows that saw no key) and the float32 log-sum-exp `[b, n, heads]`."""
+def normalize(state):
+  """(o, lse) of the contract from the running state: o float32 normalised (0 for rows that saw
+  no key), lse `[b, n, heads]` float32 (MASK_VALUE for those rows)."""
   o, m, l = state
   seen = l > 0
   o = jnp.where(seen[..., None], o / jnp.where(seen, l, 1.0)[..., None], 0.0)
-  lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
-  return o.astype(dtype), lse
+  return o, jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), MASK_VALUE)
+
+
+def _precision(dtype):
+  return lax.Precision.HIGHEST if dtype == jnp.float32 else None
+
+
+def state_from(acc):
+  """The running state (o, m, l) equal to a normalised (o, lse): m = lse, l = 1 (0 if unseen)."""
+  o, lse = acc
+  seen = lse > MASK_VALUE / 2
+  return o.astype(jnp.float32), jnp.where(seen, lse, MASK_VALUE), seen.astype(jnp.float32)
+
+
+def forward(q, k, v, mask, tiling, *, acc=None):
+  """The contract's forward (see `lwm.ops.block_contract`): (o float32, lse float32), folded
+  into `acc` in place when given."""
+  state = init_state(q) if acc is None else state_from(acc)
+  return normalize(block_forward(q, k, v, *mask, state, tiling, _precision(q.dtype)))
+
+
+def backward(q, k, v, o, lse, do, mask, tiling, *, delta=None, grads=None):
+  """The contract's backward: float32 (dq, dk, dv), added into `grads` in place when given."""
+  if delta is None:
+    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
+  if grads is None:
+    grads = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v))
+  return block_backward(q, k, v, do, lse, delta, *mask, *grads, tiling, _precision(q.dtype))
 
 
 def block_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, dq, dk, dv, tiling,

@@ -24,14 +24,18 @@ VARIANTS = {
 }
 
 
-def attention_grad_fn(variant, num_devices, block=512):
-  """(mesh, jitted fn(q, k, v, w) -> (dq, dk, dv)) for a variant on the first num_devices devices."""
+def attention_grad_fn(variant, num_devices, block=512, impl="xla"):
+  """(mesh, jitted fn(q, k, v, w) -> (dq, dk, dv)) for a variant on the first num_devices devices.
+
+  impl: the ring's block implementation (`lwm.ops.block_contract`); the all-gather uses "xla".
+  """
   attend, causal = VARIANTS[variant]
+  extra = {"impl": impl} if attend is ring_attention_sharded else {}
   mesh = jax.make_mesh((num_devices,), ("sp",), axis_types=(AxisType.Explicit,),
                        devices=jax.devices()[:num_devices])
   spec = P(None, "sp", None, None)
   per_shard = functools.partial(attend, axis_name="sp", causal=causal, layout="zigzag",
-                                block_q=block, block_kv=block)
+                                block_q=block, block_kv=block, **extra)
   sharded = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
                           check_vma=False)
   loss = lambda q, k, v, w: jnp.sum(sharded(q, k, v).astype(jnp.float32) * w)
@@ -47,9 +51,9 @@ def _abstract_inputs(mesh, seq_len, heads, kv_heads, head_dim, dtype):
 
 
 def compiled_memory(variant, seq_len, num_devices, *, heads=4, kv_heads=None, head_dim=64,
-                    dtype=jnp.float32, block=512):
+                    dtype=jnp.float32, block=512, impl="xla"):
   """Per-device bytes {'argument', 'output', 'temp'} and HLO collective counts, without running."""
-  mesh, fn = attention_grad_fn(variant, num_devices, block)
+  mesh, fn = attention_grad_fn(variant, num_devices, block, impl)
   args = _abstract_inputs(mesh, seq_len, heads, kv_heads or heads, head_dim, dtype)
   with jax.set_mesh(mesh):
     compiled = fn.lower(*args).compile()
@@ -63,9 +67,10 @@ def compiled_memory(variant, seq_len, num_devices, *, heads=4, kv_heads=None, he
   }
 
 
-def runner(variant, seq_len, num_devices, *, heads=4, head_dim=64, dtype=jnp.float32, block=512):
+def runner(variant, seq_len, num_devices, *, heads=4, head_dim=64, dtype=jnp.float32, block=512,
+           impl="xla"):
   """A no-argument callable that runs one forward + backward of `variant` on random inputs."""
-  mesh, fn = attention_grad_fn(variant, num_devices, block)
+  mesh, fn = attention_grad_fn(variant, num_devices, block, impl)
   rng = np.random.default_rng(0)
   sharding = NamedSharding(mesh, P(None, "sp", None, None))
   shape = (1, seq_len, heads, head_dim)

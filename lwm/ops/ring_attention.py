@@ -21,16 +21,27 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lwm.ops import blockwise
+from lwm.ops import block_contract
 from lwm.ops import layout as layout_lib
+from lwm.ops.block_contract import BlockMask
 
 
 @dataclasses.dataclass(frozen=True)
 class RingConfig:
-  """Static settings of one attention call (hashable: it is a nondiff argument of custom_vjp)."""
+  """Static settings of one attention call (hashable: it is a nondiff argument of custom_vjp).
+
+  impl: a resolved block implementation ("xla", "pallas_gpu", "pallas_tpu"); interpret: run a
+  Pallas kernel in interpret mode (on a CPU).
+  """
   axis_name: str
   layout: str
-  tiling: blockwise.Tiling
+  tiling: block_contract.Tiling
+  impl: str = "xla"
+  interpret: bool = False
+
+  @property
+  def attention(self) -> block_contract.BlockAttention:
+    return block_contract.get(self.impl, self.interpret)
 
 
 def _ring_geometry(cfg, n):
@@ -50,10 +61,6 @@ def _ring_geometry(cfg, n):
   if num_shards == 1:
     shift = lambda tree: tree
   return num_shards, num_pieces, positions(index), kv_positions, shift
-
-
-def _precision(dtype):
-  return lax.Precision.HIGHEST if dtype == jnp.float32 else None
 
 
 # A block travels around the ring as `num_pieces` pieces, piece j being kv tile j of each half of
@@ -91,30 +98,28 @@ def _piece_positions(positions, j, num_pieces):
 
 def _forward(cfg, q, k, v, segment_ids):
   num_shards, num_pieces, q_pos, kv_positions, shift = _ring_geometry(cfg, q.shape[1])
-  precision = _precision(q.dtype)
   block = {"k": k, "v": v} | ({} if segment_ids is None else {"seg": segment_ids})
   block = {name: _to_pieces(x, num_pieces) for name, x in block.items()}
 
   def step(g, carry, send):  # piece g = piece g % T of block g // T (from device index - g // T)
-    block, piece, state = carry
+    block, piece, acc = carry
     if send:  # piece g goes on while it is computed; its slot takes the previous device's piece g
       block = _put(block, shift(piece), g % num_pieces)
     after = _take(block, (g + 1) % num_pieces)  # read after the refill: it may be the arrival
-    state = blockwise.block_forward(q, piece["k"], piece["v"], q_pos, kv_positions(g), segment_ids,
-                                    piece.get("seg"), state, cfg.tiling, precision)
-    return block, after, state
+    mask = BlockMask(q_pos, kv_positions(g), segment_ids, piece.get("seg"))
+    return block, after, cfg.attention.forward(q, piece["k"], piece["v"], mask, cfg.tiling,
+                                               acc=acc)
 
-  carry = (block, _take(block, 0), blockwise.init_state(q))
+  carry = (block, _take(block, 0), block_contract.empty(q))
   last_block = (num_shards - 1) * num_pieces  # the next device needs all but our last block
   carry = lax.fori_loop(0, last_block, lambda g, c: step(g, c, True), carry)
   carry = lax.fori_loop(last_block, num_shards * num_pieces, lambda g, c: step(g, c, False), carry)
-  return blockwise.finalize(carry[2], q.dtype)
+  return block_contract.finalize(carry[2], q.dtype)
 
 
 def _backward(cfg, q, k, v, segment_ids, o, lse, do):
   num_shards, num_pieces, q_pos, kv_positions, shift = _ring_geometry(cfg, q.shape[1])
-  precision = _precision(q.dtype)
-  delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
+  delta = block_contract.delta(o, do)
   zeros = jnp.zeros(k.shape, jnp.float32)
   # dk, dv travel with their block: a device adds its share to a piece before passing it on.
   block = {"k": k, "v": v, "dk": zeros, "dv": zeros}
@@ -129,9 +134,9 @@ def _backward(cfg, q, k, v, segment_ids, o, lse, do):
       if num_pieces == 1 and phase == "all":  # what arrives is piece g itself: no overlap
         piece = _take(block, 0)
     after = _take(block, (g + 1) % num_pieces)
-    dq, dk, dv = blockwise.block_backward(
-        q, piece["k"], piece["v"], do, lse, delta, q_pos, kv_positions(g), segment_ids,
-        piece.get("seg"), dq, piece["dk"], piece["dv"], cfg.tiling, precision)
+    mask = BlockMask(q_pos, kv_positions(g), segment_ids, piece.get("seg"))
+    dq, dk, dv = cfg.attention.backward(q, piece["k"], piece["v"], o, lse, do, mask, cfg.tiling,
+                                        delta=delta, grads=(dq, piece["dk"], piece["dv"]))
     return block, piece | {"dk": dk, "dv": dv}, after, dq
 
   carry = step(0, (block, None, _take(block, 0), jnp.zeros(q.shape, jnp.float32)), "none")
@@ -182,8 +187,8 @@ def _check_shapes(q, k, v, segment_ids, layout, block_q, block_kv):
 
 
 def ring_attention_sharded(q, k, v, segment_ids=None, *, axis_name="sp", causal=True,
-                           layout="zigzag", block_q=512, block_kv=512):
-  """Per-shard ring attention; call inside `jax.shard_map` with the sequence sharded over `axis_name`.
+                           layout="zigzag", block_q=512, block_kv=512, impl="auto"):
+  """Per-shard ring attention; call inside `jax.shard_map`, the sequence sharded over `axis_name`.
 
   Args:
     q: `[batch, seq_shard, heads, head_dim]`, this device's queries.
@@ -196,6 +201,8 @@ def ring_attention_sharded(q, k, v, segment_ids=None, *, axis_name="sp", causal=
       chunks i and 2P-1-i, see `lwm.ops.to_zigzag`), which balances causal work across devices.
     block_q, block_kv: tile sizes; clipped to half the shard and must divide it (keys and values
       travel as pieces of one tile from each half; for zigzag the halves are its two chunks).
+    impl: the per-block implementation (`lwm.ops.block_contract`): "auto" (the platform's fused
+      kernel; "xla" on a CPU), "xla", "pallas_gpu" or "pallas_tpu" (interpret mode on a CPU).
 
   Returns:
     `[batch, seq_shard, heads, head_dim]` in q's dtype.
@@ -205,16 +212,18 @@ def ring_attention_sharded(q, k, v, segment_ids=None, *, axis_name="sp", causal=
   _check_shapes(q, k, v, segment_ids, layout, block_q, block_kv)
   if segment_ids is not None:
     segment_ids = segment_ids.astype(jnp.int32)
-  cfg = RingConfig(axis_name, layout, blockwise.Tiling(block_q, block_kv, causal))
+  cfg = RingConfig(axis_name, layout, block_contract.Tiling(block_q, block_kv, causal),
+                   *block_contract.resolve(impl))
   return _ring(cfg, q, k, v, segment_ids)
 
 
 def ring_attention(q, k, v, segment_ids=None, *, mesh, axis_name="sp", causal=True,
-                   layout="natural", block_q=512, block_kv=512):
+                   layout="natural", block_q=512, block_kv=512, impl="auto"):
   """Ring attention on global arrays: `[batch, seq, heads, head_dim]` in, the same order out.
 
   The sequence is sharded over `mesh` axis `axis_name` (other mesh axes replicate). With
-  `layout="zigzag"` the inputs are already in zigzag order (`lwm.ops.to_zigzag`) and so is the output.
+  `layout="zigzag"` the inputs are already in zigzag order (`lwm.ops.to_zigzag`), and so is the
+  output.
   """
   num_shards = mesh.shape[axis_name]
   multiple = 2 * num_shards if layout == "zigzag" else num_shards
@@ -224,7 +233,7 @@ def ring_attention(q, k, v, segment_ids=None, *, mesh, axis_name="sp", causal=Tr
   qkv_spec, seq_spec = P(None, axis_name, None, None), P(None, axis_name)
   place = lambda x, spec: jax.reshard(x, NamedSharding(mesh, spec))
   fn = functools.partial(ring_attention_sharded, axis_name=axis_name, causal=causal, layout=layout,
-                         block_q=block_q, block_kv=block_kv)
+                         block_q=block_q, block_kv=block_kv, impl=impl)
   args, specs = [place(x, qkv_spec) for x in (q, k, v)], [qkv_spec] * 3
   if segment_ids is not None:
     args.append(place(segment_ids, seq_spec))

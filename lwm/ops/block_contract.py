@@ -1,0 +1,116 @@
+"""The block contract: what one ring step asks of a per-block attention implementation.
+
+Every implementation computes exact attention of a query shard against one key/value block, with
+the mask given by global token positions and segment ids of both sides, and returns what the ring
+needs to merge blocks and to run the backward against the global softmax:
+
+  forward(q, k, v, mask, tiling, *, acc=None) -> (o, lse)
+    o `[batch, n, heads, head_dim]` float32, normalised over this block's visible keys (0 for a
+    row that sees none); lse `[batch, n, heads]` float32 natural-log log-sum-exp of the scaled
+    scores (MASK_VALUE for a row that sees no key, so it weighs nothing in `merge`). `acc` is an
+    earlier (o, lse) of the same queries: the result is then `merge(acc, block result)`, and an
+    implementation may fold the block into it in place (the ring carries one such pair).
+  backward(q, k, v, o, lse, do, mask, tiling, *, delta=None, grads=None) -> (dq, dk, dv)
+    float32 gradients of this block's share, with probabilities exp(s - lse) from the *global*
+    lse and o (per-block statistics would give wrong gradients). `delta = rowsum(do * o)` may be
+    passed when the caller has it; `grads` are float32 accumulators (dq, dk, dv) the block's
+    gradients are added to (an implementation may add in place).
+
+Shapes: q, do `[batch, n, heads, head_dim]`; k, v `[batch, m, kv_heads, head_dim]` (heads %
+kv_heads == 0); `mask` a `BlockMask`. The scores are scaled by head_dim ** -0.5.
+
+Implementations: "xla" (`lwm.ops.blockwise`, tiled jnp: the reference and the CPU path),
+"pallas_gpu" (`lwm.ops.pallas_attention` lowered by Triton), "pallas_tpu" (the same Pallas kernel
+lowered by Mosaic). On a CPU the Pallas ones run their kernels with `interpret=True`.
+"""
+import dataclasses
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+MASK_VALUE = -1e30  # finite, so fully masked rows never produce inf - inf
+IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")
+_FUSED = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu", "tpu": "pallas_tpu"}
+
+
+class BlockMask(NamedTuple):
+  """Who may attend whom: query i sees key j iff segments match (and are not 0, padding) and, if
+  causal, q_positions[i] >= kv_positions[j]. Positions are global token indices."""
+  q_positions: jax.Array  # [n] int32
+  kv_positions: jax.Array  # [m] int32
+  q_segment_ids: jax.Array | None  # [batch, n] int32, or None (one document)
+  kv_segment_ids: jax.Array | None  # [batch, m] int32, or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+  """Static settings of a block call: tile sizes (tokens) and the causal flag."""
+  block_q: int
+  block_kv: int
+  causal: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockAttention:
+  """One implementation of the contract (see the module docstring for the two functions)."""
+  name: str
+  forward: Callable
+  backward: Callable
+
+
+def resolve(impl: str, platform: str | None = None) -> tuple[str, bool]:
+  """(implementation name, interpret) for `impl` on `platform` (default: JAX's default backend).
+
+  "auto" picks the fused kernel of the platform ("xla" on a CPU); a Pallas kernel asked for on a
+  platform that cannot compile it runs in interpret mode (the same kernel code, slowly).
+  """
+  if impl not in IMPLS:
+    raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
+  platform = platform or jax.default_backend()
+  if impl == "auto":
+    impl = _FUSED.get(platform, "xla")
+  native = {"pallas_gpu": ("gpu", "cuda", "rocm"), "pallas_tpu": ("tpu",)}
+  return impl, impl != "xla" and platform not in native[impl]
+
+
+@functools.cache
+def get(impl: str, interpret: bool = False) -> BlockAttention:
+  """The implementation named `impl` (a resolved name, not "auto")."""
+  if impl == "xla":
+    from lwm.ops import blockwise
+    return BlockAttention("xla", blockwise.forward, blockwise.backward)
+  if impl in ("pallas_gpu", "pallas_tpu"):
+    from lwm.ops import pallas_attention
+    backend = impl.removeprefix("pallas_")
+    return BlockAttention(impl,
+                          functools.partial(pallas_attention.forward, backend=backend,
+                                            interpret=interpret),
+                          functools.partial(pallas_attention.backward, backend=backend,
+                                            interpret=interpret))
+  raise ValueError(f"attention impl must be one of {IMPLS[1:]} here, got {impl!r}")
+
+
+def empty(q):
+  """The merge's identity for queries q: o zeros, lse MASK_VALUE (float32)."""
+  return jnp.zeros(q.shape, jnp.float32), jnp.full(q.shape[:3], MASK_VALUE, jnp.float32)
+
+
+def merge(acc, block):
+  """Softmax over the union of two key sets from each one's (o, lse): weights exp(lse - lse_new)."""
+  (o_a, lse_a), (o_b, lse_b) = acc, block
+  lse = jnp.logaddexp(lse_a, lse_b)
+  weight = lambda x: jnp.exp(x - lse)[..., None]
+  return o_a * weight(lse_a) + o_b.astype(jnp.float32) * weight(lse_b), lse
+
+
+def finalize(acc, dtype):
+  """Output in `dtype` and the float32 lse; rows that saw no key get lse 0 (their output is 0)."""
+  o, lse = acc
+  return o.astype(dtype), jnp.where(lse > MASK_VALUE / 2, lse, 0.0)
+
+
+def delta(o, do):
+  """rowsum(do * o) `[batch, n, heads]` in float32: the softmax backward's correction term."""
+  return jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
