@@ -75,10 +75,11 @@ def score_answer(answer: str, expected: list[str]) -> float:
 # ------------------------------------------------------------------------------------ Results
 
 class Results:
-  """OUT/results.json (finished cells) and OUT/run.json (the settings), resumable."""
+  """OUT/results.json (finished cells) and OUT/run.json (the settings), resumable. `key` names a
+  cell (default: context length, depth, round)."""
 
-  def __init__(self, output: str, settings: dict):
-    self.output = output
+  def __init__(self, output: str, settings: dict, key=cell_key):
+    self.output, self.key = output, key
     os.makedirs(output, exist_ok=True)
     settings_path = os.path.join(output, "run.json")
     settings = json.loads(json.dumps(settings))
@@ -98,11 +99,11 @@ class Results:
     if os.path.exists(path):
       with open(path) as f:
         self.cells = json.load(f)
-    self.done = {cell_key(c) for c in self.cells}
+    self.done = {key(c) for c in self.cells}
 
   def add(self, cell: dict) -> None:
     self.cells.append(cell)
-    self.done.add(cell_key(cell))
+    self.done.add(self.key(cell))
     _write_json(os.path.join(self.output, "results.json"), self.cells)
 
 

@@ -184,6 +184,13 @@ def sentence_starts(tokenizer, tokens: np.ndarray) -> np.ndarray:
   return np.asarray([0] + starts + [len(tokens)], np.int64)
 
 
+def sentence_cuts(tokenizer, hay: np.ndarray, depths) -> list[int]:
+  """For each depth (% of `hay`'s tokens), the last sentence start at or before it: where a needle
+  inserted at that depth goes."""
+  starts = sentence_starts(tokenizer, hay)
+  return [int(starts[starts <= round(d / 100.0 * len(hay))].max()) for d in depths]
+
+
 # ------------------------------------------------------------------------------------ Prompts
 
 @dataclasses.dataclass
@@ -228,9 +235,7 @@ def build_text_prompt(tokenizer, haystack: np.ndarray, needles: list[Needle], de
   if len(haystack) < length:
     raise ValueError(f"the haystack has {len(haystack)} tokens, {length} are needed")
   hay = np.asarray(haystack[:length], np.int32)
-  starts = sentence_starts(tokenizer, hay)
-  cuts = [int(starts[starts <= round(d / 100.0 * length)].max())
-          for d in needle_depths(depth, len(needles))]
+  cuts = sentence_cuts(tokenizer, hay, needle_depths(depth, len(needles)))
   pieces, texts, positions, previous = [bos], [], [], 0
   for cut, ids, needle in zip(cuts, needle_ids, needles):
     pieces.append(hay[previous:cut])

@@ -1,0 +1,101 @@
+"""Scoring the long-context tasks so that a guess cannot pass: RULER's string match, each task's
+stricter exact rule, circular multiple choice, and RULER's effective length.
+
+- `string_match_all(answer, references)`: RULER's metric, the fraction of the references that
+  occur (case-insensitively, as substrings) in the answer.
+- `item_match(answer, references, pattern)`: the stricter rule the tasks add. The answer's items
+  (whole numbers, uuids, words: whatever `pattern` finds) are compared whole, so `1234568` does
+  not match `1234567`, and an answer naming more distinct items than there are references (a list
+  of guesses) scores 0.
+- `sequence_match`: the items in the answer are exactly the references, in order (ordering tasks).
+- `choice_letter` / `circular_score`: a multiple-choice answer names exactly one option letter;
+  a question counts as right only if it is right under every rotation of its options (VNBench).
+- `effective_length`: the longest context length whose task-average is at or above a threshold,
+  RULER's 85.6 (0.856 here, on a 0-1 scale).
+"""
+import re
+
+import numpy as np
+
+NUMBER = r"\d+"
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+WORD = r"[a-z][a-z0-9_'-]*"
+LETTERS = "ABCDEFGHIJ"
+RULER_THRESHOLD = 0.856
+
+
+def string_match_all(answer: str, references: list[str]) -> float:
+  """RULER's `string_match_all`: mean over references of `reference.lower() in answer.lower()`."""
+  if not references:
+    raise ValueError("string_match_all needs at least one reference")
+  answer = answer.lower()
+  return float(np.mean([ref.lower() in answer for ref in references]))
+
+
+def items(answer: str, pattern: str) -> list[str]:
+  """The distinct whole items of `answer` (lower-cased) that match `pattern`, in order."""
+  found = []
+  for item in re.findall(rf"(?<![\w-])(?:{pattern})(?![\w-])", answer.lower()):
+    if item not in found:
+      found.append(item)
+  return found
+
+
+def item_match(answer: str, references: list[str], pattern: str) -> float:
+  """The fraction of references found as whole items of the answer; 0 when the answer holds more
+  distinct items than there are references (a list of guesses is not an answer)."""
+  if not references:
+    raise ValueError("item_match needs at least one reference")
+  found = items(answer, pattern)
+  if len(found) > len(set(references)):
+    return 0.0
+  return float(np.mean([ref.lower() in found for ref in references]))
+
+
+def sequence_match(answer: str, references: list[str], pattern: str) -> float:
+  """1 when the answer's items are exactly `references` in that order, else 0."""
+  return float(items(answer, pattern) == [r.lower() for r in references])
+
+
+def task_score(answer: str, references: list[str], pattern: str, ordered: bool = False) -> dict:
+  """{'string_match_all': RULER's score, 'score': the stricter of it and the exact rule}."""
+  ruler = string_match_all(answer, references)
+  exact = (sequence_match if ordered else item_match)(answer, references, pattern)
+  return {"string_match_all": ruler, "score": min(ruler, exact)}
+
+
+# ------------------------------------------------------------------------------------ Choices
+
+def rotations(options: list[str]) -> list[list[str]]:
+  """Every cyclic rotation of the options: [a, b, c], [b, c, a], [c, a, b]."""
+  return [list(options[i:]) + list(options[:i]) for i in range(len(options))]
+
+
+def choice_text(options: list[str]) -> str:
+  """'(A) 12 (B) 47 (C) 80 (D) 31': the options as the question lists them."""
+  if len(options) > len(LETTERS):
+    raise ValueError(f"at most {len(LETTERS)} options, got {len(options)}")
+  return " ".join(f"({LETTERS[i]}) {option}" for i, option in enumerate(options))
+
+
+def choice_letter(answer: str, num_options: int) -> str | None:
+  """The one option letter the answer names ('B', '(B)', 'B) 47'), or None when it names none or
+  several."""
+  letters = set(re.findall(rf"(?<![A-Za-z])([{LETTERS[:num_options]}])(?![a-z])", answer))
+  return letters.pop() if len(letters) == 1 else None
+
+
+def circular_score(correct: list[bool]) -> float:
+  """A multiple-choice question is right only if it is right under every rotation."""
+  if not correct:
+    raise ValueError("circular_score needs the result of at least one rotation")
+  return float(all(correct))
+
+
+# ------------------------------------------------------------------------------------ Summary
+
+def effective_length(averages: dict, threshold: float = RULER_THRESHOLD) -> int | None:
+  """RULER's effective length: the longest evaluated context length whose task-average is at or
+  above `threshold`; None when none is. averages: {context_length: mean score over the tasks}."""
+  passing = [length for length, average in averages.items() if average >= threshold]
+  return max(passing) if passing else None
