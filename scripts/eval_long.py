@@ -9,7 +9,8 @@ video_retrieve,video_order,video_count \
 
 --checkpoint is a training workdir or a Hugging Face LLaMA directory (video tasks need --vqgan
 there). Writes OUT/results.json (one entry per sample; a rerun skips finished ones),
-OUT/summary.json, OUT/tasks.png, OUT/heatmap_<task>.png, and prints the task x length table and the effective length.
+OUT/summary.json, OUT/tasks.png, OUT/heatmap_<task>.png, and prints the task x length table
+and the effective length.
 """
 import argparse
 import os

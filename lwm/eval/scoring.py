@@ -18,8 +18,8 @@ import re
 import numpy as np
 
 NUMBER = r"\d+"
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-WORD = r"[a-z][a-z0-9_'-]*"
+UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+WORD = r"[A-Za-z][A-Za-z0-9_'-]*"
 LETTERS = "ABCDEFGHIJ"
 RULER_THRESHOLD = 0.856
 
@@ -33,9 +33,11 @@ def string_match_all(answer: str, references: list[str]) -> float:
 
 
 def items(answer: str, pattern: str) -> list[str]:
-  """The distinct whole items of `answer` (lower-cased) that match `pattern`, in order."""
+  """The distinct whole items of `answer` that match `pattern` (case-sensitively), lower-cased, in
+  order."""
   found = []
-  for item in re.findall(rf"(?<![\w-])(?:{pattern})(?![\w-])", answer.lower()):
+  for item in re.findall(rf"(?<![\w-])(?:{pattern})(?![\w-])", answer):
+    item = item.lower()
     if item not in found:
       found.append(item)
   return found
@@ -81,7 +83,7 @@ def choice_text(options: list[str]) -> str:
 def choice_letter(answer: str, num_options: int) -> str | None:
   """The one option letter the answer names ('B', '(B)', 'B) 47'), or None when it names none or
   several."""
-  letters = set(re.findall(rf"(?<![A-Za-z])([{LETTERS[:num_options]}])(?![a-z])", answer))
+  letters = set(re.findall(rf"(?<![A-Za-z])([{LETTERS[:num_options]}])(?![A-Za-z])", answer))
   return letters.pop() if len(letters) == 1 else None
 
 
