@@ -162,3 +162,18 @@ def test_effective_length_is_the_longest_length_at_the_threshold():
   assert scoring.effective_length(averages) == 8192
   assert scoring.effective_length(averages, threshold=0.9) == 4096
   assert scoring.effective_length({4096: 0.823, 131072: 0.65}) is None  # LWM-Text-Chat-1M on RULER
+
+
+def test_training_examples_share_the_evaluation_format(tokenizer):
+  values = ["123", "456", "789", "321"]
+  sentences = ["The old farmer waits.", "A quiet river drifts past the harbour."] * 5
+  example = ruler.niah_training_example(np.random.default_rng(0), sentences, ["quiet-river"],
+                                        values, asked=1)
+  assert [v for _, v in needles_in(example["prompt"])] == values
+  assert example["text"] == " 123, 456, 789, 321."
+  s = sample("niah_multivalue", tokenizer, length=1024)
+  for text, asked in ((example["prompt"], ["quiet-river"]), (s.text, s.info["asked"])):
+    assert text.startswith(ruler.NIAH_INSTRUCTION.format(kind="numbers"))
+    assert text.endswith(ruler.niah_suffix("numbers", asked))
+  # The prompt as one string tokenizes to the prompt's ids (after BOS): a training document.
+  assert tokenizer.encode(s.text) == s.variants[0].tokens[1:].tolist()

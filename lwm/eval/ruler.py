@@ -120,6 +120,34 @@ def _join(items: list[str]) -> str:
   return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def answer_text(items: list[str], separator: str = ", ") -> str:
+  """What follows the prompt when the answer is right: " 12, 34." (with its leading space)."""
+  return " " + separator.join(items) + "."
+
+
+def niah_suffix(kind: str, asked: list[str]) -> str:
+  """The end of a NIAH prompt: the question and RULER's answer prefix."""
+  return (f"Question: {NIAH_QUESTION.format(kind=kind, keys=_join(asked))} Answer: "
+          f"{NIAH_ANSWER_PREFIX.format(kind=kind, keys=_join(asked))}")
+
+
+def niah_training_example(rng, sentences: list[str], keys: list[str], values: list[str],
+                          asked: int, kind: str = "numbers") -> dict:
+  """A training example in the evaluation's format: the needles (values[i] for
+  keys[i % len(keys)]) in order at random boundaries of `sentences`; the first `asked` keys asked.
+  Returns {'prompt': instruction + context + question, 'text': the answer} (a manifest line)."""
+  needles = [NIAH_NEEDLE.format(kind=kind, key=keys[i % len(keys)], value=v)
+             for i, v in enumerate(values)]
+  at = np.sort(rng.integers(0, len(sentences) + 1, len(needles)))
+  parts, previous = [NIAH_INSTRUCTION.format(kind=kind)], 0
+  for cut, sentence in zip(at, needles):
+    parts += sentences[previous:cut] + [sentence]
+    previous = cut
+  parts += sentences[previous:] + [niah_suffix(kind, keys[:asked])]
+  expected = [v for i, v in enumerate(values) if i % len(keys) < asked]
+  return {"prompt": " ".join(parts), "text": answer_text(expected)}
+
+
 # ------------------------------------------------------------------------------------ Haystacks
 
 def haystack_ids(tokenizer, kind: str, min_tokens: int, *, essay: str | None, rng,
@@ -189,8 +217,7 @@ def niah(tokenizer, rng, context_length: int, depth: float, *, task: str = "niah
   distractors = len(needles) - asked_count
   depths = needle.needle_depths(depth, asked_count) + list(rng.uniform(0, 100, distractors))
   instruction = NIAH_INSTRUCTION.format(kind=kind)
-  suffix = (f"Question: {NIAH_QUESTION.format(kind=kind, keys=_join(asked))} Answer: "
-            f"{NIAH_ANSWER_PREFIX.format(kind=kind, keys=_join(asked))}")
+  suffix = niah_suffix(kind, asked)
   budget = _hay_budget(tokenizer, context_length, [instruction, suffix] + sentences)
   hay = haystack_ids(tokenizer, s["haystack"], budget, essay=essay, rng=rng,
                      distractor_kind=(s["keys"], kind), exclude=set(keys), digits=digits)
@@ -198,7 +225,7 @@ def niah(tokenizer, rng, context_length: int, depth: float, *, task: str = "niah
   pieces.add(instruction)
   positions, actual = _insert(tokenizer, pieces, hay, sentences, depths)
   pieces.add(suffix)
-  answer = " " + ", ".join(expected) + "."
+  answer = answer_text(expected)
   info = {"keys": keys, "asked": asked, "values": vals, "needle_positions": positions,
           "needle_depths": actual, "haystack": s["haystack"]}
   return Sample(task, [Variant(pieces.tokens(), None, expected, answer)], _kind_pattern(kind),
@@ -238,7 +265,7 @@ def variable_tracking(tokenizer, rng, context_length: int, depth: float, *, num_
   expected = chains[0]
   info = {"chains": chains, "values": vals, "statement_positions": positions,
           "statement_depths": actual}
-  return Sample("vt", [Variant(pieces.tokens(), None, expected, " " + " ".join(expected) + ".")],
+  return Sample("vt", [Variant(pieces.tokens(), None, expected, answer_text(expected, " "))],
                 r"[A-Z]{5}", depth=actual[0], info=info, text=pieces.text())
 
 
@@ -297,7 +324,7 @@ def common_words(tokenizer, rng, context_length: int, *, num_common: int = 10,
   expected = words[:num_common]
   info = {"num_common": num_common, "freq_common": freq_common, "freq_uncommon": freq_uncommon,
           "uncommon_words": n}
-  return Sample("cwe", [Variant(pieces.tokens(), None, expected, " " + ", ".join(expected) + ".")],
+  return Sample("cwe", [Variant(pieces.tokens(), None, expected, answer_text(expected))],
                 scoring.WORD, info=info, text=pieces.text())
 
 
@@ -333,7 +360,7 @@ def frequent_words(tokenizer, rng, context_length: int, *, alpha: float = 2.0,
   pieces.add(suffix)
   expected = vocab[1:4]
   info = {"counts": counts[:5].tolist(), "words": len(listed), "word_length": word_length}
-  return Sample("fwe", [Variant(pieces.tokens(), None, expected, " " + ", ".join(expected) + ".")],
+  return Sample("fwe", [Variant(pieces.tokens(), None, expected, answer_text(expected))],
                 rf"[a-z]{{{word_length}}}", info=info, text=pieces.text())
 
 
