@@ -2,6 +2,7 @@
 artefact exists and is readable. Run with `pytest -m slow tests/test_quickstart.py`."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,9 @@ from lwm.demo import corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("text_needle_accuracy", "video_needle_accuracy", "control_text_needle_accuracy",
-        "control_video_needle_accuracy", "stage2_context_length", "seconds")
+        "control_video_needle_accuracy", "niah_multivalue_accuracy", "video_order_accuracy",
+        "control_niah_multivalue_accuracy", "control_video_order_accuracy",
+        "stage2_context_length", "seconds")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -31,16 +34,17 @@ def test_summary_has_every_key_with_a_number(quickstart):
     summary = json.load(f)
   for key in KEYS:
     assert isinstance(summary[key], (int, float)), (key, summary.get(key))
-  for key in KEYS[:4]:
+  for key in KEYS[:8]:
     assert 0.0 <= summary[key] <= 1.0, (key, summary[key])
+    assert sorted(summary[key + "_by_length"]) == ["384", "512"]  # the heatmaps' columns
 
 
 @pytest.mark.slow
 def test_heatmaps_are_pngs_next_to_the_summary(quickstart):
   out, _ = quickstart
   for prefix in ("", "control_"):
-    for mode in ("text", "video"):
-      with open(os.path.join(out, f"{prefix}{mode}_needle_heatmap.png"), "rb") as f:
+    for name in ("text_needle", "video_needle", "niah_multivalue", "video_order"):
+      with open(os.path.join(out, f"{prefix}{name}_heatmap.png"), "rb") as f:
         assert f.read(8) == PNG
 
 
@@ -53,9 +57,17 @@ def test_results_cells_score_held_out_values(quickstart):
     assert cells, run
     for cell in cells:  # corpus.is_held_out is independent of the pool files the pipeline wrote
       assert 0.0 <= cell["score"] <= 1.0 and corpus.is_held_out(cell["expected"]), (run, cell)
+  for run in ("stage2_niah_multivalue", "control_video_order"):
+    with open(os.path.join(out, "eval", run, "results.json")) as f:
+      cells = json.load(f)
+    assert {c["context_length"] for c in cells} == {384, 512}, run
+    for cell in cells:  # the long tasks ask for held-out values too
+      shown = cell["info"].get("values") or cell["info"]["shown"]
+      assert shown and all(corpus.is_held_out(v) for v in shown), (run, cell["info"])
   with open(os.path.join(out, "corpus", "short.jsonl")) as f:
     answers = [json.loads(line)["text"] for line in f if '"prompt"' in line]
-  assert answers and not any(corpus.is_held_out(a.strip()) for a in answers)
+  values = [v for a in answers for v in re.findall(r"\d+", a)]  # multivalue answers hold four
+  assert values and not any(corpus.is_held_out(v) for v in values)
 
 
 @pytest.mark.slow

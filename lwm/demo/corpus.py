@@ -1,7 +1,8 @@
 """The quickstart's sample corpus: captioned videos, long text documents and needle examples.
 
   write_corpus("quickstart_out/corpus", CorpusSizes(), seed=0)
-  # -> short.jsonl (stage 1), long.jsonl (stage 2), clips/*.mp4, held_out_{text,video}.txt
+  # -> short.jsonl (stage 1), long.jsonl (stage 2), vqgan.jsonl, clips/*.mp4,
+  #    held_out_{text,video}.txt
 
 Needle examples use the evaluation's format (lwm.eval.needle / video_needle) with keys of the
 "train" split and values that are not held out: a fixed pseudo-random quarter of the values
@@ -20,6 +21,10 @@ docs/quickstart.md):
 - text values of three digits: a held-out value is a new combination of digit pairs that training
   has seen, so copying is not fought by a learnt "these digits never follow" prior (with two digits
   every held-out value is a pair the model was taught never to write).
+Two of the long-context tasks (scripts/eval_long.py) get examples in their evaluation format, with
+the same held-out values: niah_multivalue (one key, four values, all asked; RULER's wording) and
+video_order (two numbers to give in the order shown). Both are "find every number and copy them in
+order", the skill the single needle teaches, so a small model can learn them within the budget.
 Videos are written losslessly at the VQGAN's resolution so a needle frame's codes in training
 match those of a freshly rendered `needle_frame`; a video value has two digits, which fill a
 16-pixel frame.
@@ -32,11 +37,13 @@ import zlib
 
 import numpy as np
 
-from lwm.eval import needle, video_needle
+from lwm.eval import needle, ruler, video_needle, video_tasks
 
 FRAME_SIZE = 16   # the tiny VQGAN's resolution
 TEXT_DIGITS = 3   # chance on held-out text values: 1 / ~225
 VIDEO_DIGITS = 2  # two digits fill a 16-pixel frame; chance 1 / ~22
+MULTIVALUE = 4    # values per key in niah_multivalue (RULER's)
+ORDER_NEEDLES = 2  # numbers to put in order in video_order (the evaluation's --needles)
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 230),
            "yellow": (240, 220, 40), "white": (250, 250, 250), "purple": (160, 60, 200)}
 SHAPES = ("square", "disc", "bar")
@@ -75,6 +82,11 @@ class CorpusSizes:
   long_video: int = 2500          # stage 2 video needles
   caption_video: int = 150        # moving shapes with a caption (both stages)
   digit_video: int = 2500         # frames showing numbers, captioned with them (both stages)
+  short_multivalue: int = 3000    # niah_multivalue documents (eval_long's format), stage 1
+  long_multivalue: int = 600      # and stage 2
+  short_video_order: int = 3000   # video_order examples (ORDER_NEEDLES numbers), stage 1
+  long_video_order: int = 500     # and stage 2
+  vqgan_digit_video: int = 1500   # extra number-only videos for the VQGAN's manifest (vqgan.jsonl)
   short_sentences: tuple = (0, 30)
   long_sentences: tuple = (30, 130)   # stage 2 is for the long range: short is stage 1's
   short_frames: tuple = (2, 28)
@@ -157,6 +169,32 @@ def video_needle_example(rng: np.random.Generator, frames: tuple, root: str, nam
           "text": needle.text_answer(value), "order": "video_text"}
 
 
+def multivalue_example(rng: np.random.Generator, sentences: tuple) -> dict:
+  """RULER's niah_multivalue in eval_long's format: one key with MULTIVALUE values (not held out)
+  at random boundaries of digit-free filler; the answer lists them in order. The instruction,
+  needles and question take ~8 sentences' tokens, so the filler has that many fewer."""
+  low, high = sentences
+  count = log_uniform_count(rng, (max(0, low - 8), max(1, high - 8)))
+  filler = needle.synthetic_haystack(count, seed=int(rng.integers(1 << 30))).split(". ")
+  parts = [s.rstrip(".") + "." for s in filler if s]
+  [key] = ruler.draw(rng, "words", 1)
+  values = needle.draw_values(rng, MULTIVALUE, values=value_pool(False, TEXT_DIGITS))
+  return ruler.niah_training_example(rng, parts, [key], values, asked=1)
+
+
+def video_order_example(rng: np.random.Generator, frames: tuple, root: str, name: str) -> dict:
+  """ORDER_NEEDLES digit frames among moving shapes; the answer lists their numbers in order."""
+  count = max(log_uniform_count(rng, frames), ORDER_NEEDLES + 1)
+  values = needle.draw_values(rng, ORDER_NEEDLES, values=value_pool(False, VIDEO_DIGITS))
+  video = list(haystack(rng, count - ORDER_NEEDLES))
+  at = np.sort(rng.integers(0, len(video) + 1, ORDER_NEEDLES))
+  for shift, (index, value) in enumerate(zip(at, values)):
+    video.insert(int(index) + shift, video_needle.needle_frame(value, FRAME_SIZE))
+  write_lossless(os.path.join(root, name), np.stack(video))
+  return {"video": name, "prompt": needle.question_suffix(video_tasks.ORDER_QUESTION),
+          "text": needle.text_answer(values), "order": "video_text"}
+
+
 def caption_example(rng: np.random.Generator, root: str, name: str) -> dict:
   frames, caption = shape_frames(rng, int(rng.integers(6, 16)))
   write_lossless(os.path.join(root, name), frames)
@@ -190,8 +228,8 @@ def write_manifest(path: str, records: list) -> str:
 
 def write_corpus(root: str, sizes: CorpusSizes = CorpusSizes(), seed: int = 0,
                  progress: bool = True) -> dict:
-  """Writes ROOT/short.jsonl, ROOT/long.jsonl, ROOT/clips/ and the held-out value pools
-  ROOT/held_out_text.txt, ROOT/held_out_video.txt; returns {name: path}."""
+  """Writes ROOT/short.jsonl, ROOT/long.jsonl, ROOT/vqgan.jsonl, ROOT/clips/ and the held-out value
+  pools ROOT/held_out_text.txt, ROOT/held_out_video.txt; returns {name: path}."""
   from tqdm import tqdm
   rng = np.random.default_rng(seed)
   os.makedirs(os.path.join(root, "clips"), exist_ok=True)
@@ -203,17 +241,28 @@ def write_corpus(root: str, sizes: CorpusSizes = CorpusSizes(), seed: int = 0,
       make = caption_example if kind == "caption" else digit_example
       shared.append(make(rng, root, name))
   manifests = {}
-  for stage, texts, videos, sentences, frames in (
-      ("short", sizes.short_text, sizes.short_video, sizes.short_sentences, sizes.short_frames),
-      ("long", sizes.long_text, sizes.long_video, sizes.long_sentences, sizes.long_frames)):
+  for stage, texts, videos, sentences, frames, multivalue, ordered in (
+      ("short", sizes.short_text, sizes.short_video, sizes.short_sentences, sizes.short_frames,
+       sizes.short_multivalue, sizes.short_video_order),
+      ("long", sizes.long_text, sizes.long_video, sizes.long_sentences, sizes.long_frames,
+       sizes.long_multivalue, sizes.long_video_order)):
     records = list(shared)
     records += [text_needle_example(rng, sentences) for _ in range(texts)]
+    records += [multivalue_example(rng, sentences) for _ in range(multivalue)]
     for i in tqdm(range(videos), desc=f"corpus {stage} video needles", disable=not progress):
       records.append(video_needle_example(rng, frames, root, f"clips/{stage}_needle_{i:05d}.mp4"))
+    for i in tqdm(range(ordered), desc=f"corpus {stage} video order", disable=not progress):
+      records.append(video_order_example(rng, frames, root, f"clips/{stage}_order_{i:05d}.mp4"))
     if stage == "long":
       records += [plain_document(rng, sentences) for _ in range(sizes.plain_text)]
     records = [records[i] for i in rng.permutation(len(records))]
     manifests[stage] = write_manifest(os.path.join(root, f"{stage}.jsonl"), records)
+  # The VQGAN's manifest: every number-only video (the shared ones and more) and the captioned
+  # shapes, so digit frames are most of what it learns to reconstruct.
+  extra = [digit_example(rng, root, f"clips/vqgan_digits_{i:05d}.mp4")
+           for i in tqdm(range(sizes.vqgan_digit_video), desc="corpus VQGAN digit videos",
+                         disable=not progress)]
+  manifests["vqgan"] = write_manifest(os.path.join(root, "vqgan.jsonl"), shared + extra)
   for mode, digits in (("text", TEXT_DIGITS), ("video", VIDEO_DIGITS)):
     path = os.path.join(root, f"held_out_{mode}.txt")
     with open(path, "w") as f:

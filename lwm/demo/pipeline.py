@@ -2,10 +2,11 @@
 
   summary = run_pipeline("quickstart_out", FULL)   # or SMALL (the slow test)
 
-Steps: corpus -> text tokenizer -> VQGAN -> preprocess (stage 1 and stage 2 data) -> train stage 1
--> train stage 2 (from stage 1, sp=8 ring attention) -> the untrained control -> text and video
-needle evaluations of both -> OUT/summary.json and the heatmaps in OUT/. A step whose output exists
-is skipped, so a rerun reuses finished work; `clean=True` starts over.
+Steps: corpus -> text tokenizer -> VQGAN (on the number-heavy vqgan.jsonl) -> preprocess (stage 1
+and stage 2 data) -> train stage 1 -> train stage 2 (from stage 1, sp=8 ring attention) -> the
+untrained control -> text and video needle evaluations of both at several context lengths, and
+eval_long's niah_multivalue and video_order -> OUT/summary.json and the heatmaps in OUT/. A step
+whose output exists is skipped, so a rerun reuses finished work; `clean=True` starts over.
 """
 import dataclasses
 import json
@@ -28,24 +29,28 @@ class Settings:
   """What the full command and the slow test change; the rest lives in configs/quickstart.py."""
   sizes: corpus.CorpusSizes = corpus.CorpusSizes()
   vocab_size: int = 550
-  vqgan_steps: int = 600
+  vqgan_steps: int = 2000    # on vqgan.jsonl (number-only videos and shapes): digits read better
   stage1: dict = dataclasses.field(default_factory=dict)   # --config.KEY=VALUE overrides
   stage2: dict = dataclasses.field(default_factory=dict)
-  context_length: int = 2048  # evaluation length: stage 2's seq_len
+  context_length: int = 2048  # stage 2's seq_len: the longest evaluated length
+  context_lengths: str = "512,1024,2048"  # the heatmaps' columns
   depths: str = "0,25,50,75,100"
   rounds: int = 8
+  long_samples: int = 4  # eval_long samples per length and depth
   workers: int = 2
 
 
 FULL = Settings()
 SMALL = Settings(
     sizes=corpus.CorpusSizes(short_text=60, long_text=8, plain_text=2, short_video=12,
-                             long_video=3, caption_video=4, digit_video=6,
-                             long_sentences=(10, 30), long_frames=(8, 20)),
+                             long_video=3, caption_video=4, digit_video=6, short_multivalue=20,
+                             long_multivalue=4, short_video_order=6, long_video_order=2,
+                             vqgan_digit_video=4, long_sentences=(10, 30), long_frames=(8, 20)),
     vocab_size=400, vqgan_steps=10,
     stage1={"seq_len": 128, "train.steps": 4, "train.batch_size": 4, "train.warmup_steps": 1},
     stage2={"seq_len": 512, "train.steps": 2, "train.batch_size": 1, "train.warmup_steps": 1},
-    context_length=512, depths="0,100", rounds=1, workers=1)
+    context_length=512, context_lengths="384,512", depths="0,100", rounds=1, long_samples=1,
+    workers=1)
 
 
 def run_step(name: str, command: list, done_dir: str, log) -> bool:
@@ -85,11 +90,26 @@ def overrides(values: dict) -> list:
 
 
 def eval_command(checkpoint: str, mode: str, output: str, values: str, s: Settings) -> list:
-  """The needle evaluation at stage 2's length, on keys and values (the file `values`) training
+  """The needle evaluation up to stage 2's length, on keys and values (the file `values`) training
   never saw."""
   return script("eval_needle.py", "--checkpoint", checkpoint, "--mode", mode, "--output", output,
-                "--context-lengths", s.context_length, "--depths", s.depths, "--rounds", s.rounds,
-                "--values", values, "--mesh", "1,1,1,1")
+                "--context-lengths", s.context_lengths, "--depths", s.depths, "--rounds",
+                s.rounds, "--values", values, "--mesh", "1,1,1,1")
+
+
+# The long-context tasks the corpus trains: (task, held-out pool, eval_long's format flags).
+LONG_TASKS = {
+    "niah_multivalue": ("text", ["--text-digits", corpus.TEXT_DIGITS]),
+    "video_order": ("video", ["--video-digits", corpus.VIDEO_DIGITS, "--needles",
+                              corpus.ORDER_NEEDLES]),
+}
+
+
+def long_eval_command(checkpoint: str, task: str, output: str, values: str, s: Settings) -> list:
+  """eval_long.py on one task the corpus trains, with held-out values."""
+  return script("eval_long.py", "--checkpoint", checkpoint, "--tasks", task, "--output", output,
+                "--context-lengths", s.context_lengths, "--depths", s.depths, "--samples",
+                s.long_samples, "--values", values, "--mesh", "1,1,1,1", *LONG_TASKS[task][1])
 
 
 def steps(out: str, s: Settings) -> list:
@@ -101,7 +121,7 @@ def steps(out: str, s: Settings) -> list:
   result = [
       ("tokenizer", script("train_tokenizer.py", "--manifest", f"{c}/short.jsonl", "--output",
                            f"{tok}/tokenizer.model", "--vocab-size", s.vocab_size), tok),
-      ("vqgan", script("train_vqgan.py", "--manifest", f"{c}/short.jsonl", "--output", vq,
+      ("vqgan", script("train_vqgan.py", "--manifest", f"{c}/vqgan.jsonl", "--output", vq,
                        "--config", "tiny", "--steps", s.vqgan_steps, "--batch-size", 32,
                        "--learning-rate", 3e-3), vq)]
   for k in ("short", "long"):
@@ -124,47 +144,70 @@ def steps(out: str, s: Settings) -> list:
       values = os.path.join(c, f"held_out_{mode}.txt")
       result.append((f"eval {mode} needle ({model})",
                      eval_command(work[model], mode, output, values, s), output))
+    for task, (mode, _) in LONG_TASKS.items():
+      output = os.path.join(out, "eval", f"{model}_{task}")
+      values = os.path.join(c, f"held_out_{mode}.txt")
+      result.append((f"eval {task} ({model})",
+                     long_eval_command(work[model], task, output, values, s), output))
   return result
 
 
 # ------------------------------------------------------------------------------------ Summary
 
-def accuracy(results_dir: str) -> float:
+def accuracy_by_length(results_dir: str) -> dict:
+  """{context_length: mean score} of an evaluation's results.json."""
   with open(os.path.join(results_dir, "results.json")) as f:
     cells = json.load(f)
   if not cells:
     raise ValueError(f"{results_dir}/results.json has no evaluated cells")
-  return sum(float(c["score"]) for c in cells) / len(cells)
+  by = {}
+  for c in cells:
+    by.setdefault(int(c["context_length"]), []).append(float(c["score"]))
+  return {n: sum(v) / len(v) for n, v in sorted(by.items())}
+
+
+def _report(summary: dict, out: str, name: str, results: str, heatmap: str, length: int) -> None:
+  """Adds NAME_accuracy (at `length`), NAME_accuracy_by_length, NAME_heatmap, NAME_results."""
+  by_length = accuracy_by_length(results)
+  summary[f"{name}_accuracy"] = by_length[length]
+  summary[f"{name}_accuracy_by_length"] = by_length
+  shutil.copyfile(heatmap, os.path.join(out, f"{name}_heatmap.png"))
+  summary[f"{name}_heatmap"] = f"{name}_heatmap.png"
+  summary[f"{name}_results"] = os.path.relpath(os.path.join(results, "results.json"), out)
 
 
 def summarize(out: str, s: Settings, seconds: float) -> dict:
-  """Writes OUT/summary.json and copies the heatmaps next to it; returns the summary."""
+  """Writes OUT/summary.json and copies the heatmaps next to it; returns the summary. Accuracies
+  are at stage 2's length; *_by_length has every evaluated length."""
   summary = {"stage2_context_length": s.context_length, "seconds": round(seconds, 1),
+             "context_lengths": [int(n) for n in s.context_lengths.split(",")],
              "depths": [float(d) for d in s.depths.split(",")], "rounds": s.rounds,
+             "long_samples": s.long_samples, "long_tasks": list(LONG_TASKS),
              "text_digits": corpus.TEXT_DIGITS, "video_digits": corpus.VIDEO_DIGITS,
              "chance": {mode: 1.0 / len(corpus.value_pool(True, digits)) for mode, digits in
                         (("text", corpus.TEXT_DIGITS), ("video", corpus.VIDEO_DIGITS))}}
   for model, prefix in (("stage2", ""), ("control", "control_")):
     for mode in ("text", "video"):
       results = os.path.join(out, "eval", f"{model}_{mode}")
-      summary[f"{prefix}{mode}_needle_accuracy"] = accuracy(results)
-      heatmap = os.path.join(out, f"{prefix}{mode}_needle_heatmap.png")
-      shutil.copyfile(os.path.join(results, "heatmap.png"), heatmap)
-      summary[f"{prefix}{mode}_needle_heatmap"] = os.path.basename(heatmap)
-      summary[f"{prefix}{mode}_needle_results"] = os.path.relpath(
-          os.path.join(results, "results.json"), out)
+      _report(summary, out, f"{prefix}{mode}_needle", results,
+              os.path.join(results, "heatmap.png"), s.context_length)
+    for task in LONG_TASKS:
+      results = os.path.join(out, "eval", f"{model}_{task}")
+      _report(summary, out, f"{prefix}{task}", results,
+              os.path.join(results, f"heatmap_{task}.png"), s.context_length)
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   return summary
 
 
 def side_by_side(summary: dict) -> str:
-  rows = [f"needle accuracy at {summary['stage2_context_length']} tokens (mean over depths "
-          f"{summary['depths']}, {summary['rounds']} rounds)",
-          f"{'':8}{'trained':>10}{'control':>10}"]
-  for mode in ("text", "video"):
-    rows.append(f"{mode:8}{summary[f'{mode}_needle_accuracy']:>10.2f}"
-                f"{summary[f'control_{mode}_needle_accuracy']:>10.2f}")
+  rows = [f"accuracy at {summary['stage2_context_length']} tokens (mean over depths "
+          f"{summary['depths']}; needles {summary['rounds']} rounds, long tasks "
+          f"{summary['long_samples']} samples)",
+          f"{'':16}{'trained':>10}{'control':>10}"]
+  for name in ("text_needle", "video_needle") + tuple(summary["long_tasks"]):
+    rows.append(f"{name:16}{summary[f'{name}_accuracy']:>10.2f}"
+                f"{summary[f'control_{name}_accuracy']:>10.2f}")
   return "\n".join(rows)
 
 
