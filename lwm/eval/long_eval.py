@@ -58,11 +58,11 @@ def cell_rng(seed: int, cell: dict) -> np.random.Generator:
 
 # ------------------------------------------------------------------------------------ Scoring
 
-def score_variant(variant, answer: str, pattern: str, ordered: bool) -> dict:
-  """A generated answer's score: the option letter for a multiple-choice variant, else the task's
-  rule (the stricter of RULER's string match and the exact item rule)."""
+def score_variant(variant, answer: str, pattern: str, ordered: bool, options: int) -> dict:
+  """A generated answer's score: the option letter (of `options`) for a multiple-choice variant,
+  else the task's rule (the stricter of RULER's string match and the exact item rule)."""
   if variant.letter:
-    right = float(scoring.choice_letter(answer, len(scoring.LETTERS)) == variant.letter)
+    right = float(scoring.choice_letter(answer, options) == variant.letter)
     return {"string_match_all": right, "score": right}
   return scoring.task_score(answer, variant.expected, pattern, ordered)
 
@@ -90,7 +90,7 @@ def answer_sample(sample, tokenizer, mode: str, generator, forcer, seed: int) ->
       [ids] = generator([v.tokens], None if v.vision_mask is None else [v.vision_mask],
                         max_new_tokens=budget, eos_id=tokenizer.eos_id, seed=seed)
       answers.append(tokenizer.decode(ids))
-      result = score_variant(v, answers[-1], sample.pattern, sample.ordered)
+      result = score_variant(v, answers[-1], sample.pattern, sample.ordered, len(sample.variants))
       scores.append(result["score"])
       matches.append(result["string_match_all"])
   key = "token_accuracy" if mode == "teacher_forced" else "string_match_all"
