@@ -124,3 +124,18 @@ def test_teacher_forcing_reads_back_the_greedy_continuation(tmp_path):
   wrong = list(greedy)
   wrong[2] = (wrong[2] + 1) % loaded.tokenizer.vocab_size
   assert forcer(prompt, None, wrong)[:3] == greedy[:3]
+
+
+def test_a_haystack_file_fills_the_essay_tasks(kit, monkeypatch, tmp_path):
+  essay = "Ada Lovelace wrote the first program. Babbage built the engine. " * 40
+  (tmp_path / "essay.txt").write_text(essay)
+  oracle = Oracle(monkeypatch, kit[0].tokenizer)
+  built = []
+  monkeypatch.setattr(ruler, "make_text_sample",
+                      lambda *a, make=ruler.make_text_sample, **k: built.append(make(*a, **k))
+                      or built[-1])
+  run(kit, oracle, str(tmp_path / "out"), "generate", tasks=["niah_single", "niah_single_1"],
+      haystack=str(tmp_path / "essay.txt"), depths=[50.0])
+  essay_sample, noise_sample = built
+  assert "Babbage built the engine." in essay_sample.text and "grass" not in essay_sample.text
+  assert "The grass is green." in noise_sample.text and "Babbage" not in noise_sample.text
