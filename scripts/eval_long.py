@@ -13,7 +13,8 @@ OUT/summary.json, OUT/tasks.png, OUT/heatmap_<task>.png, and prints the task x l
 and the effective length.
 """
 import argparse
-import os
+
+from lwm import launch
 
 
 def parse_args(argv=None):
@@ -37,7 +38,8 @@ def parse_args(argv=None):
   p.add_argument("--threshold", type=float, default=0.856, help="effective-length threshold")
   p.add_argument("--tokenizer", default=None, help="sentencepiece .model (default: the run's)")
   p.add_argument("--vqgan", default=None, help="VQGAN directory (default: the run's)")
-  p.add_argument("--mesh", default=None, help="dp,fsdp,tp,sp (default: all devices on sp)")
+  p.add_argument("--mesh", default=None,
+                 help="sp=8,fsdp=2 or dp,fsdp,tp,sp (default: all devices on sp)")
   p.add_argument("--dtype", default=None, help="activation dtype (default: the stage's)")
   p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
@@ -45,12 +47,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
-  if args.mesh and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    devices = 1
-    for size in args.mesh.split(","):
-      devices *= int(size)
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={devices}").strip()
+  launch.setup_devices_for_mesh(args.mesh)
   from absl import logging
   logging.set_verbosity(logging.ERROR)  # Orbax warns about reading a checkpoint read-only
   from lwm import sharding

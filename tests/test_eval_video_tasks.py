@@ -56,7 +56,8 @@ def test_order_is_read_back_from_the_frames(kit):
   s = make(kit, "video_order", 20.0, needles=3)
   [v] = s.variants
   frames = frames_of(kit, v)
-  shown = [value for f in frames for value in v.expected if np.array_equal(f, needle_codes(kit, value))]
+  shown = [value for f in frames for value in v.expected
+           if np.array_equal(f, needle_codes(kit, value))]
   assert shown == v.expected and len(set(v.expected)) == 3 and s.ordered
   assert v.answer == " " + ", ".join(v.expected)
   assert s.info["needle_depths"][0] == pytest.approx(20.0) and s.info["needle_depths"] == sorted(

@@ -10,7 +10,6 @@ rerun with others is refused), OUT/heatmap_<task>.png (depth x length, tasks wit
 OUT/tasks.png (task x length) and OUT/summary.json (the table, per-length averages and RULER's
 effective length).
 """
-import json
 import logging
 import os
 import zlib
