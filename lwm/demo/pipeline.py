@@ -94,7 +94,7 @@ def eval_command(checkpoint: str, mode: str, output: str, values: str, s: Settin
   never saw."""
   return script("eval_needle.py", "--checkpoint", checkpoint, "--mode", mode, "--output", output,
                 "--context-lengths", s.context_lengths, "--depths", s.depths, "--rounds",
-                s.rounds, "--values", values, "--mesh", "1,1,1,1")
+                s.rounds, "--values", values, "--mesh", "sp=1")
 
 
 # The long-context tasks the corpus trains: (task, held-out pool, eval_long's format flags).
@@ -109,7 +109,7 @@ def long_eval_command(checkpoint: str, task: str, output: str, values: str, s: S
   """eval_long.py on one task the corpus trains, with held-out values."""
   return script("eval_long.py", "--checkpoint", checkpoint, "--tasks", task, "--output", output,
                 "--context-lengths", s.context_lengths, "--depths", s.depths, "--samples",
-                s.long_samples, "--values", values, "--mesh", "1,1,1,1", *LONG_TASKS[task][1])
+                s.long_samples, "--values", values, "--mesh", "sp=1", *LONG_TASKS[task][1])
 
 
 def steps(out: str, s: Settings) -> list:
