@@ -94,7 +94,8 @@ def test_each_process_builds_only_its_rows(tmp_path):
           _, key, row, col = name.split("/")
           data = z[name]
           r, c = int(row), int(col)
-          np.testing.assert_array_equal(data, expected[key][r:r + data.shape[0], c:c + data.shape[1]])
+          want = expected[key][r:r + data.shape[0], c:c + data.shape[1]]
+          np.testing.assert_array_equal(data, want)
   for i in range(2):
     with np.load(tmp_path / f"process{i}.npz") as z:
       local_rows, read = z["local_rows"], set(z["read"].tolist())

@@ -175,7 +175,8 @@ def test_global_arrays_on_the_mesh_are_zigzag_and_sharded():
   # device (fsdp=0, sp=1) holds rows 0-1 and the zigzag chunks 1 and 6 of 8.
   shard = next(s for s in batch["positions"].addressable_shards
                if s.index == (slice(0, 2), slice(64, 128)))
-  expect = np.concatenate([reference["positions"][:2, 32:64], reference["positions"][:2, 192:224]], 1)
+  positions = reference["positions"]
+  expect = np.concatenate([positions[:2, 32:64], positions[:2, 192:224]], 1)
   np.testing.assert_array_equal(np.asarray(shard.data), expect)
 
 

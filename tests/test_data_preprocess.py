@@ -1,5 +1,5 @@
-"""Preprocessing a small corpus built on the spot: every manifest line becomes an example or a failure,
-and each example's tokens match what was put in."""
+"""Preprocessing a small corpus built on the spot: every manifest line becomes an example or a
+failure, and each example's tokens match what was put in."""
 import json
 import os
 
@@ -109,7 +109,8 @@ def test_same_frames_every_codec(corpus):
   examples = _by_line(corpus["examples"])
   first_a = [i + 1 for i, e in enumerate(corpus["expected"]) if e.get("video") == "clips/a.mp4"]
   a, again = examples[first_a[0]], examples[first_a[1]]
-  np.testing.assert_array_equal(a["tokens"][a["vision_mask"]], again["tokens"][again["vision_mask"]])
+  np.testing.assert_array_equal(a["tokens"][a["vision_mask"]],
+                                again["tokens"][again["vision_mask"]])
 
 
 def test_loader_reads_the_preprocessed_dataset(corpus):

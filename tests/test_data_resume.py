@@ -17,13 +17,14 @@ def setup(tmp_path_factory):
   tok = text_tokenizer.train_tokenizer([e["text"] for e in expected if e["ok"]],
                                        os.path.join(root, "tok.model"), vocab_size=400)
   vqgan.save(os.path.join(root, "vq"), vqgan.create(vqgan.get_config("tiny"), 1))
-  return PreprocessOptions(manifest=manifest, output="", tokenizer=tok, vqgan=os.path.join(root, "vq"),
+  return PreprocessOptions(manifest=manifest, output="", tokenizer=tok,
+                           vqgan=os.path.join(root, "vq"),
                            sampling=FrameSampling(fps=4, max_frames=3), chunk_size=3), root
 
 
 def _records(path):
-  return sorted((e["line"], e["tokens"].tolist(), e["vision_mask"].tolist(), e["loss_mask"].tolist(),
-                 e["num_frames"]) for e in load_examples(path))
+  return sorted((e["line"], e["tokens"].tolist(), e["vision_mask"].tolist(),
+                 e["loss_mask"].tolist(), e["num_frames"]) for e in load_examples(path))
 
 
 def _read(path, name):

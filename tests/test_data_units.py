@@ -29,7 +29,8 @@ def test_resize_matches_jax_antialiased_linear():
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 256, (2, 60, 90, 3), dtype=np.uint8)
   ours = video.resize_and_crop(frames, 32)                    # 60x90 -> 32x48 -> crop 32x32
-  full = jax.image.resize(jnp.asarray(frames, jnp.float32), (2, 32, 48, 3), "linear", antialias=True)
+  full = jax.image.resize(jnp.asarray(frames, jnp.float32), (2, 32, 48, 3), "linear",
+                          antialias=True)
   reference = np.clip(np.round(np.asarray(full)[:, :, 8:40]), 0, 255)
   assert np.abs(ours.astype(int) - reference).max() <= 1
 
@@ -41,7 +42,7 @@ def test_decode_each_codec_gives_the_written_frames(tmp_path, kind, height, widt
   frames = video.decode_video(path, 32, video.FrameSampling(max_frames=4))
   assert frames.shape == (4, 32, 32, 3) and frames.dtype == np.uint8
   expected = video.resize_and_crop(source[[0, 4, 7, 11]], 32)
-  assert np.abs(frames.astype(float) - expected).mean() < 12, "decoded frames differ from the source"
+  assert np.abs(frames.astype(float) - expected).mean() < 12, "decoded frames differ from source"
 
 
 def test_broken_files_raise_video_error_with_the_reason(tmp_path):

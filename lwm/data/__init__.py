@@ -2,7 +2,7 @@
 
   examples = load_examples("out/")     # written by scripts/preprocess.py; len(), [i]
   loader = Loader("out/", seq_len=32768, global_batch_size=8, seed=0, mesh=mesh)
-  batch = next(loader)                 # global jax.Arrays [8, 32768], zigzag, P(('dp','fsdp'), 'sp')
+  batch = next(loader)     # global jax.Arrays [8, 32768], zigzag, P(('dp','fsdp'), 'sp')
 
 See docs/data.md for the whole flow.
 """

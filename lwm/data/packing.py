@@ -96,7 +96,8 @@ def plan_rows(usable, status, order_for_epoch, state: dict, seq_len: int, num_ro
     if state["position"] == len(order):
       if placed_this_epoch == 0 and not pending:
         raise ValueError(f"no example can be packed into rows of seq_len={seq_len}: every one is "
-                         "skipped (videos longer than the sequence without a whole frame that fits)")
+                         "skipped (videos longer than the sequence without a whole frame that "
+                         "fits)")
       state["epoch"], state["position"], placed_this_epoch = state["epoch"] + 1, 0, 0
       order = order_for_epoch(state["epoch"])
     example = int(order[state["position"]])

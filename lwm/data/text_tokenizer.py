@@ -1,9 +1,9 @@
-"""Text tokenizer: a sentencepiece model, trained here or brought along (e.g. LLaMA-2's tokenizer.model).
+"""Text tokenizer: a sentencepiece model, trained here or brought along (LLaMA-2's tokenizer.model).
 
 A model trained by `train_tokenizer` reserves `<vision>`, `</vision>`, `<eof>`, `<eov>` as single
-pieces. Any other model file is used as it is: there `<vision>` is encoded as ordinary text (several
-pieces), as LWM does with the LLaMA tokenizer. The frame markers `<eof>`/`<eov>` never go through the
-text tokenizer: they are ids of the vision vocabulary (see `interleave.py`).
+pieces. Any other model file is used as it is: there `<vision>` is encoded as ordinary text
+(several pieces), as LWM does with the LLaMA tokenizer. The frame markers `<eof>`/`<eov>` never go
+through the text tokenizer: they are ids of the vision vocabulary (see `interleave.py`).
 """
 import dataclasses
 import os

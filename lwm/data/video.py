@@ -1,7 +1,8 @@
-"""Video frames: decord decodes, frames are sampled uniformly or at a target fps, resized on the short
-side and centre-cropped to the image tokenizer's square resolution.
+"""Video frames: decord decodes, frames are sampled uniformly or at a target fps, resized on the
+short side and centre-cropped to the image tokenizer's square resolution.
 
-decord is imported lazily so that the rest of `lwm.data` works where it has no wheel (aarch64, macOS).
+decord is imported lazily so that the rest of `lwm.data` works where it has no wheel (aarch64,
+macOS).
 """
 import dataclasses
 import os
@@ -55,7 +56,7 @@ class FrameSampling:
 
 
 def sample_indices(num_frames: int, native_fps: float, sampling: FrameSampling) -> np.ndarray:
-  """Frame indices `[n]` (int64, increasing) to keep from a video of `num_frames` at `native_fps`."""
+  """Frame indices `[n]` (int64, increasing) to keep from `num_frames` frames at `native_fps`."""
   if sampling.fps is None:
     count = min(sampling.max_frames, num_frames)
     return np.round(np.linspace(0, num_frames - 1, count)).astype(np.int64)
@@ -74,8 +75,8 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
 
 
 def resize_weights(in_size: int, out_size: int, start: int, length: int) -> np.ndarray:
-  """float32 `[length, in_size]`: rows `start:start+length` of a linear (triangle-filter, antialiased)
-  resize from `in_size` to `out_size` pixels; each row sums to 1."""
+  """float32 `[length, in_size]`: rows `start:start+length` of a linear (triangle-filter,
+  antialiased) resize from `in_size` to `out_size` pixels; each row sums to 1."""
   scale = out_size / in_size
   radius = max(1.0, 1.0 / scale)  # widen the filter when shrinking, so no input pixel is skipped
   centres = (np.arange(start, start + length) + 0.5) / scale - 0.5
@@ -143,7 +144,7 @@ def decode_video(path: str, size: int, sampling: FrameSampling) -> np.ndarray:
   except VideoError:
     raise
   except Exception as e:  # decord raises DECORDError/RuntimeError with ffmpeg's words
-    lines = [re.sub(r"^\[[\d:]+\] \S+: ", "", l) for l in str(e).strip().splitlines()]
+    lines = [re.sub(r"^\[[\d:]+\] \S+: ", "", line) for line in str(e).strip().splitlines()]
     raise VideoError(f"cannot decode {path}: {(lines or [type(e).__name__])[0][:200]}") from None
   if frames.ndim != 4 or len(frames) != len(indices) or frames.shape[-1] != 3:
     raise VideoError(f"decoder returned frames of shape {frames.shape} for {path}, "
