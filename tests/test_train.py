@@ -190,7 +190,9 @@ def test_eval_loss_is_the_models_loss_on_the_held_out_batches(evaluated_run):
 
 def test_profile_steps_write_a_trace_into_the_workdir(evaluated_run):
   _, workdir = evaluated_run
-  assert glob.glob(os.path.join(workdir, "profile", "plugins", "profile", "*", "*.xplane.pb"))
+  traces = os.path.join(workdir, "profile", "plugins", "profile", "*")
+  assert glob.glob(os.path.join(traces, "*.xplane.pb"))  # TensorBoard profile plugin
+  assert glob.glob(os.path.join(traces, "perfetto_trace.json.gz"))  # ui.perfetto.dev
 
 
 @pytest.mark.parametrize("changes, message", [
