@@ -5,7 +5,7 @@
 
 The train loop's pieces (lwm.data.loader.Loader and Prefetcher, lwm.model.step's jitted step, metrics
 left on the device until the end of a round) on one device, with a config chosen so that packing is
-a visible share of the step: many short documents (20-200 tokens) read from an array_record
+a visible share of the step: many short documents (5-40 tokens) read from an array_record
 dataset, so that each row holds dozens; attention tiles of 128 keep the model's step short.
 Rounds of `--steps` steps alternate between three loops, so all see the same load on a shared
 machine: before (no prefetch, the loss read at every step, as the loop was), metrics left on the
@@ -25,21 +25,22 @@ def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--seq-len", type=int, default=1024)
   parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--docs", type=int, default=20000, help="in-memory documents to pack")
+  parser.add_argument("--docs", type=int, default=20000, help="documents in the dataset")
+  parser.add_argument("--doc-tokens", default="5,40", help="MIN,MAX tokens of a document")
   parser.add_argument("--steps", type=int, default=10, help="steps per round")
   parser.add_argument("--rounds", type=int, default=4, help="rounds of each mode, interleaved")
   parser.add_argument("--depth", type=int, default=2, help="prefetch depth of the 'with' mode")
   return parser.parse_args()
 
 
-def write_documents(root: str, count: int, seed: int = 0) -> str:
+def write_documents(root: str, count: int, low: int, high: int, seed: int = 0) -> str:
   """A dataset on disk (array_record, as preprocess writes it) of short random-token documents."""
   import numpy as np
   from lwm.data import chunks, dataset, loader, packing
   rng = np.random.default_rng(seed)
   docs = []
   for line in range(count):
-    n = int(rng.integers(20, 200))
+    n = int(rng.integers(low, high + 1))
     docs.append({"tokens": rng.integers(1, 250, n).astype(np.int32), "line": line,
                  "vision_mask": np.zeros(n, bool), "loss_mask": np.ones(n, bool), "num_frames": 0})
   work = os.path.join(root, "work")
@@ -72,7 +73,8 @@ def main():
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           params)
   train_step = step_lib.jit_train_step(graphdef, tx, abstract, mesh, args.batch)
-  data = write_documents(tempfile.mkdtemp(prefix="bench_prefetch_"), args.docs)
+  low, high = (int(v) for v in args.doc_tokens.split(","))
+  data = write_documents(tempfile.mkdtemp(prefix="bench_prefetch_"), args.docs, low, high)
   loader = Loader(data, args.seq_len, args.batch, seed=0, mesh=mesh)
   batch = next(loader)
   params, opt_state, metrics = train_step(params, opt_state, batch)  # compile
@@ -117,7 +119,7 @@ def main():
       times[name].append(loop(depth, sync))
   pack, step, before, async_, after = (median(times[k]) for k in times)
   shutil.rmtree(data)
-  print(f"config: tiny model, {args.batch} x {args.seq_len} tokens of 20-200-token documents, "
+  print(f"config: tiny model, {args.batch} x {args.seq_len} tokens of {low}-{high}-token documents, "
         f"1 device ({jax.devices()[0].device_kind}), {args.rounds} rounds x {args.steps} steps")
   print(f"packing alone          {pack * 1e3:8.1f} ms/batch")
   print(f"step alone             {step * 1e3:8.1f} ms/step")
