@@ -118,7 +118,6 @@ def test_gradient_accumulation_takes_one_update_per_step(dataset, tmp_path):
   assert data_state["tokens"] + data_state["padding"] == 4 * 8 * 256, data_state
 
 
-<<<<<<< HEAD
 def test_gradient_accumulation_applies_one_adamw_update_of_the_mean_gradient():
   """With grad_accum=2, micro-batch gradients g1..g4 give exactly two AdamW updates, of the clipped
   means (g1+g2)/2 and (g3+g4)/2, and the parameters do not move between them. Reference: AdamW
