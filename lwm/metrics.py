@@ -69,7 +69,8 @@ class Throughput:
 
   def __init__(self, tokens_per_step: int, flops_per_step: float, peak_flops: float,
                first_step: int = 0):
-    self.tokens_per_step, self.flops_per_step, self.peak = tokens_per_step, flops_per_step, peak_flops
+    self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+    self.peak = peak_flops
     self.restart(first_step)
 
   def restart(self, step: int) -> None:

@@ -127,7 +127,8 @@ def _validate_loop(config, rows_split: int) -> None:
   if not e.data_path or not os.path.isfile(os.path.join(e.data_path, "vocab.json")):
     raise ValueError(f"config.eval.every={e.every} needs config.eval.data_path, a held-out dataset "
                      f"written by scripts/preprocess.py; got {e.data_path!r}")
-  ids, eval_ids = _vocab_ids(dataset_vocab(config.data.path)), _vocab_ids(dataset_vocab(e.data_path))
+  ids = _vocab_ids(dataset_vocab(config.data.path))
+  eval_ids = _vocab_ids(dataset_vocab(e.data_path))
   if ids != eval_ids:
     raise ValueError(f"config.eval.data_path={e.data_path!r} was tokenized with other ids "
                      f"({eval_ids}) than config.data.path ({ids}); preprocess it with the same "
@@ -147,7 +148,7 @@ def eval_batch_size(config) -> int:
 
 
 def parse_profile_steps(spec: str) -> tuple[int, int] | None:
-  """"START,END" -> (START, END), steps inclusive; "" -> None. Raises ValueError naming the value."""
+  """"START,END" -> (START, END), steps inclusive; "" -> None. ValueError names a wrong value."""
   if not spec:
     return None
   try:

@@ -1,12 +1,13 @@
 """How much of the host's batch packing the prefetch thread hides behind the training step.
 
-  python scripts/bench_prefetch.py                      # tiny model, 8 x 1024 tokens of short docs
+  python scripts/bench_prefetch.py --steps 5 --rounds 5 --docs 6000   # the figures in the docs
   python scripts/bench_prefetch.py --seq-len 2048 --rounds 6 --depth 2
 
-The train loop's pieces (lwm.data.loader.Loader and Prefetcher, lwm.model.step's jitted step, metrics
-left on the device until the end of a round) on one device, with a config chosen so that packing is
-a visible share of the step: many short documents (5-40 tokens) read from an array_record
-dataset, so that each row holds dozens; attention tiles of 128 keep the model's step short.
+The train loop's pieces (lwm.data.loader.Loader and Prefetcher, lwm.model.step's jitted step,
+metrics left on the device until the end of a round) on one device, with a config chosen so that
+packing is a visible share of the step: the tiny model, 8 x 1024 tokens packed from many short
+documents (5-40 tokens) read from an array_record dataset, so that each row holds dozens;
+attention tiles of 128 keep the model's step short.
 Rounds of `--steps` steps alternate between three loops, so all see the same load on a shared
 machine: before (no prefetch, the loss read at every step, as the loop was), metrics left on the
 device (JAX's async dispatch lets the host pack while the step runs), and after (plus the prefetch
@@ -119,7 +120,7 @@ def main():
       times[name].append(loop(depth, sync))
   pack, step, before, async_, after = (median(times[k]) for k in times)
   shutil.rmtree(data)
-  print(f"config: tiny model, {args.batch} x {args.seq_len} tokens of {low}-{high}-token documents, "
+  print(f"config: tiny model, {args.batch} x {args.seq_len} tokens of {low}-{high}-token docs, "
         f"1 device ({jax.devices()[0].device_kind}), {args.rounds} rounds x {args.steps} steps")
   print(f"packing alone          {pack * 1e3:8.1f} ms/batch")
   print(f"step alone             {step * 1e3:8.1f} ms/step")
