@@ -4,7 +4,10 @@ checkpoint (resume, or start from the previous stage) -> train step -> loop.
   python scripts/train.py --config configs/tiny.py:stage1 --workdir /tmp/stage1
 
 Rerunning the same command in the same workdir resumes from the latest committed checkpoint with the
-parameters, optimizer state, step and data position, bit for bit.
+parameters, optimizer state, step and data position, bit for bit. While a step runs, a thread packs
+the next batches (data.prefetch); metrics stay on the devices until a log or checkpoint step; a
+SIGTERM to any process saves the same step on all of them (lwm.train_hooks.Preemption); held-out
+evaluation (eval.every) and a profile (train.profile_steps) happen at the steps asked for.
 """
 import json
 import logging
