@@ -1,6 +1,8 @@
-"""Training metrics to a JSON-lines file, TensorBoard and the progress bar (process 0 only)."""
+"""Training metrics to a JSON-lines file and TensorBoard (process 0 only), the speed of a window of
+steps, and the one line per log step that the train loop logs."""
 import json
 import os
+import time
 
 
 class MetricsWriter:
@@ -59,3 +61,47 @@ def _truncate_after(path: str, step: int) -> None:
 def read_metrics(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+class Throughput:
+  """Step time, tokens/s, MFU and the share of time the loop waited for its input, over the steps
+  since the last window."""
+
+  def __init__(self, tokens_per_step: int, flops_per_step: float, peak_flops: float,
+               first_step: int = 0):
+    self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+    self.peak = peak_flops
+    self.restart(first_step)
+
+  def restart(self, step: int) -> None:
+    self.start, self.step, self.waited = time.perf_counter(), step, 0.0
+
+  def wait_for(self, batches):
+    """next(batches), timing how long the loop waited for it."""
+    start = time.perf_counter()
+    batch = next(batches)
+    self.waited += time.perf_counter() - start
+    return batch
+
+  def window(self, step: int) -> dict:
+    """The window's figures (call after the devices finished `step`); starts the next window."""
+    elapsed = time.perf_counter() - self.start
+    seconds = elapsed / max(step - self.step, 1)
+    out = {"step_time": seconds, "tokens_per_second": self.tokens_per_step / seconds,
+           "input_wait": self.waited / elapsed}
+    if self.peak:
+      out["mfu"] = self.flops_per_step / seconds / self.peak
+    self.restart(step)
+    return out
+
+
+def log_line(step: int, steps: int, record: dict) -> str:
+  """'step 10/40: loss 5.1234, grad_norm 0.81, lr 3.0e-03, 0.214 s/step, ...' from a record."""
+  parts = [f"loss {record['loss']:.4f}"] if "loss" in record else []
+  for key, form in (("grad_norm", "grad_norm {:.3g}"), ("lr", "lr {:.2e}"),
+                    ("step_time", "{:.3f} s/step"), ("tokens_per_second", "{:,.0f} tokens/s"),
+                    ("mfu", "mfu {:.1%}"), ("input_wait", "input wait {:.0%}"),
+                    ("eval_loss", "eval_loss {:.4f}")):
+    if key in record:
+      parts.append(form.format(record[key]))
+  return f"step {step}/{steps}: " + ", ".join(parts)

@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ""            # a directory written by scripts/preprocess.py
+  c.data.prefetch = 2         # batches packed and placed ahead by a background thread (0: none)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 100
@@ -46,6 +47,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.dtype = "bfloat16"  # activations; parameters and optimizer state stay float32
   c.train.log_every = 10
   c.train.peak_tflops_per_device = 0.0  # for the MFU estimate; 0 guesses from the device kind
+  c.train.profile_steps = ""  # "START,END": a jax.profiler trace of those steps in workdir/profile
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 0            # steps between held-out evaluations (0: off)
+  c.eval.data_path = ""       # a held-out dataset written by scripts/preprocess.py (same vocab)
+  c.eval.batches = 4          # packed batches evaluated each time (the same ones every time)
+  c.eval.batch_size = 0       # rows per eval batch; 0: the training micro-batch
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 100
@@ -103,6 +111,54 @@ def validate(config, num_devices: int | None = None) -> None:
     raise ValueError("config.model='hf' takes the model from config.init_from, which must be a "
                      "Hugging Face LLaMA directory (config.json + *.safetensors or "
                      f"pytorch_model*.bin); got {config.init_from!r}")
+  _validate_loop(config, dp * fsdp)
+
+
+def _validate_loop(config, rows_split: int) -> None:
+  """The keys of prefetching, profiling and held-out evaluation."""
+  if config.data.prefetch < 0:
+    raise ValueError(f"config.data.prefetch={config.data.prefetch} must be >= 0 (0: no prefetch)")
+  parse_profile_steps(config.train.profile_steps)
+  e = config.eval
+  if e.every < 0:
+    raise ValueError(f"config.eval.every={e.every} must be >= 0 (0: no evaluation)")
+  if not e.every:
+    return
+  if not e.data_path or not os.path.isfile(os.path.join(e.data_path, "vocab.json")):
+    raise ValueError(f"config.eval.every={e.every} needs config.eval.data_path, a held-out dataset "
+                     f"written by scripts/preprocess.py; got {e.data_path!r}")
+  ids = _vocab_ids(dataset_vocab(config.data.path))
+  eval_ids = _vocab_ids(dataset_vocab(e.data_path))
+  if ids != eval_ids:
+    raise ValueError(f"config.eval.data_path={e.data_path!r} was tokenized with other ids "
+                     f"({eval_ids}) than config.data.path ({ids}); preprocess it with the same "
+                     "tokenizer and VQGAN")
+  batch = eval_batch_size(config)
+  if e.batches < 1 or batch % rows_split:
+    raise ValueError(f"config.eval.batches={e.batches} must be >= 1 and the eval batch size "
+                     f"{batch} a multiple of dp*fsdp = {rows_split}")
+
+
+def _vocab_ids(vocab: dict) -> dict:
+  return {k: v for k, v in vocab.items() if k not in ("tokenizer", "vqgan")}
+
+
+def eval_batch_size(config) -> int:
+  return config.eval.batch_size or config.train.batch_size // config.train.grad_accum
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+  """"START,END" -> (START, END), steps inclusive; "" -> None. ValueError names a wrong value."""
+  if not spec:
+    return None
+  try:
+    start, end = (int(s) for s in str(spec).split(","))
+  except ValueError:
+    start, end = 0, -1
+  if not 1 <= start <= end:
+    raise ValueError(f"config.train.profile_steps={spec!r} must be 'START,END' with "
+                     "1 <= START <= END, e.g. '10,12'")
+  return start, end
 
 
 def is_hf_dir(path: str) -> bool:

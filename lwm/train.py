@@ -4,29 +4,33 @@ checkpoint (resume, or start from the previous stage) -> train step -> loop.
   python scripts/train.py --config configs/tiny.py:stage1 --workdir /tmp/stage1
 
 Rerunning the same command in the same workdir resumes from the latest committed checkpoint with the
-parameters, optimizer state, step and data position, bit for bit.
+parameters, optimizer state, step and data position, bit for bit. While a step runs, a thread packs
+the next batches (data.prefetch); metrics stay on the devices until a log or checkpoint step; a
+SIGTERM to any process saves the same step on all of them (lwm.train_hooks.Preemption); held-out
+evaluation (eval.every) and a profile (train.profile_steps) happen at the steps asked for.
 """
 import json
+import logging
 import os
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm import tqdm
 
-from lwm import checkpoint, sharding, stage
-from lwm.data.loader import Loader
-from lwm.metrics import MetricsWriter
+from lwm import checkpoint, sharding, stage, train_hooks
+from lwm.data.loader import Loader, Prefetcher
+from lwm.metrics import MetricsWriter, Throughput, log_line
 from lwm.model import config as model_config_lib
 from lwm.model import hf, step as step_lib
 
 # Dense bf16 peak TFLOP/s per chip, for the MFU estimate (config.train.peak_tflops_per_device wins).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
                "TPU v5": 459.0, "TPU v6": 918.0}
+
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -136,59 +140,100 @@ def train(config, workdir: str) -> dict:
     start = 0
     params, source = _initial_params(config, cfg, mesh, abstract_params)
     opt_state = step_lib.init_optimizer(tx, params, mesh)
+  # From here on a background thread packs the next batches; the loader's state saved with a
+  # checkpoint is that of the last batch trained on (batches.get_state()).
+  batches = Prefetcher(loader, depth=config.data.prefetch)
   if is_main:
-    print(f"[lwm] {cfg.num_layers} layers, {num_params / 1e6:.1f}M parameters, mesh {config.mesh}, "
-          f"seq_len {config.seq_len}, rope_theta {cfg.rope_theta:g}; {source}", flush=True)
+    logger.info("%d layers, %.1fM parameters, mesh %s, seq_len %d, rope_theta %g; %s",
+                cfg.num_layers, num_params / 1e6, config.mesh, config.seq_len, cfg.rope_theta,
+                source)
 
-  # ---------------------------------------------------------------- Update step
+  # ---------------------------------------------------------------- Update step and evaluation
   train_step = step_lib.jit_train_step(graphdef, tx, abstract_params, mesh, micro_batch)
   schedule = learning_rate(t)
   tokens_per_step = t.batch_size * config.seq_len
   flops_per_step = stage.flops_per_token(num_params, cfg.num_layers, cfg.hidden_size,
                                          config.seq_len) * tokens_per_step
-  peak = peak_flops(config) * jax.device_count()
+  speed = Throughput(tokens_per_step, flops_per_step, peak_flops(config) * jax.device_count(),
+                     first_step=start)
+  evaluate = None
+  if config.eval.every:
+    evaluate = train_hooks.HeldOutEval(config.eval, config.seq_len, stage.eval_batch_size(config),
+                                       config.seed, graphdef, mesh, abstract_params)
 
   # ---------------------------------------------------------------- Train loop
-  preempted = []
-  previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  # Metrics stay on the devices until a log or checkpoint step, so the host runs ahead of them.
+  preemption = train_hooks.Preemption(mngr)
+  profile = train_hooks.Profile(t.profile_steps, workdir, enabled=is_main)
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)
-  bar = tqdm(total=t.steps, initial=start, disable=not is_main, desc="train", dynamic_ncols=True)
   meta = lambda step: {"step": step, "seed": config.seed, "stage_config": config.to_dict()}
-  last, window_start, window_steps = {}, time.perf_counter(), 0
+  last, pending = {}, []
   try:
     for step in range(start + 1, t.steps + 1):
+      profile.before(step)
       micro = []
       for _ in range(t.grad_accum):
-        params, opt_state, metrics = train_step(params, opt_state, next(loader))
+        batch = speed.wait_for(batches)
+        params, opt_state, metrics = train_step(params, opt_state, batch)
         micro.append(metrics)
-      metrics = {k: np.mean([float(m[k]) for m in micro]) for k in micro[0]}
-      if not np.isfinite(metrics["loss"]):
-        mngr.wait_until_finished()
-        raise NonFiniteLoss(f"loss is {metrics['loss']} at step {step}; stopping. The latest "
-                            f"checkpoint (step {mngr.latest_step()}) is the last good one")
-      window_steps += 1
-      bar.update(1)
-      if step % t.log_every == 0 or step == t.steps:
-        seconds = (time.perf_counter() - window_start) / window_steps
-        last = dict(metrics, lr=float(schedule(step - 1)), step_time=seconds,
-                    tokens_per_second=tokens_per_step / seconds)
-        if peak:
-          last["mfu"] = flops_per_step / seconds / peak
-        writer.write(step, last)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        window_start, window_steps = time.perf_counter(), 0
-      if step % config.checkpoint.every == 0 or step == t.steps or preempted:
-        checkpoint.save(mngr, step, params, opt_state, loader.get_state(), meta(step))
-      if preempted:
-        print(f"[lwm] SIGTERM: saved step {step}; rerun the same command to resume", flush=True)
+      pending.append((step, micro))
+      profile.after(step, params)
+      stop = preemption.reached(step)  # every process, every step: they agree on the step
+      save = step % config.checkpoint.every == 0 or step == t.steps or stop
+      log = step % t.log_every == 0 or step == t.steps
+      record = {}
+      if log or save:
+        metrics = _fetch_finite(pending, mngr)  # waits for the devices
+        pending = []
+      if log:
+        record = dict(metrics, lr=float(schedule(step - 1)), **speed.window(step))
+      if evaluate is not None and step % config.eval.every == 0:
+        record.update(evaluate(params))
+        speed.restart(step)  # the evaluation's time is not a training step's
+      if record:
+        last = dict(last, **record)
+        writer.write(step, record)
+      if log and is_main:
+        logger.info(log_line(step, t.steps, record))
+      if save:
+        _check_parameters(params, step, mngr)
+        checkpoint.save(mngr, step, params, opt_state, batches.get_state(), meta(step))
+      if stop:
+        logger.info("preempted (SIGTERM): saved step %d; rerun the same command to resume", step)
         break
   finally:
+    profile.close()
+    batches.close()
+    preemption.close()
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
-    bar.close()
-    signal.signal(signal.SIGTERM, previous)
   return last
+
+
+def _fetch_finite(pending: list, mngr) -> dict:
+  """Host copies of the pending steps' metrics (each the mean over its micro-batches); returns the
+  last step's. Raises NonFiniteLoss at the first step whose loss is NaN or infinite."""
+  for step, micro in jax.device_get(pending):
+    metrics = {k: np.mean([float(m[k]) for m in micro]) for k in micro[0]}
+    if not np.isfinite(metrics["loss"]):
+      mngr.wait_until_finished()
+      raise NonFiniteLoss(f"loss is {metrics['loss']} at step {step}; stopping. The latest "
+                          f"checkpoint (step {mngr.latest_step()}) is the last good one")
+  return metrics
+
+
+@jax.jit
+def _all_finite(tree):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _check_parameters(params, step: int, mngr) -> None:
+  """A checkpoint never holds NaN: the update of a finite-loss step can still overflow."""
+  if not bool(_all_finite(params)):
+    mngr.wait_until_finished()
+    raise NonFiniteLoss(f"parameters are not finite after step {step}; stopping. The latest "
+                        f"checkpoint (step {mngr.latest_step()}) is the last good one")
 
 
 def _initial_params(config, cfg, mesh, abstract_params):

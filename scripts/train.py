@@ -9,6 +9,8 @@ simulated devices as the config's mesh needs (set before JAX starts). Multi-host
 distributed flags, or --distributed to let jax.distributed.initialize() read SLURM / TPU pod
 settings.
 """
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -26,6 +28,7 @@ def main(argv):
   del argv
   config = _CONFIG.value
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+  std_logging.getLogger("lwm").setLevel(std_logging.INFO)  # one line per log step
   from lwm import launch  # noqa: E402 (sets up devices before JAX initialises)
   launch.setup_devices(config, num_processes=_NUM_PROCESSES.value or 1)
   launch.initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,

@@ -1,11 +1,15 @@
 """Resuming: preprocessing stopped midway and rerun (with worker processes) writes the same dataset
-as one uninterrupted run."""
+as one uninterrupted run; a loader stopped while its prefetch thread ran ahead goes on where the
+consumer stopped."""
 import dataclasses
 import os
+import time
 
+import numpy as np
 import pytest
 
 from lwm.data import load_examples, synthetic, text_tokenizer, vqgan
+from lwm.data.loader import Loader, Prefetcher
 from lwm.data.preprocess import PreprocessOptions, preprocess
 from lwm.data.video import FrameSampling
 
@@ -60,3 +64,48 @@ def test_rerun_with_other_options_is_refused(setup):
   changed = dataclasses.replace(first, sampling=FrameSampling(max_frames=2))
   with pytest.raises(ValueError, match="started with options"):
     preprocess(changed, progress=False)
+
+
+# ---------------------------------------------------------------- The loader's prefetch thread
+
+def _doc(tokens):
+  n = len(tokens)
+  return {"tokens": tokens, "vision_mask": np.zeros(n, bool), "loss_mask": np.ones(n, bool),
+          "num_frames": 0}
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_prefetch_saves_the_position_of_the_batch_consumed(depth):
+  """Stopped after 5 batches while up to `depth` more were packed, a loader restored from the
+  prefetcher's state goes on with batch 6 of a loader that was never interrupted."""
+  rng = np.random.default_rng(0)
+  docs = [_doc(rng.integers(1, 300, int(rng.integers(20, 200))).astype(np.int32))
+          for _ in range(40)]
+  straight = Loader(None, seq_len=128, global_batch_size=2, seed=5, examples=docs)
+  want = [next(straight) for _ in range(9)]
+
+  batches = Prefetcher(Loader(None, seq_len=128, global_batch_size=2, seed=5, examples=docs), depth)
+  got = [next(batches) for _ in range(5)]
+  time.sleep(0.2)  # let the thread fill its queue: those batches are packed but never consumed
+  state = batches.get_state()
+  batches.close()
+  resumed = Loader(None, seq_len=128, global_batch_size=2, seed=5, examples=docs)
+  resumed.set_state(state)
+  got += [next(resumed) for _ in range(4)]
+  for a, b in zip(got, want, strict=True):
+    for key in b:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_prefetch_hands_on_the_loaders_error():
+  class Broken:
+    def get_state(self):
+      return {}
+
+    def __next__(self):
+      raise OSError("disk gone")
+
+  batches = Prefetcher(Broken(), depth=2)
+  with pytest.raises(OSError, match="disk gone"):
+    next(batches)
+  batches.close()

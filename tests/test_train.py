@@ -1,4 +1,7 @@
-"""Staged training in-process: bad configs fail before compiling, stages chain, NaN stops a run."""
+"""Staged training in-process: bad configs fail before compiling, stages chain, NaN stops the run,
+held-out evaluation and profiles happen at the steps asked for."""
+import glob
+import os
 import re
 
 import jax
@@ -84,12 +87,22 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path)
   config = tiny_config(dataset, **{"train.lr": 1e30, "train.warmup_steps": 2,
                                    "train.lr_schedule": "constant", "train.steps": 8,
                                    "checkpoint.every": 1})
-  with pytest.raises(train.NonFiniteLoss, match=r"loss is nan at step (\d+)") as error:
+  with pytest.raises(train.NonFiniteLoss) as error:
     train.train(config, str(tmp_path / "run"))
-  bad_step = int(re.search(r"at step (\d+)", str(error.value)).group(1))
+  # Either a step's loss is NaN, or a step with a finite loss left non-finite parameters (its
+  # checkpoint is then refused, so the loss of the step after never had to show it).
+  found = re.search(r"(loss is nan at step|parameters are not finite after step) (\d+)",
+                    str(error.value))
+  assert found, str(error.value)
+  bad_step = int(found.group(2))
   assert 1 < bad_step <= 8
-  assert checkpoint.latest_step(str(tmp_path / "run")) == bad_step - 1
-  assert [m["step"] for m in read_metrics(str(tmp_path / "run"))] == list(range(1, bad_step))
+  workdir = str(tmp_path / "run")
+  assert checkpoint.latest_step(workdir) == bad_step - 1
+  logged = bad_step - 1 if found.group(1).startswith("loss") else bad_step
+  assert [m["step"] for m in read_metrics(workdir)] == list(range(1, logged + 1))
+  saved = checkpoint.ocp.StandardCheckpointer().restore(
+      str(tmp_path / "run" / "checkpoints" / str(bad_step - 1) / "params"))
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(saved))
 
 
 def test_gradient_accumulation_takes_one_update_per_step(dataset, tmp_path):
@@ -138,3 +151,54 @@ def test_gradient_accumulation_applies_one_adamw_update_of_the_mean_gradient():
   np.testing.assert_array_equal(seen[2], seen[1])  # a micro-step: no update in between
   np.testing.assert_allclose(seen[3], p, rtol=1e-5, atol=1e-6)
   assert np.abs(seen[3] - p0).max() > 0.05  # the update is not a no-op
+
+
+# ---------------------------------------------------------------- Evaluation and profiles
+
+@pytest.fixture(scope="module")
+def evaluated_run(dataset, tmp_path_factory):
+  """4 steps with a held-out evaluation every 2 steps and a profile of steps 2-3."""
+  root = tmp_path_factory.mktemp("evaluated")
+  tokenizer = os.path.join(os.path.dirname(dataset), "tok.model")
+  held_out = training_data.make_text_dataset(str(root / "held_out"), num_docs=16, seed=1,
+                                             tokenizer=tokenizer)
+  config = tiny_config(dataset, **{"eval.every": 2, "eval.data_path": held_out,
+                                   "eval.batches": 2, "train.profile_steps": "2,3",
+                                   "checkpoint.keep": 5})
+  train.train(config, str(root / "run"))
+  return config, str(root / "run")
+
+
+def test_eval_loss_is_the_models_loss_on_the_held_out_batches(evaluated_run):
+  config, workdir = evaluated_run
+  evals = {m["step"]: m["eval_loss"] for m in read_metrics(workdir) if "eval_loss" in m}
+  assert sorted(evals) == [2, 4]
+  # Independently: the checkpoint of that step, one device, the held-out data in natural order.
+  cfg = train.model_config(config, stage.dataset_vocab(config.data.path))
+  graphdef, abstract = nnx.split(abstract_model(cfg), nnx.Param)
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device),
+                          abstract)
+  for step, got in evals.items():
+    path = os.path.join(workdir, "checkpoints", str(step), "params")
+    model = nnx.merge(graphdef, checkpoint.ocp.StandardCheckpointer().restore(path, abstract))
+    loader = Loader(config.eval.data_path, config.seq_len, 8, seed=config.seed)  # NumPy batches
+    want = np.mean([float(loss_fn(model, next(loader))[0]) for _ in range(2)])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_profile_steps_write_a_trace_into_the_workdir(evaluated_run):
+  _, workdir = evaluated_run
+  traces = os.path.join(workdir, "profile", "plugins", "profile", "*")
+  assert glob.glob(os.path.join(traces, "*.xplane.pb"))  # TensorBoard profile plugin
+  assert glob.glob(os.path.join(traces, "perfetto_trace.json.gz"))  # ui.perfetto.dev
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"eval.every": 2}, r"needs config.eval.data_path"),
+    ({"train.profile_steps": "5"}, r"profile_steps='5' must be 'START,END'"),
+    ({"data.prefetch": -1}, r"data.prefetch=-1 must be >= 0"),
+])
+def test_bad_loop_settings_are_refused(dataset, changes, message):
+  with pytest.raises(ValueError, match=message):
+    stage.validate(tiny_config(dataset, **changes), 8)

@@ -1,6 +1,7 @@
 """Training as a user runs it (scripts/train.py in subprocesses): exact resume after SIGKILL, and
 2 processes x 4 devices giving the losses of 1 process x 8 devices."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -54,8 +55,14 @@ def run(cmd):
 
 
 def final_params(workdir):
+  """The last step's parameters, onto this process's first device whatever mesh saved them."""
   path = os.path.join(workdir, "checkpoints", str(STEPS), "params")
-  return [np.asarray(x) for x in jax.tree.leaves(ocp.StandardCheckpointer().restore(path))]
+  checkpointer = ocp.StandardCheckpointer()
+  stored = checkpointer.metadata(path)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                        getattr(stored, "item_metadata", stored))
+  return [np.asarray(x) for x in jax.tree.leaves(checkpointer.restore(path, target))]
 
 
 def comparable(metrics):
@@ -90,20 +97,53 @@ def free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one(dataset, tmp_path):
-  single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
-  run(command(single, dataset, "--config.checkpoint.every=100"))
+def start_two(workdir, data, *extra):
   address = f"127.0.0.1:{free_port()}"
-  processes = [subprocess.Popen(
-      command(multi, dataset, "--config.checkpoint.every=100", f"--coordinator_address={address}",
-              "--num_processes=2", f"--process_id={i}"),
+  return [subprocess.Popen(
+      command(workdir, data, f"--coordinator_address={address}", "--num_processes=2",
+              f"--process_id={i}", *extra),
       env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
+
+
+def finish(processes):
   outputs = [p.communicate(timeout=600)[0] for p in processes]
   assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
-  got, want = read_metrics(multi), read_metrics(single)
+  return outputs
+
+
+@pytest.fixture(scope="module")
+def two_processes(dataset, tmp_path_factory):
+  """An uninterrupted run of 2 processes x 4 devices."""
+  workdir = str(tmp_path_factory.mktemp("two") / "run")
+  finish(start_two(workdir, dataset))
+  return workdir
+
+
+def test_two_processes_match_one(dataset, two_processes, tmp_path):
+  single = str(tmp_path / "single")
+  run(command(single, dataset))
+  got, want = read_metrics(two_processes), read_metrics(single)
   assert [m["step"] for m in got] == [m["step"] for m in want]
   np.testing.assert_allclose([m["loss"] for m in got], [m["loss"] for m in want], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_saves_the_same_step_everywhere(dataset, two_processes, tmp_path):
+  workdir = str(tmp_path / "run")
+  processes = start_two(workdir, dataset, "--config.checkpoint.every=100")
+  wait_for_steps(processes[0], workdir, 2)
+  processes[1].send_signal(signal.SIGTERM)  # process 0 hears of it only through JAX
+  outputs = finish(processes)
+  saved = [re.findall(r"preempted \(SIGTERM\): saved step (\d+)", out) for out in outputs]
+  assert saved[0] == saved[1] and len(saved[0]) == 1, outputs[0][-2000:] + outputs[1][-2000:]
+  from lwm import checkpoint
+  assert checkpoint.latest_step(workdir) == int(saved[0][0]) < STEPS
+
+  finish(start_two(workdir, dataset, "--config.checkpoint.every=100"))  # the rerun resumes
+  assert comparable(read_metrics(workdir)) == comparable(read_metrics(two_processes))
+  for a, b in zip(final_params(workdir), final_params(two_processes), strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_misspelt_override_fails_loudly(dataset, tmp_path):

@@ -7,9 +7,9 @@ import numpy as np
 from lwm.data import preprocess, synthetic, text_tokenizer
 
 
-def make_text_dataset(root: str, num_docs: int = 48, seed: int = 0) -> str:
-  """Writes a manifest of pseudo-word documents, a tokenizer and the preprocessed dataset; returns
-  the dataset directory."""
+def make_text_dataset(root: str, num_docs: int = 48, seed: int = 0, tokenizer: str = "") -> str:
+  """Writes a manifest of pseudo-word documents, a tokenizer (unless one is given) and the
+  preprocessed dataset; returns the dataset directory."""
   rng = np.random.default_rng(seed)
   os.makedirs(root, exist_ok=True)
   docs = [synthetic.random_text(rng, int(rng.integers(50, 400))) for _ in range(num_docs)]
@@ -17,7 +17,8 @@ def make_text_dataset(root: str, num_docs: int = 48, seed: int = 0) -> str:
   with open(manifest, "w") as f:
     for doc in docs:
       f.write(json.dumps({"text": doc}) + "\n")
-  tokenizer = text_tokenizer.train_tokenizer(docs, os.path.join(root, "tok.model"), vocab_size=320)
+  tokenizer = tokenizer or text_tokenizer.train_tokenizer(docs, os.path.join(root, "tok.model"),
+                                                          vocab_size=320)
   output = os.path.join(root, "dataset")
   preprocess.preprocess(preprocess.PreprocessOptions(manifest, output, tokenizer, None),
                         progress=False)

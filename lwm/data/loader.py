@@ -14,6 +14,8 @@ the rows its devices hold.
 """
 import json
 import os
+import queue
+import threading
 
 import numpy as np
 
@@ -144,3 +146,65 @@ class Loader:
     total = self.state["tokens"] + self.state["padding"]
     return {"tokens": self.state["tokens"], "padding": self.state["padding"],
             "efficiency": self.state["tokens"] / total if total else 0.0, **self.state["counts"]}
+
+
+class Prefetcher:
+  """Packs (and places on the devices) the next `depth` batches in a background thread.
+
+    batches = Prefetcher(loader, depth=2)
+    batch = next(batches)         # the same batches, in the same order, as next(loader)
+    state = batches.get_state()   # the loader's position after the last batch *returned*
+
+  The loader must not be used directly while a Prefetcher runs: the thread owns its state. The
+  checkpointed position is that of the batch consumed, so a resumed run sees the batches that were
+  packed but never trained on. depth=0 packs synchronously on the caller's thread.
+  """
+
+  def __init__(self, loader, depth: int = 2):
+    if depth < 0:
+      raise ValueError(f"prefetch depth must be >= 0, got {depth}")
+    self.loader, self.depth = loader, depth
+    self._state = loader.get_state()
+    self._stop = threading.Event()
+    if depth:
+      self._queue = queue.Queue(maxsize=depth)
+      self._thread = threading.Thread(target=self._fill, name="lwm-prefetch", daemon=True)
+      self._thread.start()
+
+  def _fill(self):
+    try:
+      while not self._stop.is_set():
+        self._put((next(self.loader), self.loader.get_state(), None))
+    except BaseException as error:  # handed to the consumer, raised there
+      self._put((None, None, error))
+
+  def _put(self, item):
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return
+      except queue.Full:
+        continue
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if not self.depth:
+      batch = next(self.loader)
+      self._state = self.loader.get_state()
+      return batch
+    batch, state, error = self._queue.get()
+    if error is not None:
+      raise error
+    self._state = state
+    return batch
+
+  def get_state(self) -> dict:
+    return self._state
+
+  def close(self) -> None:
+    """Stops the thread (batches it packed are dropped; the state stays at the last consumed)."""
+    self._stop.set()
+    if self.depth:
+      self._thread.join(timeout=60)
