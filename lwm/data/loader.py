@@ -1,7 +1,7 @@
 """The packing loader: tokenized examples -> shuffled, packed global batches on the mesh.
 
   loader = Loader("out/", seq_len=32768, global_batch_size=8, seed=0, mesh=mesh)
-  batch = next(loader)          # dict of global jax.Array [8, 32768], sharded P(('dp','fsdp'), 'sp')
+  batch = next(loader)          # dict of global jax.Array [8, 32768], P(('dp','fsdp'), 'sp')
   state = loader.get_state()    # small JSON-able dict; save it with the checkpoint
   loader.set_state(state)       # a resumed run then sees exactly the same batches
 
@@ -26,7 +26,7 @@ INDEX_FILE = "index.npz"
 
 
 def load_index(data_dir: str, examples) -> dict:
-  """The packing index of a dataset: `data_dir/index.npz` (written by preprocess) or one full read."""
+  """The packing index of a dataset: `data_dir/index.npz` (from preprocess) or one full read."""
   path = os.path.join(data_dir, INDEX_FILE)
   if os.path.isfile(path):
     with np.load(path) as z:
@@ -78,8 +78,8 @@ class Loader:
       raise ValueError(f"global_batch_size {self.global_batch_size} must be divisible by "
                        f"dp * fsdp = {rows_split}")
     if self.seq_len % (2 * self.num_shards):
-      raise ValueError(f"seq_len {self.seq_len} must be divisible by 2 * sp = {2 * self.num_shards} "
-                       "for the zigzag layout")
+      raise ValueError(f"seq_len {self.seq_len} must be divisible by 2 * sp = "
+                       f"{2 * self.num_shards} for the zigzag layout")
     self.sharding = jax.sharding.NamedSharding(
         shd.model_mesh(mesh), jax.sharding.PartitionSpec(shd.mesh_axes("batch"), shd.seq_axis()))
     shape = (self.global_batch_size, self.seq_len)
@@ -101,7 +101,7 @@ class Loader:
     return self
 
   def next_numpy(self, rows=None) -> dict:
-    """The next batch as NumPy arrays `[len(rows), seq_len]` in natural order (all rows by default)."""
+    """The next batch as NumPy arrays `[len(rows), seq_len]` in natural order (default all rows)."""
     plan, self.state = packing.plan_rows(self.usable, self.status, self._order, self.state,
                                          self.seq_len, self.global_batch_size, self.lookahead)
     if rows is not None:
@@ -142,7 +142,7 @@ class Loader:
     self.state["pending"] = [int(e) for e in self.state["pending"]]
 
   def stats(self) -> dict:
-    """Packing so far: tokens, padding, efficiency (non-padding fraction), per-status example counts."""
+    """Packing so far: tokens, padding, efficiency (non-padding share), example counts by status."""
     total = self.state["tokens"] + self.state["padding"]
     return {"tokens": self.state["tokens"], "padding": self.state["padding"],
             "efficiency": self.state["tokens"] / total if total else 0.0, **self.state["counts"]}
