@@ -10,32 +10,14 @@ model learns to answer it, not to write it (`text_video` puts it before the text
 either way).
 
 Text ids and vision ids live in separate vocabularies (LWM's layout): `vision_mask` says which table
-an id indexes. Vision ids are VQGAN codes 0..K-1, `<eof>` = K, `<eov>` = K+1 (K = codebook size).
+an id indexes; the ids are those of `lwm.vocab.Vocab` (codes 0..K-1, `<eof>` = K, `<eov>` = K+1).
 `loss_mask[i] = 1` means token i is a trained target (predicted from token i-1).
 """
-import dataclasses
-
 import numpy as np
 
+from lwm.vocab import Vocab  # noqa: F401  (the interleaver's ids; re-exported)
+
 ORDERS = ("video_text", "text_video", "both")
-
-
-@dataclasses.dataclass(frozen=True)
-class Vocab:
-  """The ids the interleaver writes. bos/eos are -1 when the text tokenizer has none."""
-  bos: int
-  eos: int
-  vision_start: tuple   # text ids of `<vision>`
-  vision_end: tuple     # text ids of `</vision>`
-  codebook_size: int
-
-  @property
-  def eof(self) -> int:
-    return self.codebook_size
-
-  @property
-  def eov(self) -> int:
-    return self.codebook_size + 1
 
 
 def vision_tokens(codes: np.ndarray, vocab: Vocab) -> np.ndarray:

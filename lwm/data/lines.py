@@ -165,11 +165,12 @@ def decode_chunk(options, index: int, lines: list, run_id: str) -> dict:
 
 def _vocab(options) -> Vocab:
   text = _text_tokenizer(options.tokenizer)
-  codebook_size = 8192
+  codebook_size, ids = 0, {}
   if options.vqgan is not None:
+    from lwm.workdir import recorded_vision_ids
     codebook_size = frame_encoder(options.vqgan, options.encode_batch).config.codebook_size
-  return Vocab(bos=text.bos_id, eos=text.eos_id, vision_start=tuple(text.vision_start),
-               vision_end=tuple(text.vision_end), codebook_size=codebook_size)
+    ids = recorded_vision_ids(options.vqgan, codebook_size)  # a model directory's own ids
+  return Vocab.for_tokenizer(text, codebook_size, **ids)
 
 
 def _encode_frames(options, frame_lists: list) -> list:

@@ -187,18 +187,16 @@ def finish(options: PreprocessOptions, num_lines: int, num_chunks: int, run: dic
 def _write_vocab(options: PreprocessOptions) -> None:
   """vocab.json records the ids."""
   from lwm.data import text_tokenizer, vqgan
+  from lwm.vocab import Vocab
+  from lwm.workdir import recorded_vision_ids
   text = text_tokenizer.load_tokenizer(options.tokenizer)
-  vocab = {"text_vocab_size": text.vocab_size, "bos": text.bos_id, "eos": text.eos_id,
-           "vision_start": text.vision_start, "vision_end": text.vision_end,
-           "tokenizer": os.path.abspath(options.tokenizer)}
-  if options.vqgan is not None:
-    with open(os.path.join(options.vqgan, "config.json")) as f:
-      config = json.load(f)
-    size = config["codebook_size"]
-    # LWM's vision vocabulary is the codebook plus 256 spare ids (8192 -> 8448).
-    vocab.update(codebook_size=size, eof=size, eov=size + 1, vision_vocab_size=size + 256,
-                 codes_per_frame=vqgan.VQGANConfig(**config).codes_per_frame,
-                 vqgan=os.path.abspath(options.vqgan))
+  config = vqgan.load_config(options.vqgan) if options.vqgan is not None else None
+  codebook_size = config.codebook_size if config else 0
+  ids = recorded_vision_ids(options.vqgan, codebook_size) if config else {}
+  vocab = Vocab.for_tokenizer(text, codebook_size, **ids).to_json()
+  vocab["tokenizer"] = os.path.abspath(options.tokenizer)
+  if config is not None:
+    vocab.update(codes_per_frame=config.codes_per_frame, vqgan=os.path.abspath(options.vqgan))
   with open(os.path.join(options.output, "vocab.json"), "w") as f:
     json.dump(vocab, f, indent=1)
 

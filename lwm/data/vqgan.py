@@ -1,8 +1,9 @@
 """The image tokenizer: a Flax (NNX) VQGAN that turns frames into a grid of codebook indices and back.
 
-Named configs: `lwm` is LWM's tokenizer (256x256 frames -> 16x16 = 256 codes, codebook 8192, 16x
-downsampling via channel_mult (1,2,2,4,6), embedding dim 64, 128 hidden channels, no attention);
-`small` and `tiny` keep the same structure at CPU sizes.
+Named configs: `lwm` is LWM's tokenizer exactly (256x256 frames -> 16x16 = 256 codes, codebook
+8192, 16x downsampling via channel_mult (1,2,2,4,6), embedding dim 64, 128 hidden channels, no
+attention, GroupNorm 32 groups eps 1e-6, 3 res blocks per decoder level), so that its released
+weights load with `from_lwm`; `small` and `tiny` keep the same structure at CPU sizes.
 
   model = create(get_config("tiny"), seed=0)
   codes = model.encode(pixels)      # [n, H, W, 3] in [-1, 1] -> int32 [n, h, w]
@@ -29,6 +30,16 @@ class VQGANConfig:
   embed_dim: int
   num_groups: int          # GroupNorm groups; divides every channel count
   commitment_cost: float = 0.25
+  z_channels: int = 0      # encoder output channels before quant_conv (LWM: 64); 0 = embed_dim
+  decoder_res_blocks: int = 0  # res blocks per decoder level; 0 = num_res_blocks (LWM: that + 1)
+
+  @property
+  def latent_channels(self) -> int:
+    return self.z_channels or self.embed_dim
+
+  @property
+  def decoder_blocks(self) -> int:
+    return self.decoder_res_blocks or self.num_res_blocks
 
   @property
   def downsample(self) -> int:
@@ -45,7 +56,8 @@ class VQGANConfig:
 
 
 CONFIGS = {
-    "lwm": VQGANConfig(256, (1, 2, 2, 4, 6), 128, 2, 8192, 64, 32),
+    "lwm": VQGANConfig(256, (1, 2, 2, 4, 6), 128, 2, 8192, 64, 32, z_channels=64,
+                       decoder_res_blocks=3),
     "small": VQGANConfig(64, (1, 2, 2, 4), 32, 1, 1024, 16, 8),
     "tiny": VQGANConfig(16, (1, 2, 2), 8, 1, 64, 8, 4),
 }
@@ -57,11 +69,20 @@ def get_config(name: str) -> VQGANConfig:
   return CONFIGS[name]
 
 
+NORM_EPS = 1e-6  # LWM's (flax's GroupNorm default)
+
+
+def group_norm(channels: int, groups: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
+  """GroupNorm as LWM's VQGAN computes it (variance as E[x^2] - E[x]^2, eps 1e-6)."""
+  return nnx.GroupNorm(channels, num_groups=groups, epsilon=NORM_EPS, use_fast_variance=True,
+                       rngs=rngs)
+
+
 class ResBlock(nnx.Module):
   def __init__(self, cin: int, cout: int, groups: int, rngs: nnx.Rngs):
-    self.norm1 = nnx.GroupNorm(cin, num_groups=groups, rngs=rngs)
+    self.norm1 = group_norm(cin, groups, rngs)
     self.conv1 = nnx.Conv(cin, cout, (3, 3), rngs=rngs)
-    self.norm2 = nnx.GroupNorm(cout, num_groups=groups, rngs=rngs)
+    self.norm2 = group_norm(cout, groups, rngs)
     self.conv2 = nnx.Conv(cout, cout, (3, 3), rngs=rngs)
     self.skip = nnx.Conv(cin, cout, (1, 1), rngs=rngs) if cin != cout else None
 
@@ -72,22 +93,23 @@ class ResBlock(nnx.Module):
 
 
 class Encoder(nnx.Module):
-  """[n, H, W, 3] -> [n, H/d, W/d, embed_dim]."""
+  """[n, H, W, 3] -> [n, H/d, W/d, latent_channels]."""
 
   def __init__(self, c: VQGANConfig, rngs: nnx.Rngs):
     width = [c.hidden_channels * m for m in c.channel_mult]
-    self.conv_in = nnx.Conv(3, width[0], (3, 3), rngs=rngs)
-    layers, cin = [], width[0]
+    self.conv_in = nnx.Conv(3, c.hidden_channels, (3, 3), rngs=rngs)
+    layers, cin = [], c.hidden_channels
     for level, cout in enumerate(width):
       for _ in range(c.num_res_blocks):
         layers.append(ResBlock(cin, cout, c.num_groups, rngs))
         cin = cout
-      if level < len(width) - 1:
-        layers.append(nnx.Conv(cin, cin, (3, 3), strides=(2, 2), rngs=rngs))
+      if level < len(width) - 1:  # LWM's Downsample: pad bottom/right by 1, stride-2 VALID conv
+        layers.append(nnx.Conv(cin, cin, (3, 3), strides=(2, 2), padding=((0, 1), (0, 1)),
+                               rngs=rngs))
     self.layers = nnx.List(layers)
     self.mid = nnx.List([ResBlock(cin, cin, c.num_groups, rngs) for _ in range(2)])
-    self.norm_out = nnx.GroupNorm(cin, num_groups=c.num_groups, rngs=rngs)
-    self.conv_out = nnx.Conv(cin, c.embed_dim, (3, 3), rngs=rngs)
+    self.norm_out = group_norm(cin, c.num_groups, rngs)
+    self.conv_out = nnx.Conv(cin, c.latent_channels, (3, 3), rngs=rngs)
 
   def __call__(self, x):
     x = self.conv_in(x)
@@ -97,22 +119,22 @@ class Encoder(nnx.Module):
 
 
 class Decoder(nnx.Module):
-  """[n, h, w, embed_dim] -> [n, h*d, w*d, 3]."""
+  """[n, h, w, latent_channels] -> [n, h*d, w*d, 3]. Walks the levels from the coarsest."""
 
   def __init__(self, c: VQGANConfig, rngs: nnx.Rngs):
     width = [c.hidden_channels * m for m in c.channel_mult][::-1]
     cin = width[0]
-    self.conv_in = nnx.Conv(c.embed_dim, cin, (3, 3), rngs=rngs)
+    self.conv_in = nnx.Conv(c.latent_channels, cin, (3, 3), rngs=rngs)
     self.mid = nnx.List([ResBlock(cin, cin, c.num_groups, rngs) for _ in range(2)])
     layers = []
     for level, cout in enumerate(width):
-      for _ in range(c.num_res_blocks):
+      for _ in range(c.decoder_blocks):
         layers.append(ResBlock(cin, cout, c.num_groups, rngs))
         cin = cout
       if level < len(width) - 1:
         layers.append(Upsample(cin, rngs))
     self.layers = nnx.List(layers)
-    self.norm_out = nnx.GroupNorm(cin, num_groups=c.num_groups, rngs=rngs)
+    self.norm_out = group_norm(cin, c.num_groups, rngs)
     self.conv_out = nnx.Conv(cin, 3, (3, 3), rngs=rngs)
 
   def __call__(self, x):
@@ -135,11 +157,11 @@ class VQGAN(nnx.Module):
   def __init__(self, config: VQGANConfig, rngs: nnx.Rngs):
     self.config = config
     self.encoder = Encoder(config, rngs)
-    self.quant_conv = nnx.Conv(config.embed_dim, config.embed_dim, (1, 1), rngs=rngs)
+    self.quant_conv = nnx.Conv(config.latent_channels, config.embed_dim, (1, 1), rngs=rngs)
     init = nnx.initializers.uniform(2.0 / config.codebook_size)
     self.codebook = nnx.Param(init(rngs.params(), (config.codebook_size, config.embed_dim)) -
                               1.0 / config.codebook_size)
-    self.post_quant_conv = nnx.Conv(config.embed_dim, config.embed_dim, (1, 1), rngs=rngs)
+    self.post_quant_conv = nnx.Conv(config.embed_dim, config.latent_channels, (1, 1), rngs=rngs)
     self.decoder = Decoder(config, rngs)
 
   def _latents(self, pixels):
@@ -156,8 +178,8 @@ class VQGAN(nnx.Module):
     return self._nearest(self._latents(pixels))
 
   def decode(self, codes):
-    """codes int32 [n, h, w] -> pixels [n, H, W, 3] (about [-1, 1])."""
-    return self.decoder(self.post_quant_conv(self.codebook[...][codes]))
+    """codes int32 [n, h, w] -> pixels [n, H, W, 3], clipped to [-1, 1] as LWM's decode does."""
+    return jnp.clip(self.decoder(self.post_quant_conv(self.codebook[...][codes])), -1.0, 1.0)
 
   def losses(self, pixels):
     """Scalar losses on pixels `[n, H, W, 3]` in [-1, 1]; gradients pass the quantizer straight."""
@@ -230,24 +252,59 @@ def save(directory: str, model: VQGAN) -> None:
     json.dump(config, f, indent=1)
 
 
-def load(directory: str) -> VQGAN:
-  """Loads a VQGAN saved by `save` (config.json + params.npz)."""
-  config_path = os.path.join(directory, "config.json")
+ASSETS_SUBDIR = os.path.join("assets", "vqgan")  # where a model directory keeps its VQGAN
+
+
+def resolve(directory: str) -> str:
+  """The VQGAN directory of `directory`: itself, or the one a model directory (a training workdir
+  or the output of scripts/import_lwm.py) keeps under assets/vqgan/."""
+  inside = os.path.join(directory, ASSETS_SUBDIR)
+  if os.path.isfile(os.path.join(inside, "config.json")):
+    return inside
+  return directory
+
+
+def load_config(directory: str) -> VQGANConfig:
+  """The VQGANConfig of a directory `load` accepts."""
+  config_path = os.path.join(resolve(directory), "config.json")
   if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"no VQGAN at {directory!r}: {config_path} is missing; "
-                            "train one with scripts/train_vqgan.py")
+    raise FileNotFoundError(f"no VQGAN at {directory!r}: {config_path} is missing; train one "
+                            "with scripts/train_vqgan.py or import LWM's with scripts/import_lwm.py")
   with open(config_path) as f:
     raw = json.load(f)
-  config = VQGANConfig(**{**raw, "channel_mult": tuple(raw["channel_mult"])})
+  if "codebook_size" not in raw:
+    raise ValueError(f"{config_path} is not a VQGAN config (no codebook_size)")
+  return VQGANConfig(**{**raw, "channel_mult": tuple(raw["channel_mult"])})
+
+
+def from_lwm(path: str, config=None) -> VQGAN:
+  """LWM's VQGAN from its `vqgan` pickle; see `lwm.data.vqgan_lwm.from_lwm`."""
+  from lwm.data import vqgan_lwm
+  return vqgan_lwm.from_lwm(path, config)
+
+
+def load(directory: str) -> VQGAN:
+  """Loads a VQGAN saved by `save` (config.json + params.npz), or a model directory's."""
+  config = load_config(directory)
+  directory = resolve(directory)
+  return with_params(config, np.load(os.path.join(directory, "params.npz")),
+                     f"params.npz in {directory!r}")
+
+
+def with_params(config: VQGANConfig, arrays, source: str) -> VQGAN:
+  """A VQGAN of `config` holding `arrays` ({'encoder/conv_in/kernel': array, ...}, every parameter
+  with its exact shape; a missing or misshapen one raises ValueError naming it and `source`)."""
   model = nnx.eval_shape(lambda: VQGAN(config, rngs=nnx.Rngs(0)))
-  arrays = np.load(os.path.join(directory, "params.npz"))
   state = nnx.state(model, nnx.Param)
   flat = nnx.to_flat_state(state)
   for path, var in flat:
     key = "/".join(str(k) for k in path)
     if key not in arrays or arrays[key].shape != var.shape:
-      raise ValueError(f"params.npz in {directory!r} lacks {key!r} with shape {var.shape}")
-    var.set_value(jnp.asarray(arrays[key]))
+      raise ValueError(f"{source} lacks {key!r} with shape {var.shape}")
+    var.set_value(jnp.asarray(arrays[key], jnp.float32))
+  extra = sorted(set(arrays) - {"/".join(str(k) for k in path) for path, _ in flat})
+  if extra:
+    raise ValueError(f"{source} holds parameters this VQGAN config does not have: {extra[:5]}")
   nnx.update(model, state)
   return model
 

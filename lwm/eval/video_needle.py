@@ -61,9 +61,7 @@ def video_example_text(value: str, question: str = VIDEO_QUESTION) -> str:
 
 def vocab_for(tokenizer, codebook_size: int) -> Vocab:
   """The interleaver's ids, as the data stage builds them."""
-  return Vocab(bos=tokenizer.bos_id, eos=tokenizer.eos_id,
-               vision_start=tuple(tokenizer.vision_start), vision_end=tuple(tokenizer.vision_end),
-               codebook_size=codebook_size)
+  return Vocab.for_tokenizer(tokenizer, codebook_size)
 
 
 # ------------------------------------------------------------------------------------ Prompts

@@ -1,0 +1,92 @@
+"""The vocabulary layout: which ids a model's two tables hold. The one place these numbers live.
+
+Text and vision ids live in separate tables (LWM's layout; `vision_mask` says which one a position
+indexes). Text ids are the tokenizer's (`bos`, `eos`, and `<vision>`/`</vision>` spelled in text
+ids). Vision ids are the VQGAN's codes 0..K-1, then `<eof>` = K and `<eov>` = K+1, in a table of
+K + 256 rows (LWM: 8192 codes -> 8448 rows; its code hard-codes `<eof>` 8192 and `<eov>` 8193,
+which is this rule for its 8192-code VQGAN).
+
+  vocab = Vocab.for_tokenizer(tokenizer, codebook_size=8192)   # eof 8192, eov 8193, 8448 rows
+  vocab.to_json()                                               # what vocab.json files hold
+"""
+import dataclasses
+
+SPARE_VISION_IDS = 256      # rows after the codes and <eof>/<eov>: LWM's 8192 + 256 = 8448
+LWM_CODEBOOK_SIZE = 8192    # LWM's VQGAN
+
+
+def eof_id(codebook_size: int) -> int:
+  """`<eof>`, which ends every frame but the last: the first id after the codes."""
+  return codebook_size
+
+
+def eov_id(codebook_size: int) -> int:
+  """`<eov>`, which ends the last frame of a video."""
+  return codebook_size + 1
+
+
+def vision_vocab_size(codebook_size: int) -> int:
+  """Rows of the vision embedding and head for a VQGAN of `codebook_size` codes (0: text only)."""
+  return codebook_size + SPARE_VISION_IDS if codebook_size else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+  """The ids a dataset, a model and a prompt agree on. bos/eos are -1 when the tokenizer has none.
+
+  codebook_size 0 means text only (no vision ids). eof/eov/vision_vocab_size default to the rule
+  above; text_vocab_size 0 means unknown (a caller that only interleaves does not need it).
+  """
+  bos: int
+  eos: int
+  vision_start: tuple    # text ids of `<vision>`
+  vision_end: tuple      # text ids of `</vision>`
+  codebook_size: int = 0
+  eof: int = -1
+  eov: int = -1
+  vision_vocab_size: int = -1
+  text_vocab_size: int = 0
+
+  def __post_init__(self):
+    set_ = lambda name, value: object.__setattr__(self, name, value)
+    set_("vision_start", tuple(int(i) for i in self.vision_start))
+    set_("vision_end", tuple(int(i) for i in self.vision_end))
+    if self.eof < 0:
+      set_("eof", eof_id(self.codebook_size))
+    if self.eov < 0:
+      set_("eov", eov_id(self.codebook_size))
+    if self.vision_vocab_size < 0:
+      set_("vision_vocab_size", vision_vocab_size(self.codebook_size))
+    if self.codebook_size and self.vision_vocab_size < self.vision_ids_used:
+      raise ValueError(f"vision_vocab_size={self.vision_vocab_size} is too small for codes "
+                       f"0..{self.codebook_size - 1}, eof={self.eof} and eov={self.eov}")
+    if self.codebook_size and min(self.eof, self.eov) < self.codebook_size:
+      raise ValueError(f"eof={self.eof} / eov={self.eov} collide with the codes "
+                       f"0..{self.codebook_size - 1}")
+
+  @property
+  def vision_ids_used(self) -> int:
+    """Vision ids the data can hold: 0 for text only, else max(codes, eof, eov) + 1."""
+    return max(self.codebook_size, self.eof + 1, self.eov + 1) if self.codebook_size else 0
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["vision_start"], d["vision_end"] = list(self.vision_start), list(self.vision_end)
+    if not self.codebook_size:  # text only: vocab.json files have no vision keys
+      for key in ("codebook_size", "eof", "eov", "vision_vocab_size"):
+        d.pop(key)
+    return d
+
+  @classmethod
+  def from_json(cls, d: dict) -> "Vocab":
+    """From a vocab.json dict (keys it does not know, such as paths, are ignored)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in fields})
+
+  @classmethod
+  def for_tokenizer(cls, tokenizer, codebook_size: int = 0, **ids) -> "Vocab":
+    """The layout of a `lwm.data.text_tokenizer.TextTokenizer` with a VQGAN of `codebook_size`
+    codes (0: none); `ids` overrides eof/eov/vision_vocab_size."""
+    return cls(bos=tokenizer.bos_id, eos=tokenizer.eos_id,
+               vision_start=tuple(tokenizer.vision_start), vision_end=tuple(tokenizer.vision_end),
+               codebook_size=codebook_size, text_vocab_size=tokenizer.vocab_size, **ids)
