@@ -1,0 +1,123 @@
+"""LWM's `params` files read by `lwm.model.from_lwm` give the logits LWM's own code computed
+(tests/fixtures/lwm*: written and run by LWM at commit f45d2b7 with JAX 0.4.29; their README.md
+states every convention and the tolerances used here)."""
+import os
+
+import jax.numpy as jnp
+import msgpack
+import numpy as np
+import pytest
+
+from lwm import ops
+from lwm import sharding as shd
+from lwm.model import from_lwm, lwm_format
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+SETS = ["lwm", "lwm-b"]  # stacked scan_decoder layers / per-layer h/<i>
+
+
+def path(name, file):
+  return os.path.join(FIXTURES, name, file)
+
+
+def logits_on_valid_positions(model, io, sp=1):
+  """(vision, text) logits `[valid, vocab]` of the fixture's inputs; LWM's left padding is our
+  segment id 0 (LWM's outputs at padded queries are an artefact; the README says compare only
+  where attention_mask == 1)."""
+  zig = lambda a: ops.to_zigzag(jnp.asarray(a), sp)
+  hidden = model.hidden_states(zig(io["input_ids"]), zig(io["vision_masks"]), zig(io["position_ids"]),
+                               zig(io["attention_mask"].astype(np.int32)))
+  valid = io["attention_mask"].astype(bool)
+  out = [np.asarray(ops.from_zigzag(model.logits(hidden, head), sp))[valid]
+         for head in ("vision", "text")]
+  return out, valid
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_logits_match_lwm(name):
+  io = np.load(path(name, "llama_io.npz"))
+  model = from_lwm(path(name, "params"), path(name, "config.json"))
+  (vision, text), valid = logits_on_valid_positions(model, io)
+  assert valid.sum() < valid.size  # the fixture's left padding is exercised
+  np.testing.assert_allclose(vision, io["vision_logits"][valid], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(text, io["text_logits"][valid], atol=1e-4, rtol=0)
+
+
+def test_logits_match_lwm_on_a_sharded_mesh():
+  io = np.load(path("lwm", "llama_io.npz"))
+  mesh = shd.make_mesh(1, 2, 2, 2)
+  model = from_lwm(path("lwm", "params"), path("lwm", "config.json"), mesh=mesh)
+  assert model.layers.wq[...].sharding.mesh.shape["tp"] == 2
+  (vision, text), valid = logits_on_valid_positions(model, io, sp=2)
+  np.testing.assert_allclose(vision, io["vision_logits"][valid], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(text, io["text_logits"][valid], atol=1e-4, rtol=0)
+
+
+def records(file):
+  """[(key list, value bytes)] of an LWM params file, as stored."""
+  with open(file, "rb") as f:
+    return [tuple(r) for r in msgpack.Unpacker(f, raw=False, max_buffer_size=2**30)]
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_chunked_records_read_as_the_plain_ones(name, tmp_path):
+  chunked = records(path(name, "params_chunked_layers"))
+  plain = dict(lwm_format.read_records(path(name, "params")))
+  assert any(b"__msgpack_chunked_array__" in value for _, value in chunked)
+  for key, array in lwm_format.read_records(path(name, "params_chunked_layers")):
+    np.testing.assert_array_equal(np.asarray(array, np.float32), np.asarray(plain[key], np.float32))
+  # The whole model with those records chunked (msgpack streams concatenate) gives LWM's logits.
+  replaced = {"/".join(key) for key, _ in chunked}
+  mixed = tmp_path / "params"
+  with open(mixed, "wb") as f:
+    for key, value in records(path(name, "params")):
+      if "/".join(key) not in replaced:
+        f.write(msgpack.packb([key, value], use_bin_type=True))
+    f.write(open(path(name, "params_chunked_layers"), "rb").read())
+  io = np.load(path(name, "llama_io.npz"))
+  (vision, text), valid = logits_on_valid_positions(
+      from_lwm(str(mixed), path(name, "config.json")), io)
+  np.testing.assert_allclose(vision, io["vision_logits"][valid], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(text, io["text_logits"][valid], atol=1e-4, rtol=0)
+
+
+def test_layers_stacked_on_axis_1_are_read(tmp_path):
+  """LWM's param_scan_axis=1 writes stacked layers as [in, L, out] (fixture README's table)."""
+  moved = tmp_path / "params"
+  with open(moved, "wb") as f:
+    for key, array in lwm_format.read_records(path("lwm", "params")):
+      if "scan_decoder" in key:
+        array = np.ascontiguousarray(np.moveaxis(array, 0, 1))
+      payload = msgpack.packb([list(array.shape), "bfloat16", array.tobytes()], use_bin_type=True)
+      value = msgpack.packb(msgpack.ExtType(1, payload), use_bin_type=True)
+      f.write(msgpack.packb([key.split("/"), value], use_bin_type=True))
+  fields = lwm_format.lwm_fields(path("lwm", "config.json"))
+  io = np.load(path("lwm", "llama_io.npz"))
+  model = from_lwm(str(moved), dict(fields, param_scan_axis=1))
+  (vision, _), valid = logits_on_valid_positions(model, io)
+  np.testing.assert_allclose(vision, io["vision_logits"][valid], atol=1e-4, rtol=0)
+
+
+def test_released_names_give_lwm_7b_shapes_and_theta():
+  chat = lwm_format.config_from_lwm("lwm-chat-1m")
+  assert (chat.vocab_size, chat.vision_vocab_size, chat.hidden_size, chat.num_layers,
+          chat.num_heads, chat.num_kv_heads, chat.rope_theta) == (32000, 8448, 4096, 32, 32, 32, 5e7)
+  text = lwm_format.config_from_lwm("LWM-Text-Chat-512K")
+  assert (text.vision_vocab_size, text.rope_theta, text.max_sequence_length) == (0, 2.5e7, 524288)
+  with pytest.raises(ValueError, match="released model name"):
+    lwm_format.config_from_lwm("lwm-chat-2m")
+
+
+@pytest.mark.parametrize("field,value", [("tie_word_embeddings", True),
+                                         ("tie_vision_embeddings", True), ("resid_pdrop", 0.1),
+                                         ("num_key_value_heads", 2)])
+def test_fields_that_change_the_math_are_refused_by_name(field, value):
+  fields = dict(lwm_format.lwm_fields(path("lwm", "config.json")), **{field: value})
+  with pytest.raises(ValueError, match=field):
+    lwm_format.config_from_lwm(fields)
+
+
+def test_a_config_that_does_not_fit_the_file_is_refused():
+  fields = dict(lwm_format.lwm_fields(path("lwm", "config.json")), hidden_size=32)
+  with pytest.raises(ValueError, match="shape"):
+    from_lwm(path("lwm", "params"), fields)
