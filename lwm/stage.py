@@ -18,13 +18,15 @@ LR_SCHEDULES = ("cosine", "constant")
 def base_config() -> ml_collections.ConfigDict:
   """Every key a stage may set, with defaults; overriding an unknown key fails (locked dict)."""
   c = ml_collections.ConfigDict()
-  c.model = "tiny"            # a named size of lwm.model.CONFIGS, or "hf" to take it from init_from
+  c.model = "tiny"            # a named size of lwm.model.CONFIGS, or "hf" / "init_from" to take
+                              # it from init_from (a HF directory / any model directory)
   c.model_overrides = ml_collections.ConfigDict()  # ModelConfig fields, e.g. {"num_layers": 4}
   c.seq_len = 1024            # tokens per packed sequence
   c.rope_theta = 10000.0
   c.mesh = "sp=1"             # "sp=8", "fsdp=-1,tp=4" or dp,fsdp,tp,sp; one -1 takes the rest
   c.seed = 0
-  c.init_from = ""            # "" (random), a previous stage's workdir, or a Hugging Face LLaMA dir
+  c.init_from = ""            # "" (random), a previous stage's workdir, a Hugging Face LLaMA dir,
+                              # or a model directory written by scripts/import_lwm.py
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ""            # a directory written by scripts/preprocess.py
@@ -107,6 +109,11 @@ def validate(config, num_devices: int | None = None) -> None:
   if config.init_from and not os.path.isdir(config.init_from):
     raise ValueError(f"config.init_from={config.init_from!r} does not exist; give a previous "
                      "stage's workdir or a Hugging Face LLaMA directory")
+  if config.model == "init_from" and not (is_hf_dir(config.init_from) or
+                                          is_model_dir(config.init_from)):
+    raise ValueError("config.model='init_from' takes the model from config.init_from, which must "
+                     "be a Hugging Face directory or a model directory (assets/model.json, "
+                     f"written by training or scripts/import_lwm.py); got {config.init_from!r}")
   if config.model == "hf" and not is_hf_dir(config.init_from):
     raise ValueError("config.model='hf' takes the model from config.init_from, which must be a "
                      "Hugging Face LLaMA directory (config.json + *.safetensors or "
@@ -166,6 +173,11 @@ def is_hf_dir(path: str) -> bool:
   return bool(path) and os.path.isfile(os.path.join(path, "config.json")) and any(
       f.endswith(".safetensors") or (f.startswith("pytorch_model") and f.endswith(".bin"))
       for f in os.listdir(path))
+
+
+def is_model_dir(path: str) -> bool:
+  """A directory that holds its own inference assets (lwm.workdir): a workdir or an import."""
+  return bool(path) and os.path.isfile(os.path.join(path, "assets", "model.json"))
 
 
 def dataset_vocab(data_path: str) -> dict:

@@ -9,7 +9,6 @@ the next batches (data.prefetch); metrics stay on the devices until a log or che
 SIGTERM to any process saves the same step on all of them (lwm.train_hooks.Preemption); held-out
 evaluation (eval.every) and a profile (train.profile_steps) happen at the steps asked for.
 """
-import json
 import logging
 import os
 
@@ -20,10 +19,11 @@ import optax
 from flax import nnx
 
 from lwm import checkpoint, sharding, stage, train_hooks
+from lwm import workdir as model_dir
 from lwm.data.loader import Loader, Prefetcher
 from lwm.metrics import MetricsWriter, Throughput, log_line
-from lwm.model import config as model_config_lib
 from lwm.model import hf, step as step_lib
+from lwm.stage_model import model_config  # noqa: F401  (train.model_config, as before)
 
 # Dense bf16 peak TFLOP/s per chip, for the MFU estimate (config.train.peak_tflops_per_device wins).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
@@ -35,48 +35,6 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLoss(FloatingPointError):
   """The loss became NaN or infinite; the latest checkpoint is the last good one."""
-
-
-def model_config(config, vocab: dict):
-  """The ModelConfig of a stage: the named size (or the HF checkpoint's), its θ and dtype."""
-  overrides = dict(rope_theta=float(config.rope_theta), max_sequence_length=config.seq_len,
-                   dtype=config.train.dtype, param_dtype="float32",
-                   text_loss_weight=config.train.text_loss_weight,
-                   vision_loss_weight=config.train.vision_loss_weight,
-                   **config.model_overrides.to_dict())
-  if config.model == "hf":
-    with open(os.path.join(config.init_from, "config.json")) as f:
-      base = hf.config_from_hf(json.load(f), **overrides)
-  else:
-    base = model_config_lib.get_config(config.model, **overrides)
-    if stage.is_hf_dir(config.init_from):  # A named size must not drop the checkpoint's scaling.
-      with open(os.path.join(config.init_from, "config.json")) as f:
-        scaling = hf.config_from_hf(json.load(f)).rope_scaling
-      if scaling != base.rope_scaling:
-        raise ValueError(f"config.init_from={config.init_from!r} uses rope_scaling="
-                         f"{dict(scaling) or None}, config.model={config.model!r} has "
-                         f"{dict(base.rope_scaling) or None}; use config.model='hf' or set "
-                         "config.model_overrides.rope_scaling")
-  text_ids, vision_ids = vocab["text_vocab_size"], vocab.get("codebook_size", -2) + 2
-  if not stage.is_hf_dir(config.init_from):  # our own models grow to fit the dataset's vocabularies
-    base = base.replace(vocab_size=max(base.vocab_size, text_ids),
-                        vision_vocab_size=max(base.vision_vocab_size, vision_ids))
-  if base.vocab_size < text_ids or (vision_ids > 0 and base.vision_vocab_size < vision_ids):
-    raise ValueError(f"the dataset uses {text_ids} text ids and {max(vision_ids, 0)} vision ids, "
-                     f"but the model has vocab_size={base.vocab_size} and vision_vocab_size="
-                     f"{base.vision_vocab_size}")
-  _check_attention_blocks(base, config.seq_len, stage.mesh_sizes(config, jax.device_count())[3])
-  return base
-
-
-def _check_attention_blocks(cfg, seq_len, sp):
-  span = seq_len // (2 * sp)  # tokens per zigzag chunk
-  for name in ("attention_block_q", "attention_block_kv"):
-    block = min(getattr(cfg, name), span)
-    if span % block:
-      raise ValueError(f"seq_len={seq_len} gives {span} tokens per zigzag chunk on sp={sp}, which "
-                       f"{name}={getattr(cfg, name)} does not divide; choose a seq_len that is a "
-                       f"multiple of 2*sp*{getattr(cfg, name)}")
 
 
 def learning_rate(train_config) -> optax.Schedule:
@@ -116,6 +74,7 @@ def train(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=1))
+    model_dir.write_stage_assets(workdir, cfg, config.data.path)  # inference needs no dataset
 
   # ---------------------------------------------------------------- Input pipeline
   t = config.train

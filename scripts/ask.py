@@ -61,7 +61,7 @@ def main(argv=None):
       max_frames = 8
     frames = decode_video(args.video, encoder.config.resolution,
                           FrameSampling(fps=fps, max_frames=max_frames, min_frames=1))
-    vocab = video_needle.vocab_for(loaded.tokenizer, encoder.config.codebook_size)
+    vocab = video_needle.vocab_for(loaded.tokenizer, encoder.config.codebook_size, loaded.vocab)
     tokens, mask, _ = video_needle.video_prompt_tokens(loaded.tokenizer, vocab, encoder(frames),
                                                        args.question)
     mask = [mask]

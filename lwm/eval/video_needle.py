@@ -59,9 +59,13 @@ def video_example_text(value: str, question: str = VIDEO_QUESTION) -> str:
   return needle.question_suffix(question) + needle.text_answer(value)
 
 
-def vocab_for(tokenizer, codebook_size: int) -> Vocab:
-  """The interleaver's ids, as the data stage builds them."""
-  return Vocab.for_tokenizer(tokenizer, codebook_size)
+def vocab_for(tokenizer, codebook_size: int, recorded: dict | None = None) -> Vocab:
+  """The interleaver's ids, as the data stage builds them; `recorded` (a model's vocab.json)
+  gives the `<eof>`/`<eov>` ids it was trained with when it records them for this codebook."""
+  ids = {}
+  if recorded and recorded.get("codebook_size") == codebook_size:
+    ids = {k: recorded[k] for k in ("eof", "eov", "vision_vocab_size") if k in recorded}
+  return Vocab.for_tokenizer(tokenizer, codebook_size, **ids)
 
 
 # ------------------------------------------------------------------------------------ Prompts
@@ -200,7 +204,7 @@ def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: in
   if needle_image and not needle_answer:
     raise ValueError("--needle-image needs --needle-answer (what the image shows)")
   size, per_frame = encoder.config.resolution, encoder.config.codes_per_frame
-  vocab = vocab_for(tokenizer, encoder.config.codebook_size)
+  vocab = vocab_for(tokenizer, encoder.config.codebook_size, loaded.vocab)
   generator = generator or inference.Generator(loaded.model)
   settings = dict(mode="video", video=video, manifest=manifest, needle_image=needle_image,
                   needle_answer=needle_answer, needle_frames=needle_frames, digits=digits,
