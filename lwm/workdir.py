@@ -147,3 +147,34 @@ def save_params(directory: str, params, *, step: int = 0, meta: dict | None = No
             force=True)
   mngr.wait_until_finished()
   mngr.close()
+
+
+def write_model_dir(directory: str, model, vocab: Vocab, *, tokenizer: str | None = None,
+                    vqgan=None, meta: dict | None = None) -> None:
+  """A standalone model directory from a Transformer (e.g. an imported checkpoint): its parameters
+  as checkpoint 0 and its assets; evaluation, ask and `init_from` in training read it."""
+  from flax import nnx
+  if vocab.text_vocab_size > model.config.vocab_size:
+    raise ValueError(f"the tokenizer has {vocab.text_vocab_size} ids but the model's text "
+                     f"vocabulary only {model.config.vocab_size}")
+  if vocab.codebook_size and vocab.vision_vocab_size != model.config.vision_vocab_size:
+    raise ValueError(f"the vocabulary layout has {vocab.vision_vocab_size} vision ids but the "
+                     f"model {model.config.vision_vocab_size}")
+  _, params = nnx.split(model, nnx.Param)
+  save_params(directory, params, meta=meta)
+  write_assets(directory, model_config=model.config, vocab=vocab, tokenizer=tokenizer,
+               vqgan=vqgan, extra={"source": (meta or {}).get("source")} if meta else None)
+
+
+def recorded_vision_ids(directory: str, codebook_size: int) -> dict:
+  """{eof, eov, vision_vocab_size} a model directory recorded for a VQGAN of `codebook_size` codes
+  (an imported LWM model keeps LWM's 8192/8193), or {} (plain VQGAN directory: the default
+  layout of lwm.vocab)."""
+  path = os.path.join(assets_dir(directory), VOCAB_JSON)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    recorded = json.load(f)
+  if recorded.get("codebook_size") != codebook_size:
+    return {}
+  return {k: recorded[k] for k in ("eof", "eov", "vision_vocab_size") if k in recorded}

@@ -1,6 +1,7 @@
 """LWM's `params` files read by `lwm.model.from_lwm` give the logits LWM's own code computed
 (tests/fixtures/lwm*: written and run by LWM at commit f45d2b7 with JAX 0.4.29; their README.md
 states every convention and the tolerances used here)."""
+import json
 import os
 
 import jax.numpy as jnp
@@ -121,3 +122,95 @@ def test_a_config_that_does_not_fit_the_file_is_refused():
   fields = dict(lwm_format.lwm_fields(path("lwm", "config.json")), hidden_size=32)
   with pytest.raises(ValueError, match="shape"):
     from_lwm(path("lwm", "params"), fields)
+
+
+# ---------------------------------------------------------------------------- The whole chain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(script, *args):
+  import subprocess
+  import sys
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args], env=env,
+                        capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stdout
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+  """scripts/import_lwm.py on the `lwm-b` fixture (per-layer records, 320 text ids, 8200 vision
+  ids) with a sentencepiece tokenizer trained here for its 320 text ids."""
+  from lwm.data import text_tokenizer
+  from lwm.eval import needle, video_needle
+  root = tmp_path_factory.mktemp("imported")
+  texts = [needle.synthetic_haystack(300, seed=1), video_needle.video_example_text("123")]
+  tokenizer = text_tokenizer.train_tokenizer(texts, str(root / "tokenizer.model"), vocab_size=320)
+  assert text_tokenizer.load_tokenizer(tokenizer).vocab_size <= 320
+  out = str(root / "model")
+  run_script("import_lwm.py", "--params", path("lwm-b", "params"), "--config",
+             path("lwm-b", "config.json"), "--vqgan", path("lwm-b", "vqgan"), "--vqgan-config",
+             path("lwm-b", "vqgan_config.json"), "--tokenizer", tokenizer, "--output", out)
+  return out, root
+
+
+def test_the_imported_directory_gives_lwm_logits_and_lwm_vision_ids(imported):
+  from lwm.data import vqgan
+  from lwm.eval import inference
+  out, _ = imported
+  loaded = inference.load_model(out, shd.make_mesh())
+  io = np.load(path("lwm-b", "llama_io.npz"))
+  (vision, text), valid = logits_on_valid_positions(loaded.model, io)
+  np.testing.assert_allclose(vision, io["vision_logits"][valid], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(text, io["text_logits"][valid], atol=1e-4, rtol=0)
+  assert (loaded.vocab["eof"], loaded.vocab["eov"], loaded.vocab["vision_vocab_size"]) == (
+      8192, 8193, 8200)
+  frames = np.load(path("lwm-b", "vqgan_io.npz"))
+  codes = vqgan.FrameEncoder(vqgan.load(loaded.vqgan_dir))(frames["frames"])
+  np.testing.assert_array_equal(codes, frames["codes"].reshape(len(codes), -1))
+
+
+@pytest.mark.slow
+def test_evaluation_ask_preprocessing_and_training_accept_the_imported_directory(imported):
+  import jax
+  from flax import nnx
+  from lwm import checkpoint, stage, train
+  from lwm.data import preprocess, synthetic
+  from lwm.data.video import FrameSampling
+  from lwm.eval import inference
+  out, root = imported
+  stdout = run_script("eval_needle.py", "--checkpoint", out, "--mode", "video", "--context-lengths",
+                      "200", "--depth-intervals", "2", "--output", str(root / "needle"),
+                      "--mesh", "1,1,1,8")
+  assert "overall accuracy" in stdout
+  clip = synthetic.write_video(str(root / "clip.mp4"), synthetic.moving_frames(6, 32, 32))
+  assert run_script("ask.py", "--checkpoint", out, "--video", clip, "--question",
+                    "What number is shown in the video?", "--max-new-tokens", "3").endswith("\n")
+
+  # A corpus tokenized with the imported VQGAN (preprocess --vqgan DIR) keeps LWM's vision ids.
+  manifest = root / "manifest.jsonl"
+  lines = [{"video": "clip.mp4", "text": "a moving square"}] * 4
+  lines += [{"text": synthetic.random_text(np.random.default_rng(i), 60)} for i in range(12)]
+  manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+  data = str(root / "data")
+  preprocess.preprocess(preprocess.PreprocessOptions(
+      str(manifest), data, str(root / "tokenizer.model"), out,
+      sampling=FrameSampling(max_frames=2)), progress=False)
+  recorded = stage.dataset_vocab(data)
+  assert (recorded["eof"], recorded["eov"], recorded["codebook_size"]) == (8192, 8193, 128)
+
+  # Training starts from the directory: with lr 0 the first step leaves its parameters as they were.
+  c = stage.base_config()
+  c.model, c.init_from, c.seq_len, c.mesh, c.data.path = "init_from", out, 256, "1,8,1,1", data
+  c.train.steps, c.train.batch_size, c.train.lr, c.train.weight_decay = 1, 8, 0.0, 0.0
+  c.train.dtype, c.rope_theta, c.checkpoint.async_save = "float32", 1e7, False
+  train.train(c, str(root / "run"))
+  model = inference.load_model(out).model
+  _, abstract = nnx.split(model, nnx.Param)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
+  trained, step = checkpoint.restore_params(str(root / "run"), abstract)
+  assert step == 1
+  np.testing.assert_array_equal(np.asarray(trained["layers"]["wq"][...]),
+                                np.asarray(model.layers.wq[...]))
