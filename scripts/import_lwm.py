@@ -1,10 +1,12 @@
 """Imports one of LWM's released JAX checkpoints into a standalone model directory.
 
   python scripts/import_lwm.py --params LWM-Chat-1M-Jax/params --config lwm-chat-1m \
-      --vqgan LWM-Chat-1M-Jax/vqgan --tokenizer LWM-Chat-1M-Jax/tokenizer.model --output models/lwm-chat-1m
-  python scripts/eval_needle.py --checkpoint models/lwm-chat-1m --mode video --context-lengths 8k ...
+      --vqgan LWM-Chat-1M-Jax/vqgan --tokenizer LWM-Chat-1M-Jax/tokenizer.model \
+      --output models/lwm-chat-1m
+  python scripts/eval_needle.py --checkpoint models/lwm-chat-1m --mode video ...
   python scripts/ask.py --checkpoint models/lwm-chat-1m --video clip.mp4 --question "..."
-  python scripts/train.py --config ... --config.model init_from --config.init_from models/lwm-chat-1m
+  python scripts/train.py --config ... --config.model init_from \
+      --config.init_from models/lwm-chat-1m
 
 --config is a released model name (lwm-chat-1m, lwm-text-chat-1m, ...; see
 lwm.model.lwm_format.RELEASED) or LWM's config as JSON (VideoLLaMAConfig / LLaMAConfig fields).

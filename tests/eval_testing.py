@@ -56,3 +56,15 @@ def make_workdir(root: str, seed: int = 0) -> str:
   mngr.wait_until_finished()
   mngr.close()
   return workdir
+
+
+def run_script(script: str, *args) -> str:
+  """Runs scripts/<script> with `args` on the CPU; returns its stdout (an error fails the test)."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, os.path.join(root, "scripts", script), *args],
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                        timeout=300, cwd=root)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stdout

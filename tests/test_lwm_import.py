@@ -9,6 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 
+import eval_testing
 from lwm import ops
 from lwm import sharding as shd
 from lwm.model import from_lwm, lwm_format
@@ -26,8 +27,8 @@ def logits_on_valid_positions(model, io, sp=1):
   segment id 0 (LWM's outputs at padded queries are an artefact; the README says compare only
   where attention_mask == 1)."""
   zig = lambda a: ops.to_zigzag(jnp.asarray(a), sp)
-  hidden = model.hidden_states(zig(io["input_ids"]), zig(io["vision_masks"]), zig(io["position_ids"]),
-                               zig(io["attention_mask"].astype(np.int32)))
+  hidden = model.hidden_states(zig(io["input_ids"]), zig(io["vision_masks"]),
+                               zig(io["position_ids"]), zig(io["attention_mask"].astype(np.int32)))
   valid = io["attention_mask"].astype(bool)
   out = [np.asarray(ops.from_zigzag(model.logits(hidden, head), sp))[valid]
          for head in ("vision", "text")]
@@ -101,8 +102,9 @@ def test_layers_stacked_on_axis_1_are_read(tmp_path):
 
 def test_released_names_give_lwm_7b_shapes_and_theta():
   chat = lwm_format.config_from_lwm("lwm-chat-1m")
-  assert (chat.vocab_size, chat.vision_vocab_size, chat.hidden_size, chat.num_layers,
-          chat.num_heads, chat.num_kv_heads, chat.rope_theta) == (32000, 8448, 4096, 32, 32, 32, 5e7)
+  shape = (chat.vocab_size, chat.vision_vocab_size, chat.hidden_size, chat.num_layers,
+           chat.num_heads, chat.num_kv_heads, chat.rms_norm_eps, chat.rope_theta)
+  assert shape == (32000, 8448, 4096, 32, 32, 32, 1e-6, 5e7)
   text = lwm_format.config_from_lwm("LWM-Text-Chat-512K")
   assert (text.vision_vocab_size, text.rope_theta, text.max_sequence_length) == (0, 2.5e7, 524288)
   with pytest.raises(ValueError, match="released model name"):
@@ -126,19 +128,6 @@ def test_a_config_that_does_not_fit_the_file_is_refused():
 
 # ---------------------------------------------------------------------------- The whole chain
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_script(script, *args):
-  import subprocess
-  import sys
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args], env=env,
-                        capture_output=True, text=True, timeout=300, cwd=ROOT)
-  assert done.returncode == 0, done.stderr[-3000:]
-  return done.stdout
-
-
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
   """scripts/import_lwm.py on the `lwm-b` fixture (per-layer records, 320 text ids, 8200 vision
@@ -150,7 +139,7 @@ def imported(tmp_path_factory):
   tokenizer = text_tokenizer.train_tokenizer(texts, str(root / "tokenizer.model"), vocab_size=320)
   assert text_tokenizer.load_tokenizer(tokenizer).vocab_size <= 320
   out = str(root / "model")
-  run_script("import_lwm.py", "--params", path("lwm-b", "params"), "--config",
+  eval_testing.run_script("import_lwm.py", "--params", path("lwm-b", "params"), "--config",
              path("lwm-b", "config.json"), "--vqgan", path("lwm-b", "vqgan"), "--vqgan-config",
              path("lwm-b", "vqgan_config.json"), "--tokenizer", tokenizer, "--output", out)
   return out, root
@@ -181,12 +170,12 @@ def test_evaluation_ask_preprocessing_and_training_accept_the_imported_directory
   from lwm.data.video import FrameSampling
   from lwm.eval import inference
   out, root = imported
-  stdout = run_script("eval_needle.py", "--checkpoint", out, "--mode", "video", "--context-lengths",
-                      "200", "--depth-intervals", "2", "--output", str(root / "needle"),
-                      "--mesh", "1,1,1,8")
+  stdout = eval_testing.run_script("eval_needle.py", "--checkpoint", out, "--mode", "video",
+                                   "--context-lengths", "200", "--depth-intervals", "2",
+                                   "--output", str(root / "needle"), "--mesh", "1,1,1,8")
   assert "overall accuracy" in stdout
   clip = synthetic.write_video(str(root / "clip.mp4"), synthetic.moving_frames(6, 32, 32))
-  assert run_script("ask.py", "--checkpoint", out, "--video", clip, "--question",
+  assert eval_testing.run_script("ask.py", "--checkpoint", out, "--video", clip, "--question",
                     "What number is shown in the video?", "--max-new-tokens", "3").endswith("\n")
 
   # A corpus tokenized with the imported VQGAN (preprocess --vqgan DIR) keeps LWM's vision ids.

@@ -47,8 +47,9 @@ def test_jitted_encoder_and_lwm_frame_tokens(name):
   codes = vqgan.FrameEncoder(model, batch_size=2)(frames)  # one full and one padded batch (lwm-b)
   np.testing.assert_array_equal(codes, io["codes"].reshape(len(frames), -1))
   # LWM writes <eof> 8192 / <eov> 8193 (its 8192-code layout) whatever the VQGAN: explicit ids.
-  vocab = Vocab(bos=1, eos=2, vision_start=(), vision_end=(), codebook_size=model.config.codebook_size,
-                eof=8192, eov=8193, vision_vocab_size=8448)
+  vocab = Vocab(bos=1, eos=2, vision_start=(), vision_end=(),
+                codebook_size=model.config.codebook_size, eof=8192, eov=8193,
+                vision_vocab_size=8448)
   np.testing.assert_array_equal(interleave.vision_tokens(codes, vocab), io["vision_tokens"])
 
 
@@ -57,7 +58,8 @@ def test_saved_import_loads_as_a_vqgan_directory(tmp_path):
   vqgan.save(str(tmp_path / "vq"), model)
   again = vqgan.load(str(tmp_path / "vq"))
   assert again.config == model.config
-  np.testing.assert_array_equal(np.asarray(again.encode(vqgan.to_pixels(io["frames"]))), io["codes"])
+  codes = again.encode(vqgan.to_pixels(io["frames"]))
+  np.testing.assert_array_equal(np.asarray(codes), io["codes"])
 
 
 def test_released_config_has_the_released_parameter_count():

@@ -3,8 +3,6 @@ tokenizer file and the VQGAN directory the run was trained from are deleted."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,9 +12,6 @@ from lwm import stage, stage_model, train, workdir
 from lwm.data import preprocess, synthetic, text_tokenizer, vqgan
 from lwm.eval import inference, needle, video_needle
 from lwm.vocab import Vocab
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def tiny_stage(data_path, **changes):
   c = stage.base_config()
@@ -101,24 +96,16 @@ def test_a_named_size_that_differs_from_init_from_is_refused(trained):
   assert stage_model.model_config(config, recorded) == workdir.read_model_config(run)
 
 
-def run_script(script, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args], env=env,
-                        capture_output=True, text=True, timeout=300, cwd=ROOT)
-  assert done.returncode == 0, done.stderr[-3000:]
-  return done.stdout
-
-
 @pytest.mark.slow
 def test_eval_needle_and_ask_scripts_run_on_the_standalone_workdir(trained, tmp_path):
   run, _ = trained
   out = str(tmp_path / "out")
-  stdout = run_script("eval_needle.py", "--checkpoint", run, "--mode", "video",
+  stdout = eval_testing.run_script("eval_needle.py", "--checkpoint", run, "--mode", "video",
                       "--context-lengths", "200", "--depth-intervals", "2", "--output", out,
                       "--mesh", "1,1,1,8")
   assert "overall accuracy" in stdout
   clip = synthetic.write_video(str(tmp_path / "clip.mp4"), synthetic.moving_frames(6, 32, 32))
-  answer = run_script("ask.py", "--checkpoint", run, "--video", clip, "--question",
+  answer = eval_testing.run_script("ask.py", "--checkpoint", run, "--video", clip, "--question",
                       "What number is shown in the video?", "--max-new-tokens", "3",
                       "--mesh", "1,1,1,8")
   assert answer.endswith("\n")

@@ -269,7 +269,7 @@ def load_config(directory: str) -> VQGANConfig:
   config_path = os.path.join(resolve(directory), "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"no VQGAN at {directory!r}: {config_path} is missing; train one "
-                            "with scripts/train_vqgan.py or import LWM's with scripts/import_lwm.py")
+                            "with scripts/train_vqgan.py or import LWM's (scripts/import_lwm.py)")
   with open(config_path) as f:
     raw = json.load(f)
   if "codebook_size" not in raw:

@@ -150,7 +150,8 @@ def lwm_names(config: vqgan.VQGANConfig) -> dict:
   per_level = config.num_res_blocks + 1  # res blocks, then the resampling conv
   for k in range(levels):
     for j in range(config.num_res_blocks):
-      resnet(f"encoder/DownsamplingBlock_{k}/ResnetBlock_{j}", f"encoder/layers/{k * per_level + j}")
+      resnet(f"encoder/DownsamplingBlock_{k}/ResnetBlock_{j}",
+             f"encoder/layers/{k * per_level + j}")
     names[f"encoder/DownsamplingBlock_{k}/Downsample_0/Conv_0"] = (
         f"encoder/layers/{k * per_level + config.num_res_blocks}")
   per_level = config.decoder_blocks + 1

@@ -1,6 +1,6 @@
 """Long-context inference from a training workdir or a Hugging Face directory.
 
-  loaded = load_model("workdirs/stage2")            # latest checkpoint, tokenizer/VQGAN from assets/
+  loaded = load_model("workdirs/stage2")            # latest checkpoint; tokenizer, VQGAN: assets/
   generate = Generator(loaded.model)
   [answer] = generate([prompt_ids], max_new_tokens=16, eos_id=loaded.tokenizer.eos_id)
 

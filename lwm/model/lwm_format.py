@@ -64,7 +64,8 @@ _LAYER_NAMES = {"attention/wq/kernel": "wq", "attention/wk/kernel": "wk",
                 "attention_norm/kernel": "attn_norm", "ffn_norm/kernel": "ffn_norm",
                 "feed_forward/w1/kernel": "w_gate", "feed_forward/w3/kernel": "w_up",
                 "feed_forward/w2/kernel": "w_down"}
-_TOP_NAMES = {"transformer/wte/embedding": "embed_text", "transformer/vte/embedding": "embed_vision",
+_TOP_NAMES = {"transformer/wte/embedding": "embed_text",
+              "transformer/vte/embedding": "embed_vision",
               "transformer/ln_f/kernel": "final_norm", "lm_head/kernel": "head_text",
               "vision_head/kernel": "head_vision"}
 
