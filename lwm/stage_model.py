@@ -15,9 +15,9 @@ from lwm.model import config as model_config_lib
 from lwm.model import hf
 from lwm.vocab import Vocab
 
-# Fields of a model directory's config that a named size must agree with to start from it.
-ARCHITECTURE = ("vocab_size", "vision_vocab_size", "hidden_size", "intermediate_size",
-                "num_layers", "num_heads", "num_kv_heads", "dim_per_head", "rms_norm_eps")
+# Fields of a model directory's config that a named size must agree with to start from it and that
+# parameter shapes cannot show (restoring checks the shapes, naming the parameter).
+ARCHITECTURE = ("num_heads", "num_kv_heads", "dim_per_head", "rms_norm_eps")
 
 
 def model_config(config, vocab: dict):
