@@ -86,18 +86,25 @@ def test_chunked_records_read_as_the_plain_ones(name, tmp_path):
 def test_layers_stacked_on_axis_1_are_read(tmp_path):
   """LWM's param_scan_axis=1 writes stacked layers as [in, L, out] (fixture README's table)."""
   moved = tmp_path / "params"
-  with open(moved, "wb") as f:
-    for key, array in lwm_format.read_records(path("lwm", "params")):
-      if "scan_decoder" in key:
-        array = np.ascontiguousarray(np.moveaxis(array, 0, 1))
-      payload = msgpack.packb([list(array.shape), "bfloat16", array.tobytes()], use_bin_type=True)
-      value = msgpack.packb(msgpack.ExtType(1, payload), use_bin_type=True)
-      f.write(msgpack.packb([key.split("/"), value], use_bin_type=True))
+  lwm_format.write_records(str(moved), (
+      (key, np.moveaxis(array, 0, 1) if "scan_decoder" in key else array)
+      for key, array in lwm_format.read_records(path("lwm", "params"))))
   fields = lwm_format.lwm_fields(path("lwm", "config.json"))
   io = np.load(path("lwm", "llama_io.npz"))
   model = from_lwm(str(moved), dict(fields, param_scan_axis=1))
   (vision, _), valid = logits_on_valid_positions(model, io)
   np.testing.assert_allclose(vision, io["vision_logits"][valid], atol=1e-4, rtol=0)
+
+
+def test_written_records_read_back_chunked_or_not(tmp_path):
+  """Our writer (used by the benchmark) against the fixture file LWM wrote: same records back."""
+  original = dict(lwm_format.read_records(path("lwm", "params")))
+  lwm_format.write_records(str(tmp_path / "params"), original.items(), chunk_bytes=16384)
+  again = dict(lwm_format.read_records(str(tmp_path / "params")))
+  assert list(again) == list(original)
+  for key, array in original.items():
+    assert again[key].dtype == array.dtype
+    np.testing.assert_array_equal(np.asarray(again[key], np.float32), np.asarray(array, np.float32))
 
 
 def test_released_names_give_lwm_7b_shapes_and_theta():

@@ -17,6 +17,7 @@ permutation on both changes nothing else).
 """
 import json
 import logging
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -115,18 +116,67 @@ def config_from_lwm(config, **overrides) -> ModelConfig:
 
 
 # ---------------------------------------------------------------------------- The stream
+# A small msgpack reader (the subset flax and tux write) that returns arrays as views of the
+# record's bytes: msgpack's own Unpacker grows its buffer to a few times the largest record and
+# copies every bin again, which for a 7B file's 2.9 GB MLP records is several GB of host memory.
 
-def _ext(code: int, data: bytes):
+_FIXED = {0xcc: ">B", 0xcd: ">H", 0xce: ">I", 0xcf: ">Q", 0xd0: ">b", 0xd1: ">h", 0xd2: ">i",
+          0xd3: ">q"}
+_SIZED = {0xd9: ("str", ">B"), 0xda: ("str", ">H"), 0xdb: ("str", ">I"), 0xc4: ("bin", ">B"),
+          0xc5: ("bin", ">H"), 0xc6: ("bin", ">I"), 0xdc: ("array", ">H"), 0xdd: ("array", ">I"),
+          0xde: ("map", ">H"), 0xdf: ("map", ">I"), 0xc7: ("ext", ">B"), 0xc8: ("ext", ">H"),
+          0xc9: ("ext", ">I")}
+
+
+def _unpack(buf: memoryview, pos: int):
+  """(object, next position) of the msgpack object at buf[pos]; bins stay memoryviews and ext
+  type 1 (flax's ndarray) becomes an np.ndarray view of buf."""
+  b = buf[pos]
+  pos += 1
+  if b <= 0x7f or b >= 0xe0:
+    return (b if b <= 0x7f else b - 0x100), pos
+  if 0xa0 <= b <= 0xbf:
+    return bytes(buf[pos:pos + (b & 0x1f)]).decode(), pos + (b & 0x1f)
+  if 0x90 <= b <= 0x9f or 0x80 <= b <= 0x8f:
+    kind, n = ("array" if b >= 0x90 else "map"), b & 0x0f
+  elif b in (0xc0, 0xc2, 0xc3):
+    return {0xc0: None, 0xc2: False, 0xc3: True}[b], pos
+  elif b in _FIXED:
+    size = struct.calcsize(_FIXED[b])
+    return struct.unpack_from(_FIXED[b], buf, pos)[0], pos + size
+  elif 0xd4 <= b <= 0xd8:
+    kind, n = "ext", 1 << (b - 0xd4)
+  elif b in _SIZED:
+    kind, fmt = _SIZED[b]
+    n = struct.unpack_from(fmt, buf, pos)[0]
+    pos += struct.calcsize(fmt)
+  else:
+    raise ValueError(f"msgpack type byte {b:#x} is not one flax's checkpoints use")
+  if kind == "str":
+    return bytes(buf[pos:pos + n]).decode(), pos + n
+  if kind == "bin":
+    return buf[pos:pos + n], pos + n
+  if kind == "ext":
+    code = struct.unpack_from(">b", buf, pos)[0]
+    return _ext(code, buf[pos + 1:pos + 1 + n]), pos + 1 + n
+  items = []
+  for _ in range(n * (2 if kind == "map" else 1)):
+    item, pos = _unpack(buf, pos)
+    items.append(item)
+  return (dict(zip(items[::2], items[1::2])) if kind == "map" else items), pos
+
+
+def _ext(code: int, data: memoryview) -> np.ndarray:
   if code != 1:  # flax: 1 ndarray, 2 complex, 3 numpy scalar
     raise ValueError(f"msgpack ext type {code} is not an array; expected flax's ndarray (1)")
-  shape, dtype, buffer = msgpack.unpackb(data, raw=False)
+  (shape, dtype, buffer), _ = _unpack(data, 0)
   dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
   return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
-def _array(value: bytes) -> np.ndarray:
+def _array(value) -> np.ndarray:
   """`flax.serialization.to_bytes(array)` -> the array (chunked arrays put back together)."""
-  obj = msgpack.unpackb(value, ext_hook=_ext, raw=False, strict_map_key=False)
+  obj, _ = _unpack(memoryview(value), 0)
   if isinstance(obj, dict) and obj.get("__msgpack_chunked_array__"):
     shape = [int(obj["shape"][str(i)]) for i in range(len(obj["shape"]))]
     chunks = [obj["chunks"][str(i)] for i in range(len(obj["chunks"]))]
@@ -136,15 +186,79 @@ def _array(value: bytes) -> np.ndarray:
   return obj
 
 
+def _read_size(f, tag: int) -> int:
+  fmt = _SIZED[tag][1]
+  return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+
+def _read_key_part(f, path: str) -> str:
+  b = f.read(1)[0]
+  if 0xa0 <= b <= 0xbf:
+    return f.read(b & 0x1f).decode()
+  if b in (0xd9, 0xda, 0xdb):
+    return f.read(_read_size(f, b)).decode()
+  if b <= 0x7f:
+    return str(b)
+  raise ValueError(f"{path}: a key part has msgpack type byte {b:#x}")
+
+
+def _read_record(f, path: str):
+  """(key, value bytes) of the next `[key, bin]` record of the stream, or None at its end."""
+  first = f.read(1)
+  if not first:
+    return None
+  if first[0] != 0x92:  # a two-element array
+    raise ValueError(f"{path}: a record is not [key, value]; is this LWM's `params` file?")
+  b = f.read(1)[0]
+  if 0x90 <= b <= 0x9f:
+    count = b & 0x0f
+  elif b in (0xdc, 0xdd):
+    count = _read_size(f, b)
+  else:
+    raise ValueError(f"{path}: a record's key is not a list")
+  key = "/".join(_read_key_part(f, path) for _ in range(count))
+  tag = f.read(1)[0]
+  if tag not in (0xc4, 0xc5, 0xc6):
+    raise ValueError(f"{path}: the value of record {key} is not bytes")
+  size = _read_size(f, tag)
+  value = f.read(size)
+  if len(value) != size:
+    raise ValueError(f"{path} ends inside record {key}")
+  return key, value
+
+
 def read_records(path: str):
   """Yields (key path as 'a/b/c', np.ndarray) for every record of an LWM `params` file."""
   with open(path, "rb") as f:
-    unpacker = msgpack.Unpacker(f, raw=False, read_size=16 * 2**20, max_buffer_size=64 * 2**30)
-    for record in unpacker:
-      if not (isinstance(record, (list, tuple)) and len(record) == 2):
-        raise ValueError(f"{path}: a record is not [key, value]; is this LWM's `params` file?")
+    while (record := _read_record(f, path)) is not None:
       key, value = record
-      yield "/".join(str(k) for k in key), _array(value)
+      array = _array(value)  # a view of `value` (or, chunked, one new array)
+      del record, value
+      yield key, array
+
+
+def _ext_bytes(array: np.ndarray) -> msgpack.ExtType:
+  payload = [list(array.shape), array.dtype.name, np.ascontiguousarray(array).tobytes()]
+  return msgpack.ExtType(1, msgpack.packb(payload, use_bin_type=True))
+
+
+def write_records(path: str, records, *, chunk_bytes: int = 2**30) -> None:
+  """Writes (key path 'a/b/c', array) pairs as tux's StreamingCheckpointer does (arrays over
+  `chunk_bytes` as chunked maps of 1-D pieces, as flax writes arrays over 1 GiB). For tests and
+  benchmarks; LWM's files are bf16 (pass bf16 arrays)."""
+  with open(path, "wb") as f:
+    for key, array in records:
+      array = np.asarray(array)
+      if array.nbytes > chunk_bytes:
+        flat, step = array.reshape(-1), max(chunk_bytes // array.itemsize, 1)
+        pieces = [flat[i:i + step] for i in range(0, flat.size, step)]
+        value = {"__msgpack_chunked_array__": True,
+                 "shape": {str(i): d for i, d in enumerate(array.shape)},
+                 "chunks": {str(i): _ext_bytes(p) for i, p in enumerate(pieces)}}
+      else:
+        value = _ext_bytes(array)
+      f.write(msgpack.packb([key.split("/"), msgpack.packb(value, use_bin_type=True)],
+                            use_bin_type=True))
 
 
 # ---------------------------------------------------------------------------- Conversion
@@ -203,11 +317,13 @@ def from_lwm(params_path: str, config, *, dtype=jnp.float32, mesh: Mesh | None =
     if tuple(value.shape) != shapes[name]:
       raise ValueError(f"{params_path}: {name} has shape {tuple(value.shape)} in the file but "
                        f"{shapes[name]} for the config; is the config the checkpoint's?")
-    value = np.asarray(value).astype(dtype)
-    done[name] = jax.device_put(value, shardings[name]) if mesh is not None else jnp.asarray(value)
+    # Cast on the device: the host never holds a float32 copy of the record.
+    placed = jax.device_put(np.asarray(value), shardings[name] if mesh is not None else None)
+    done[name] = placed.astype(dtype)
 
   for key, array in read_records(params_path):  # one record at a time: the host holds one tensor
     name, layer, value = _place(key, array, cfg, scan_axis)
+    del array
     if name not in shapes:
       raise ValueError(f"{params_path}: record {key!r} has no place in a model with "
                        f"vision_vocab_size={cfg.vision_vocab_size}")
@@ -218,7 +334,7 @@ def from_lwm(params_path: str, config, *, dtype=jnp.float32, mesh: Mesh | None =
     if layer >= shape[0] or value.shape != shape[1:]:
       raise ValueError(f"{params_path}: {key} has shape {value.shape}, config expects "
                        f"{shape[1:]} for layers 0..{shape[0] - 1}")
-    stack, filled = partial.setdefault(name, (np.empty(shape, dtype), set()))
+    stack, filled = partial.setdefault(name, (np.empty(shape, value.dtype), set()))
     stack[layer] = value
     filled.add(layer)
     if len(filled) == shape[0]:
