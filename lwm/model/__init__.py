@@ -8,7 +8,7 @@ from lwm.model.step import (abstract_batch, abstract_model, abstract_train_state
                             make_train_step)
 from lwm.model.transformer import Transformer, count_params
 
-__all__ = ["CONFIGS", "ModelConfig", "get_config", "from_hf_llama", "to_hf_llama", "from_lwm", "BATCH_KEYS",
-           "loss_fn", "abstract_batch", "abstract_model", "abstract_train_state", "adamw",
-           "init_optimizer", "create_sharded", "jit_train_step",
+__all__ = ["CONFIGS", "ModelConfig", "get_config", "from_hf_llama", "to_hf_llama", "from_lwm",
+           "BATCH_KEYS", "loss_fn", "abstract_batch", "abstract_model", "abstract_train_state",
+           "adamw", "init_optimizer", "create_sharded", "jit_train_step",
            "lower_train_step", "make_train_step", "Transformer", "count_params"]
