@@ -79,9 +79,11 @@ class Vocab:
 
   @classmethod
   def from_json(cls, d: dict) -> "Vocab":
-    """From a vocab.json dict (keys it does not know, such as paths, are ignored)."""
+    """From a vocab.json dict (keys it does not know, such as paths, are ignored; missing text
+    markers default to none)."""
     fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in fields})
+    known = {k: v for k, v in d.items() if k in fields}
+    return cls(**{"bos": -1, "eos": -1, "vision_start": (), "vision_end": (), **known})
 
   @classmethod
   def for_tokenizer(cls, tokenizer, codebook_size: int = 0, **ids) -> "Vocab":
