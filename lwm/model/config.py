@@ -5,6 +5,9 @@ import jax
 import jax.numpy as jnp
 
 from lwm.model import rope
+from lwm.vocab import LWM_CODEBOOK_SIZE, vision_vocab_size
+
+LWM_VISION_VOCAB_SIZE = vision_vocab_size(LWM_CODEBOOK_SIZE)  # 8192 codes + 256 = 8448
 
 ATTENTION_IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")  # lwm.ops.block_contract.IMPLS
 REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable",
@@ -34,7 +37,7 @@ class ModelConfig:
     text_loss_weight / vision_loss_weight: weights of the two cross-entropies (LWM: 0.5 / 0.5).
   """
   vocab_size: int = 32000
-  vision_vocab_size: int = 8448
+  vision_vocab_size: int = LWM_VISION_VOCAB_SIZE
   hidden_size: int = 4096
   intermediate_size: int = 11008
   num_layers: int = 32

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from lwm import sharding as shd
 from lwm.model import rope
-from lwm.model.config import ModelConfig
+from lwm.model.config import LWM_VISION_VOCAB_SIZE, ModelConfig
 from lwm.model.transformer import Transformer
 from lwm.model.weights import read_checkpoint, read_safetensors, write_safetensors  # noqa: F401
 
@@ -207,7 +207,7 @@ def _place(source, transpose: bool, shape, dtype, sharding, name: str):
 
 
 def from_hf_llama(path: str, *, dtype=jnp.float32, mesh: Mesh | None = None,
-                  compute_dtype=None, vision_vocab_size: int = 8448, seed: int = 0,
+                  compute_dtype=None, vision_vocab_size: int = LWM_VISION_VOCAB_SIZE, seed: int = 0,
                   **config_overrides) -> Transformer:
   """Loads a HF LLaMA checkpoint directory (safetensors or pytorch_model.bin, sharded or not).
 
