@@ -1,4 +1,5 @@
-"""The image tokenizer: a Flax (NNX) VQGAN that turns frames into a grid of codebook indices and back.
+"""The image tokenizer: a Flax (NNX) VQGAN that turns frames into a grid of codebook indices and
+back.
 
 Named configs: `lwm` is LWM's tokenizer exactly (256x256 frames -> 16x16 = 256 codes, codebook
 8192, 16x downsampling via channel_mult (1,2,2,4,6), embedding dim 64, 128 hidden channels, no
@@ -201,7 +202,8 @@ def to_pixels(frames) -> jnp.ndarray:
 
 
 def centre_crop_resize(frames: np.ndarray, resolution: int) -> np.ndarray:
-  """uint8 frames of any size -> `[n, resolution, resolution, 3]` (short side resize, centre crop)."""
+  """uint8 frames of any size -> `[n, resolution, resolution, 3]` (short side resize, centre
+  crop)."""
   from lwm.data.video import resize_and_crop
   if frames.shape[1:3] == (resolution, resolution):
     return frames
@@ -316,7 +318,8 @@ class FrameEncoder:
     self.config = model.config
     self.batch_size = batch_size
     graphdef, state = nnx.split(model)
-    self._encode = jax.jit(lambda state, frames: nnx.merge(graphdef, state).encode(to_pixels(frames)))
+    self._encode = jax.jit(
+        lambda state, frames: nnx.merge(graphdef, state).encode(to_pixels(frames)))
     self._state = state
 
   def __call__(self, frames: np.ndarray) -> np.ndarray:
@@ -330,5 +333,6 @@ class FrameEncoder:
       padded = np.zeros((self.batch_size, r, r, 3), np.uint8)
       padded[:len(chunk)] = chunk
       out.append(np.asarray(self._encode(self._state, padded))[:len(chunk)])
-    codes = np.concatenate(out) if out else np.zeros((0, self.config.grid, self.config.grid), np.int32)
+    empty = np.zeros((0, self.config.grid, self.config.grid), np.int32)
+    codes = np.concatenate(out) if out else empty
     return codes.reshape(len(frames), -1).astype(np.int32)
