@@ -9,10 +9,17 @@
 Every stage: 4M tokens per batch, constant learning rate 4e-5 after warm-up, RoPE θ growing with the
 context; the mesh is the paper's, with fsdp taking the remaining devices (-1). The data
 of each stage is a directory written by scripts/preprocess.py from documents of that stage's length.
+
+Devices: the paper's TPU v4-512 is 256 chips (v4 slice names count TensorCores, two per chip, and
+JAX sees one device per chip), so every stage validates on 256 devices: fsdp = 64/32/16/8/4 for
+batches of 128/32/16/8/4 sequences (from 128k on, one sequence per fsdp row). On more devices
+the long stages fail stage.validate (the batch is split over dp*fsdp rows, e.g. 32 sequences
+over fsdp=64 on 512 devices): raise tp or sp (--config.mesh tp=8,sp=2,fsdp=-1) or use 256.
 """
 from lwm.stage import base_config
 
-# Paper: TPU v4-512, fp32; we keep bf16 activations. fsdp=-1 takes the devices tp and sp leave.
+# Paper: TPU v4-512 (256 devices), fp32; we keep bf16 activations. fsdp=-1 takes the devices
+# tp and sp leave.
 STAGES = {
     "32k": dict(seq_len=32768, rope_theta=1e6, steps=1200, warmup_steps=100, mesh="tp=4,fsdp=-1"),
     "128k": dict(seq_len=131072, rope_theta=1e7, steps=3000, warmup_steps=200,

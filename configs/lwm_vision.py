@@ -8,6 +8,10 @@
 
 Every stage: RoPE θ = 5e7, 8M tokens per batch, text and vision losses weighted 0.5 / 0.5; 1K and 8K
 use a cosine schedule from 6e-4 to 6e-5, the longer stages a constant 8e-5 after warm-up.
+
+Devices: the paper's TPU v4-1024 is 512 chips (v4 slice names count TensorCores, two per chip, and
+JAX sees one device per chip); every stage validates on 512 devices. On 1024 the 128k and 1m stages
+fail stage.validate (64 sequences over fsdp=128; 8 over fsdp=16): raise tp or sp instead.
 """
 from lwm.stage import base_config
 

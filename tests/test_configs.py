@@ -10,22 +10,24 @@ from lwm import stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# stage: (seq_len, rope_theta, steps, warmup, paper tokens, (dp, fsdp, tp, sp) on 512 devices)
+# stage: (seq_len, rope_theta, steps, warmup, paper tokens, (dp, fsdp, tp, sp) on 256 devices:
+# the paper's TPU v4-512 is 256 chips, one JAX device each)
 LWM_TEXT = {
-    "32k": (32768, 1e6, 1200, 100, 4.8e9, (1, 128, 4, 1)),
-    "128k": (131072, 1e7, 3000, 200, 12e9, (1, 64, 8, 1)),
-    "256k": (262144, 1e7, 3000, 200, 12e9, (1, 32, 16, 1)),
-    "512k": (524288, 2.5e7, 720, 50, 3e9, (1, 16, 16, 2)),
-    "1m": (1048576, 5e7, 450, 25, 1.8e9, (1, 8, 16, 4)),
+    "32k": (32768, 1e6, 1200, 100, 4.8e9, (1, 64, 4, 1)),
+    "128k": (131072, 1e7, 3000, 200, 12e9, (1, 32, 8, 1)),
+    "256k": (262144, 1e7, 3000, 200, 12e9, (1, 16, 16, 1)),
+    "512k": (524288, 2.5e7, 720, 50, 3e9, (1, 8, 16, 2)),
+    "1m": (1048576, 5e7, 450, 25, 1.8e9, (1, 4, 16, 4)),
 }
-# stage: (seq_len, steps, warmup, peak lr, end lr, schedule, mesh on 1024 devices). (The paper's
+# stage: (seq_len, steps, warmup, peak lr, end lr, schedule, mesh on 512 devices: the paper's
+# TPU v4-1024 is 512 chips). (The paper's
 # token counts for these stages are not steps x 8M tokens: 107B for 8K's 14000 steps, for one.)
 LWM_VISION = {
-    "1k": (1024, 45000, 1000, 6e-4, 6e-5, "cosine", (1, 1024, 1, 1)),
-    "8k": (8192, 14000, 500, 6e-4, 6e-5, "cosine", (1, 1024, 1, 1)),
-    "32k": (32768, 1200, 100, 8e-5, 8e-5, "constant", (1, 256, 4, 1)),
-    "128k": (131072, 450, 50, 8e-5, 8e-5, "constant", (1, 128, 8, 1)),
-    "1m": (1048576, 50, 5, 8e-5, 8e-5, "constant", (1, 16, 16, 4)),
+    "1k": (1024, 45000, 1000, 6e-4, 6e-5, "cosine", (1, 512, 1, 1)),
+    "8k": (8192, 14000, 500, 6e-4, 6e-5, "cosine", (1, 512, 1, 1)),
+    "32k": (32768, 1200, 100, 8e-5, 8e-5, "constant", (1, 128, 4, 1)),
+    "128k": (131072, 450, 50, 8e-5, 8e-5, "constant", (1, 64, 8, 1)),
+    "1m": (1048576, 50, 5, 8e-5, 8e-5, "constant", (1, 8, 16, 4)),
 }
 
 
@@ -43,7 +45,7 @@ def test_lwm_text_stage_is_the_papers(arg):
   assert abs(c.train.steps * 4 * 2**20 / tokens - 1) < 0.06  # the paper rounds its token counts
   assert (c.train.lr, c.train.lr_schedule) == (4e-5, "constant")
   assert (c.train.text_loss_weight, c.train.vision_loss_weight) == (1.0, 0.0)
-  assert stage.mesh_sizes(c, 512) == mesh
+  assert stage.mesh_sizes(c, 256) == mesh
   assert c.model == "7b"
 
 
@@ -61,7 +63,7 @@ def test_lwm_vision_stage_is_the_papers(arg):
   assert c.seq_len * c.train.batch_size == 8 * 2**20  # 8M tokens per batch
   assert (c.train.lr, c.train.lr_schedule) == (lr, schedule)
   assert c.train.lr * c.train.end_lr_ratio == pytest.approx(end_lr, rel=1e-12)
-  assert stage.mesh_sizes(c, 1024) == mesh
+  assert stage.mesh_sizes(c, 512) == mesh
 
 
 def test_lwm_vision_stages_chain_from_text_1m():
@@ -75,6 +77,19 @@ def dataset_dir(tmp_path):
   with open(tmp_path / "vocab.json", "w") as f:
     json.dump({"text_vocab_size": 256}, f)
   return str(tmp_path)
+
+
+@pytest.mark.parametrize("name, stages, devices", [
+    ("lwm_text", LWM_TEXT, 256), ("lwm_vision", LWM_VISION, 512)])
+def test_lwm_stages_pass_trainings_checks_on_the_papers_devices(dataset_dir, name, stages, devices):
+  for arg in stages:
+    c = load(name, arg)
+    c.data.path, c.init_from = dataset_dir, ""
+    stage.validate(c, num_devices=devices)  # raises on any wrong value
+  c = load("lwm_text", "128k")
+  c.data.path, c.init_from = dataset_dir, ""
+  with pytest.raises(ValueError, match="divisible by dp\\*fsdp = 64"):
+    stage.validate(c, num_devices=512)  # 32 sequences over fsdp=64
 
 
 @pytest.mark.parametrize("name, arg, seq_len, theta, sizes", [
