@@ -102,6 +102,13 @@ def test_outputs_and_resume(kit, monkeypatch, tmp_path):
     run(kit, oracle, out, "teacher_forced", tasks=["niah_single"])
 
 
+@pytest.mark.parametrize("choices", [-1, 1, 11])
+def test_a_number_of_options_that_cannot_be_asked_is_named(choices, tmp_path):
+  with pytest.raises(ValueError, match=f"choices={choices}: 0 for open questions"):
+    long_eval.run_long_eval(None, output=str(tmp_path), tasks=["video_order"],
+                            context_lengths=[768], choices=choices)
+
+
 def test_summary_table_and_effective_length():
   cells = [{"task": t, "context_length": n, "score": s}
            for t, scores in (("a", (1.0, 0.9, 0.2)), ("b", (0.9, 0.85, 0.4)))

@@ -181,6 +181,9 @@ def run_long_eval(loaded, *, output: str, tasks, context_lengths, depths=(0.0, 5
   from lwm.eval import inference, needle, teacher_forced, video_needle
   if scoring_mode not in SCORING:
     raise ValueError(f"scoring must be one of {SCORING}, got {scoring_mode!r}")
+  if choices < 0 or choices == 1 or choices > len(scoring.LETTERS):
+    raise ValueError(f"choices={choices}: 0 for open questions, or 2 to {len(scoring.LETTERS)} "
+                     "options of a multiple-choice question")
   tokenizer = loaded.tokenizer
   if tokenizer is None:
     raise ValueError("the long-context tasks need a tokenizer: pass --tokenizer PATH")
