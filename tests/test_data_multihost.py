@@ -43,7 +43,7 @@ def worker(process_id: int, port: int, out: str) -> None:
   launch.set_device_count(4, replace=True)
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
-  jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
+  jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
   from lwm import sharding as shd
   from lwm.data.loader import Loader
   mesh = shd.make_mesh(1, 2, 1, 4)
@@ -63,7 +63,7 @@ def worker(process_id: int, port: int, out: str) -> None:
 
 def free_port() -> int:
   with socket.socket() as s:
-    s.bind(("localhost", 0))
+    s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
 
 
