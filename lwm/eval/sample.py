@@ -69,7 +69,3 @@ class Pieces:
 
   def text(self) -> str:
     return " ".join(t.strip() for t in self.texts if t.strip())
-
-
-def encoded_length(tokenizer, text: str) -> int:
-  return len(tokenizer.encode(text))
