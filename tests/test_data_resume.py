@@ -108,4 +108,6 @@ def test_prefetch_hands_on_the_loaders_error():
   batches = Prefetcher(Broken(), depth=2)
   with pytest.raises(OSError, match="disk gone"):
     next(batches)
+  with pytest.raises(OSError, match="disk gone"):  # again, not a wait on a thread that has ended
+    next(batches)
   batches.close()

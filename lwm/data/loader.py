@@ -166,6 +166,7 @@ class Prefetcher:
     self.loader, self.depth = loader, depth
     self._state = loader.get_state()
     self._stop = threading.Event()
+    self._error = None
     if depth:
       self._queue = queue.Queue(maxsize=depth)
       self._thread = threading.Thread(target=self._fill, name="lwm-prefetch", daemon=True)
@@ -194,8 +195,11 @@ class Prefetcher:
       batch = next(self.loader)
       self._state = self.loader.get_state()
       return batch
+    if self._error is not None:  # the thread has stopped: every later call raises it too
+      raise self._error
     batch, state, error = self._queue.get()
     if error is not None:
+      self._error = error
       raise error
     self._state = state
     return batch
