@@ -8,6 +8,7 @@ Configs: tiny (16x16 -> 4x4 codes), small (64x64 -> 8x8), lwm (256x256 -> 16x16,
 The directory gets config.json and params.npz, which scripts/preprocess.py --vqgan reads.
 """
 import argparse
+import logging
 import sys
 
 
@@ -22,6 +23,8 @@ def main(argv=None) -> int:
   parser.add_argument("--frames-per-video", type=int, default=8)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
+  logging.basicConfig(format="%(message)s")
+  logging.getLogger("lwm").setLevel(logging.INFO)  # the training steps' losses
   from lwm.data import vqgan, vqgan_train
   config = vqgan.get_config(args.config)
   frames, held_out = vqgan_train.manifest_frames(args.manifest, config.resolution,

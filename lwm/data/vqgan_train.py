@@ -8,6 +8,7 @@ Losses: L1 + L2 reconstruction, codebook and commitment (straight-through); no p
 adversarial term (see docs/data.md).
 """
 import json
+import logging
 import os
 
 import flax.nnx as nnx
@@ -17,6 +18,8 @@ import optax
 
 from lwm.data.video import FrameSampling, VideoError, decode_video
 from lwm.data.vqgan import VQGAN, psnr, to_pixels
+
+log = logging.getLogger(__name__)
 
 
 def manifest_frames(manifest: str, resolution: int, frames_per_video: int = 8,
@@ -70,7 +73,7 @@ def train(model: VQGAN, frames: np.ndarray, steps: int, batch_size: int = 16,
     losses = {k: float(v) for k, v in jax.device_get(step(model, optimizer, batch)).items()}
     history.append(losses)
     if log_every and (i % log_every == 0 or i == steps - 1):
-      print(f"step {i:5d} " + " ".join(f"{k}={v:.4f}" for k, v in losses.items()), flush=True)
+      log.info("step %5d %s", i, " ".join(f"{k}={v:.4f}" for k, v in losses.items()))
   return model, history
 
 
