@@ -41,12 +41,14 @@ def model_config(config, vocab: dict):
     base = model_config_lib.get_config(config.model, **overrides)
     if stage.is_hf_dir(config.init_from):  # A named size must not drop the checkpoint's scaling.
       with open(os.path.join(config.init_from, "config.json")) as f:
-        scaling = hf.config_from_hf(json.load(f)).rope_scaling
+        stored = hf.config_from_hf(json.load(f))
+      scaling = stored.rope_scaling
       if scaling != base.rope_scaling:
         raise ValueError(f"config.init_from={config.init_from!r} uses rope_scaling="
                          f"{dict(scaling) or None}, config.model={config.model!r} has "
                          f"{dict(base.rope_scaling) or None}; use config.model='hf' or set "
                          "config.model_overrides.rope_scaling")
+      _check_same_architecture(base, stored, config)  # e.g. rms_norm_eps, which no shape shows
     if not stage.is_hf_dir(config.init_from):  # our own models grow to fit the dataset
       base = base.replace(vocab_size=max(base.vocab_size, text_ids),
                           vision_vocab_size=max(base.vision_vocab_size, vision_ids))

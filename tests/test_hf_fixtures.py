@@ -228,3 +228,16 @@ def test_training_a_named_size_from_a_scaled_checkpoint_is_refused(tmp_path):
     train.model_config(config, {"text_vocab_size": 256})
   config.model = "hf"
   assert dict(train.model_config(config, {"text_vocab_size": 256}).rope_scaling)["factor"] == 4.0
+
+
+def test_a_named_size_with_another_rms_norm_eps_than_the_checkpoint_is_refused(tmp_path):
+  """LLaMA-1 checkpoints use rms_norm_eps 1e-6; a named size must not replace it silently."""
+  from lwm import stage, train
+  path = rewrite_config(os.path.join(FIXTURES, "llama-rope-parameters"), tmp_path / "eps",
+                        lambda c: c.update(rms_norm_eps=1e-6))
+  config = stage.base_config()
+  config.model, config.init_from = "tiny", path
+  with pytest.raises(ValueError, match="rms_norm_eps=1e-05 but the model in init_from"):
+    train.model_config(config, {"text_vocab_size": 256})
+  config.model = "hf"
+  assert train.model_config(config, {"text_vocab_size": 256}).rms_norm_eps == 1e-6
