@@ -162,6 +162,8 @@ def test_effective_length_is_the_longest_length_at_the_threshold():
   assert scoring.effective_length(averages) == 8192
   assert scoring.effective_length(averages, threshold=0.9) == 4096
   assert scoring.effective_length({4096: 0.823, 131072: 0.65}) is None  # LWM-Text-Chat-1M on RULER
+  # A pass after a fail does not extend the claim.
+  assert scoring.effective_length({4096: 0.9, 16384: 0.5, 32768: 0.9}) == 4096
 
 
 def test_training_examples_share_the_evaluation_format(tokenizer):
