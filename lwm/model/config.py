@@ -10,8 +10,18 @@ from lwm.vocab import LWM_CODEBOOK_SIZE, vision_vocab_size
 LWM_VISION_VOCAB_SIZE = vision_vocab_size(LWM_CODEBOOK_SIZE)  # 8192 codes + 256 = 8448
 
 ATTENTION_IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")  # lwm.ops.block_contract.IMPLS
-REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable",
-                  "dots_with_no_batch_dims_saveable", "everything_saveable")
+# What a checkpointed layer keeps for its backward, by the names the layer tags
+# (`jax.ad_checkpoint.checkpoint_name`): "attention_out" and "attention_lse" are ring attention's
+# custom_vjp residuals (tagged inside its forward rule, lwm/ops/ring_attention.py), "ffn_input" the
+# normalised input of the feed-forward, "attention_qkv" q, k, v after RoPE. Everything not kept is
+# recomputed from the layer input, which the layer scan always keeps.
+NAMED_POLICIES = {
+    "save_attention": ("attention_out", "attention_lse"),
+    "save_attention_ffn": ("attention_out", "attention_lse", "ffn_input"),
+    "save_attention_qkv_ffn": ("attention_out", "attention_lse", "ffn_input", "attention_qkv"),
+}
+REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "everything_saveable") + tuple(NAMED_POLICIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +104,10 @@ class ModelConfig:
     """Wraps a layer function in `jax.checkpoint` with this config's policy."""
     if self.remat_policy == "none":
       return fn
-    policy = getattr(jax.checkpoint_policies, self.remat_policy)
+    if self.remat_policy in NAMED_POLICIES:
+      policy = jax.checkpoint_policies.save_only_these_names(*NAMED_POLICIES[self.remat_policy])
+    else:
+      policy = getattr(jax.checkpoint_policies, self.remat_policy)
     return jax.checkpoint(fn, policy=policy, prevent_cse=False)
 
 
