@@ -92,35 +92,44 @@ def random_batch(batch, seq_len, vocab, mesh):
           for k in BATCH_KEYS}
 
 
-def compiled_figures(config, mesh, batch, seq_len):
-  """(compile seconds, per-device temp bytes, XLA cost-analysis FLOPs) from abstract values."""
-  import jax
-  from lwm.model import lower_train_step
-  start = time.perf_counter()
-  with jax.set_mesh(mesh):
-    compiled = lower_train_step(config, mesh, batch, seq_len).compile()
-  seconds = time.perf_counter() - start
+def policy_label(config, mesh, batch, seq_len):
+  """The policy's name, with what "auto" resolves to at this shape."""
+  from lwm import sharding as shd
+  per_device = batch * seq_len // (shd.axis_size(mesh, shd.batch_axes(mesh, batch))
+                                   * mesh.shape["sp"])
+  resolved = config.resolved_remat_policy(per_device, mesh.shape["tp"])
+  name = config.remat_policy
+  return name if resolved == name else f"{name}:{resolved}"
+
+
+def figures(compiled):
+  """(per-device temp bytes, XLA cost-analysis FLOPs) of a compiled step."""
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return seconds, compiled.memory_analysis().temp_size_in_bytes, (cost or {}).get("flops", 0.0)
+  return compiled.memory_analysis().temp_size_in_bytes, (cost or {}).get("flops", 0.0)
 
 
 class Run:
-  """One policy's training state and jitted step on the mesh."""
+  """One policy's training state and its step, compiled once (timed) on the mesh."""
 
   def __init__(self, config, mesh, batch):
+    import jax
     from lwm.model import adamw, create_sharded, jit_train_step
     tx = adamw()
     self.mesh, self.batch = mesh, batch
     self.graphdef, self.params, self.opt_state = create_sharded(config, mesh, tx)
-    self.step_fn = jit_train_step(self.graphdef, tx, self.params, mesh, len(batch["tokens"]))
+    step = jit_train_step(self.graphdef, tx, self.params, mesh, len(batch["tokens"]))
+    start = time.perf_counter()
+    with jax.set_mesh(mesh):
+      self.compiled = step.lower(self.params, self.opt_state, batch).compile()
+    self.compile_seconds = time.perf_counter() - start
     self.times = []
 
   def step(self):
     import jax
     start = time.perf_counter()
     with jax.set_mesh(self.mesh):
-      self.params, self.opt_state, metrics = self.step_fn(self.params, self.opt_state, self.batch)
+      self.params, self.opt_state, metrics = self.compiled(self.params, self.opt_state, self.batch)
       loss = float(jax.block_until_ready(metrics["loss"]))
     return time.perf_counter() - start, loss
 
@@ -135,6 +144,7 @@ def main():
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax
   from lwm import sharding as shd
+  from lwm.model import lower_train_step
 
   mesh = shd.parse_mesh(args.mesh, devices=jax.devices()[:devices])
   policies = [p for p in args.policies.split(",") if p] or [""]
@@ -149,10 +159,10 @@ def main():
         f"{args.warmup} warm-up, policies interleaved", flush=True)
   flops = model_flops(c0, args.batch, args.seq_len)
   batch = random_batch(args.batch, args.seq_len, c0.vocab_size, mesh)
-  figures = [compiled_figures(c, mesh, args.batch, args.seq_len) for c in configs]
-  print("compiled (s): " + ", ".join(f"{c.remat_policy} {f[0]:.1f}" for c, f in
-                                     zip(configs, figures)), flush=True)
-  runs = [Run(c, mesh, batch) for c in configs]
+  runs = []
+  for config in configs:
+    runs.append(Run(config, mesh, batch))
+    print(f"compiled {config.remat_policy} in {runs[-1].compile_seconds:.1f} s", flush=True)
   losses = [[] for _ in runs]
   for _ in range(args.warmup):
     for run, seen in zip(runs, losses):
@@ -168,23 +178,28 @@ def main():
       runs[0].step()
   base = statistics.median(runs[0].times) if args.steps else 0.0
   header = (f"{'policy':<24} {'compile s':>9} {'median s':>9} {'min s':>7} {'max s':>7} "
-            f"{'x first':>7} {'tok/s':>8} {'temp MiB':>9} {'XLA GFLOP':>10} {'model GFLOP/s':>13}")
+            f"{'x first':>7} {'tok/s':>8} {'temp MiB':>9} {'XLA GFLOP*':>10} {'model GFLOP/s':>13}")
   print(f"model FLOPs per step: {flops / 1e9:.1f} GFLOP (3x forward, no recompute)")
   print(header)
   print("-" * len(header))
-  for config, (compile_s, temp, xla_flops), run in zip(configs, figures, runs):
+  for config, run in zip(configs, runs):
+    temp, xla_flops = figures(run.compiled)
     median = statistics.median(run.times) if run.times else float("nan")
     lo, hi = (min(run.times), max(run.times)) if run.times else (float("nan"),) * 2
-    print(f"{config.remat_policy:<24} {compile_s:>9.1f} {median:>9.2f} {lo:>7.2f} {hi:>7.2f} "
+    label = policy_label(config, mesh, args.batch, args.seq_len)
+    print(f"{label:<24} {run.compile_seconds:>9.1f} {median:>9.2f} {lo:>7.2f} {hi:>7.2f} "
           f"{median / base if base else float('nan'):>7.2f} "
           f"{args.batch * args.seq_len / median:>8.0f} {temp / 2**20:>9.1f} "
           f"{xla_flops / 1e9:>10.1f} {flops / median / 1e9:>13.2f}")
+  print("* XLA's cost analysis counts each loop body (layer scan, ring, chunks) once: a floor")
   for config, seen in zip(configs, losses):
     print(f"losses {config.remat_policy}: " + " ".join(f"{x:.6f}" for x in seen))
   for seq_len in [int(s) for s in args.memory_seq_lens.split(",") if s]:
     for config in configs:
-      _, temp, _ = compiled_figures(config, mesh, args.batch, seq_len)
-      print(f"compile-only {seq_len:>8} tokens  {config.remat_policy:<24} temp "
+      with jax.set_mesh(mesh):
+        temp, _ = figures(lower_train_step(config, mesh, args.batch, seq_len).compile())
+      label = policy_label(config, mesh, args.batch, seq_len)
+      print(f"compile-only {seq_len:>8} tokens  {label:<24} temp "
             f"{temp / 2**20:>9.1f} MiB per device")
 
 

@@ -34,6 +34,13 @@ def setup():
   return mesh, config, batch, params, run, float(loss), grads
 
 
+def test_auto_keeps_attention_while_it_fits():
+  config = get_config("1b")
+  assert config.resolved_remat_policy(2048) == "save_attention_ffn"
+  assert config.resolved_remat_policy(1048576 // 8) == "nothing_saveable"  # 22.5 GiB
+  assert config.replace(remat_policy="none").resolved_remat_policy(1048576) == "none"
+
+
 def test_no_remat_gradient_matches_finite_differences(setup):
   # The independent anchor: directional derivatives of the loss itself, central differences.
   mesh, _, batch, params, run, _, grads = setup
@@ -53,8 +60,10 @@ def test_no_remat_gradient_matches_finite_differences(setup):
     assert abs(numeric - analytic) <= 2e-3 * abs(analytic) + 1e-5, (numeric, analytic)
 
 
-@pytest.mark.parametrize("policy", ["nothing_saveable"] + list(NAMED_POLICIES))
+@pytest.mark.parametrize("policy", ["auto"] + [pytest.param(p, marks=pytest.mark.slow) for p in
+                                                ["nothing_saveable", *NAMED_POLICIES]])
 def test_policy_gives_the_no_remat_loss_and_gradients(setup, policy):
+  # Tight: a policy only changes what is kept or recomputed, and the recomputation is the same math.
   mesh, config, batch, _, _, loss_ref, grads_ref = setup
   params, run = loss_and_grad_fn(config.replace(remat_policy=policy), mesh)
   with jax.set_mesh(mesh):
