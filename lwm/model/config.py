@@ -21,10 +21,10 @@ NAMED_POLICIES = {
     "save_attention_ffn": ("attention_out", "attention_lse", "ffn_input"),
     "save_attention_qkv_ffn": ("attention_out", "attention_lse", "ffn_input", "attention_qkv"),
 }
-# "auto" keeps the attention outputs and FFN inputs (the fast policy: the backward then never
-# re-runs the ring forward) while they fit in `remat_save_limit_gib` per device, and recomputes the
-# whole layer beyond that (1b at 1M tokens on 8 devices would need 22 GiB more for them).
-AUTO_POLICIES = ("save_attention_ffn", "nothing_saveable")
+# "auto" keeps the attention outputs (the fast policy: the backward then never re-runs the ring
+# forward) while they fit in `remat_save_limit_gib` per device, and recomputes the whole layer
+# beyond that (1b at 1M tokens on 8 devices would need 11 GiB more for them). See docs/model.md.
+AUTO_POLICIES = ("save_attention", "nothing_saveable")
 REMAT_POLICIES = ("auto", "none", "nothing_saveable", "dots_saveable",
                   "dots_with_no_batch_dims_saveable", "everything_saveable") + tuple(NAMED_POLICIES)
 
@@ -68,7 +68,7 @@ class ModelConfig:
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
   remat_policy: str = "auto"
-  remat_save_limit_gib: float = 2.0
+  remat_save_limit_gib: float = 1.0
   ffn_chunk: int = 2048
   attention_block_q: int = 512
   attention_block_kv: int = 512
@@ -112,8 +112,8 @@ class ModelConfig:
     `tokens_per_device` tokens (batch x sequence) and heads split `heads_shards` ways (tp)."""
     if self.remat_policy != "auto":
       return self.remat_policy
-    # Per layer: the attention output and the FFN input, [tokens, embed] each.
-    width = self.num_heads * self.dim_per_head // heads_shards + self.hidden_size // heads_shards
+    # Per layer: the attention output [tokens, heads * head_dim]; its f32 lse is 1/head_dim of that.
+    width = self.num_heads * self.dim_per_head // heads_shards
     saved = self.num_layers * tokens_per_device * width * self.compute_dtype.itemsize
     return AUTO_POLICIES[0] if saved <= self.remat_save_limit_gib * 2**30 else AUTO_POLICIES[1]
 
