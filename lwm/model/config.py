@@ -11,6 +11,7 @@ from lwm.vocab import LWM_CODEBOOK_SIZE, vision_vocab_size
 LWM_VISION_VOCAB_SIZE = vision_vocab_size(LWM_CODEBOOK_SIZE)  # 8192 codes + 256 = 8448
 
 ATTENTION_IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")  # lwm.ops.block_contract.IMPLS
+
 # What a checkpointed layer keeps for its backward, by the names the layer tags
 # (`jax.ad_checkpoint.checkpoint_name`): "attention_out" and "attention_lse" are ring attention's
 # custom_vjp residuals (tagged inside its forward rule, lwm/ops/ring_attention.py), "ffn_input" the
