@@ -10,8 +10,9 @@ simulated CPU devices, FFN chunks of 128 tokens per device, attention tiles of 1
 (`ModelConfig.remat_policy`) is built with `create_sharded` + `jit_train_step` and compiled once;
 its steps are then run interleaved with the other policies' (so that load from other processes
 hits all alike) and the script prints, per policy: compile seconds, median/min/max step seconds
-after the warm-up, tokens/s, per-device temp memory from XLA's memory analysis of the compiled
-step, XLA's cost-analysis FLOPs, and the model FLOPs per step (matmuls and causal attention,
+after the warm-up, the median CPU seconds the process spent per step (steadier than wall time
+when other processes share the cores), tokens/s, per-device temp memory from XLA's memory
+analysis of the compiled step, XLA's cost-analysis FLOPs, and the model FLOPs per step (matmuls and causal attention,
 forward + backward = 3x forward, no recompute) with the FLOP/s they imply. --memory-seq-lens
 adds compile-only memory rows.
 """
@@ -123,15 +124,16 @@ class Run:
     with jax.set_mesh(mesh):
       self.compiled = step.lower(self.params, self.opt_state, batch).compile()
     self.compile_seconds = time.perf_counter() - start
-    self.times = []
+    self.times, self.cpu_times = [], []
 
   def step(self):
+    """(wall seconds, CPU seconds of this process, loss) of one step."""
     import jax
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with jax.set_mesh(self.mesh):
       self.params, self.opt_state, metrics = self.compiled(self.params, self.opt_state, self.batch)
       loss = float(jax.block_until_ready(metrics["loss"]))
-    return time.perf_counter() - start, loss
+    return time.perf_counter() - start, time.process_time() - cpu, loss
 
 
 def main():
@@ -166,19 +168,21 @@ def main():
   losses = [[] for _ in runs]
   for _ in range(args.warmup):
     for run, seen in zip(runs, losses):
-      seen.append(run.step()[1])
+      seen.append(run.step()[2])
   for i in range(args.steps):
     for config, run, seen in zip(configs, runs, losses):
-      seconds, loss = run.step()
+      seconds, cpu, loss = run.step()
       run.times.append(seconds)
+      run.cpu_times.append(cpu)
       seen.append(loss)
-      print(f"  step {i + 1} {config.remat_policy}: {seconds:.2f} s", flush=True)
+      print(f"  step {i + 1} {config.remat_policy}: {seconds:.2f} s, CPU {cpu:.1f} s", flush=True)
   if args.profile:
     with jax.profiler.trace(args.profile):
       runs[0].step()
   base = statistics.median(runs[0].times) if args.steps else 0.0
   header = (f"{'policy':<24} {'compile s':>9} {'median s':>9} {'min s':>7} {'max s':>7} "
-            f"{'x first':>7} {'tok/s':>8} {'temp MiB':>9} {'XLA GFLOP*':>10} {'model GFLOP/s':>13}")
+            f"{'x first':>7} {'CPU s':>7} {'tok/s':>8} {'temp MiB':>9} {'XLA GFLOP*':>10} "
+            f"{'model GFLOP/s':>13}")
   print(f"model FLOPs per step: {flops / 1e9:.1f} GFLOP (3x forward, no recompute)")
   print(header)
   print("-" * len(header))
@@ -186,9 +190,10 @@ def main():
     temp, xla_flops = figures(run.compiled)
     median = statistics.median(run.times) if run.times else float("nan")
     lo, hi = (min(run.times), max(run.times)) if run.times else (float("nan"),) * 2
+    cpu = statistics.median(run.cpu_times) if run.cpu_times else float("nan")
     label = policy_label(config, mesh, args.batch, args.seq_len)
     print(f"{label:<24} {run.compile_seconds:>9.1f} {median:>9.2f} {lo:>7.2f} {hi:>7.2f} "
-          f"{median / base if base else float('nan'):>7.2f} "
+          f"{median / base if base else float('nan'):>7.2f} {cpu:>7.1f} "
           f"{args.batch * args.seq_len / median:>8.0f} {temp / 2**20:>9.1f} "
           f"{xla_flops / 1e9:>10.1f} {flops / median / 1e9:>13.2f}")
   print("* XLA's cost analysis counts each loop body (layer scan, ring, chunks) once: a floor")
