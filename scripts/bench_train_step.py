@@ -12,9 +12,9 @@ its steps are then run interleaved with the other policies' (so that load from o
 hits all alike) and the script prints, per policy: compile seconds, median/min/max step seconds
 after the warm-up, the median CPU seconds the process spent per step (steadier than wall time
 when other processes share the cores), tokens/s, per-device temp memory from XLA's memory
-analysis of the compiled step, XLA's cost-analysis FLOPs, and the model FLOPs per step (matmuls and causal attention,
-forward + backward = 3x forward, no recompute) with the FLOP/s they imply. --memory-seq-lens
-adds compile-only memory rows.
+analysis of the compiled step, XLA's cost-analysis FLOPs, and the model FLOPs per step (matmuls
+and causal attention, forward + backward = 3x forward, no recompute) with the FLOP/s they imply.
+--memory-seq-lens adds compile-only memory rows.
 """
 import argparse
 import os
