@@ -104,6 +104,7 @@ def loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_
   The gradients are computed in the same pass, chunk by chunk (softmax minus one-hot, times the
   token's weight), and kept: dh like `hidden` and the heads' gradients, scaled by the sums'
   cotangents in the backward. So the `[chunk, vocab]` logits are computed once, not recomputed.
+  Gradients flow to hidden and the heads only: targets and masks are data (their cotangent is 0).
   """
   return _loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, chunk)
 
