@@ -1,5 +1,6 @@
 """Model configuration and the named sizes (`tiny` for tests up to LLaMA-2-7B's exact shapes)."""
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,23 @@ from lwm.vocab import LWM_CODEBOOK_SIZE, vision_vocab_size
 LWM_VISION_VOCAB_SIZE = vision_vocab_size(LWM_CODEBOOK_SIZE)  # 8192 codes + 256 = 8448
 
 ATTENTION_IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")  # lwm.ops.block_contract.IMPLS
-REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable",
-                  "dots_with_no_batch_dims_saveable", "everything_saveable")
+
+# What a checkpointed layer keeps for its backward, by the names the layer tags
+# (`jax.ad_checkpoint.checkpoint_name`): "attention_out" and "attention_lse" are ring attention's
+# custom_vjp residuals (tagged inside its forward rule, lwm/ops/ring_attention.py), "ffn_input" the
+# normalised input of the feed-forward, "attention_qkv" q, k, v after RoPE. Everything not kept is
+# recomputed from the layer input, which the layer scan always keeps.
+NAMED_POLICIES = {
+    "save_attention": ("attention_out", "attention_lse"),
+    "save_attention_ffn": ("attention_out", "attention_lse", "ffn_input"),
+    "save_attention_qkv_ffn": ("attention_out", "attention_lse", "ffn_input", "attention_qkv"),
+}
+# "auto" keeps the attention outputs (the fast policy: the backward then never re-runs the ring
+# forward) while they fit in `remat_save_limit_gib` per device, and recomputes the whole layer
+# beyond that (1b at 1M tokens on 8 devices would need 11 GiB more for them). See docs/model.md.
+AUTO_POLICIES = ("save_attention", "nothing_saveable")
+REMAT_POLICIES = ("auto", "none", "nothing_saveable", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable", "everything_saveable") + tuple(NAMED_POLICIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +44,8 @@ class ModelConfig:
     max_sequence_length: informational (exported as max_position_embeddings); RoPE has no table.
   Attributes (long-sequence machinery):
     dtype / param_dtype: activation and parameter dtypes, as names ("bfloat16", "float32").
-    remat_policy: one of REMAT_POLICIES, applied to each scanned layer.
+    remat_policy: one of REMAT_POLICIES, applied to each scanned layer ("auto": see AUTO_POLICIES).
+    remat_save_limit_gib: per-device budget of what "auto" keeps beyond the layer inputs.
     ffn_chunk: tokens per feed-forward chunk (blockwise FFN, recomputed in the backward).
     attention_block_q / attention_block_kv: ring attention tile sizes.
     attention_impl: the ring's per-block implementation (`lwm.ops.block_contract`): "auto" (the
@@ -51,7 +68,8 @@ class ModelConfig:
   initializer_range: float = 0.02
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
-  remat_policy: str = "nothing_saveable"
+  remat_policy: str = "auto"
+  remat_save_limit_gib: float = 1.0
   ffn_chunk: int = 2048
   attention_block_q: int = 512
   attention_block_kv: int = 512
@@ -90,11 +108,27 @@ class ModelConfig:
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)
 
-  def remat(self, fn):
-    """Wraps a layer function in `jax.checkpoint` with this config's policy."""
-    if self.remat_policy == "none":
+  def resolved_remat_policy(self, tokens_per_device: int, heads_shards: int = 1) -> str:
+    """The policy the layers run under: `remat_policy`, with "auto" resolved for a shard of
+    `tokens_per_device` tokens (batch x sequence) and heads split `heads_shards` ways (tp)."""
+    if self.remat_policy != "auto":
+      return self.remat_policy
+    # Per layer: the attention output [tokens, heads * head_dim]; its f32 lse is 1/head_dim of that.
+    width = self.num_heads * self.dim_per_head // heads_shards
+    saved = self.num_layers * tokens_per_device * width * self.compute_dtype.itemsize
+    return AUTO_POLICIES[0] if saved <= self.remat_save_limit_gib * 2**30 else AUTO_POLICIES[1]
+
+  def remat(self, fn, tokens_per_device: int = 0, heads_shards: int = 1):
+    """Wraps a layer function in `jax.checkpoint` with this config's policy (see
+    `resolved_remat_policy` for "auto")."""
+    name = self.resolved_remat_policy(tokens_per_device, heads_shards)
+    logging.info("remat policy %s (config: %s)", name, self.remat_policy)
+    if name == "none":
       return fn
-    policy = getattr(jax.checkpoint_policies, self.remat_policy)
+    if name in NAMED_POLICIES:
+      policy = jax.checkpoint_policies.save_only_these_names(*NAMED_POLICIES[name])
+    else:
+      policy = getattr(jax.checkpoint_policies, name)
     return jax.checkpoint(fn, policy=policy, prevent_cse=False)
 
 

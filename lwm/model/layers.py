@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import Mesh, PartitionSpec as P
 
 from lwm import ops
@@ -188,6 +189,7 @@ def self_attention(params: dict, h, *, cos, sin, segment_ids, config, mesh: Mesh
   kv_heads, hd]` ("prefill"), or the cache's updated generated slots (k, v) ("decode")."""
   batch, seq, _ = h.shape
   q, k, v = qkv_projections(params, h, cos, sin, config)
+  q, k, v = (checkpoint_name(t, "attention_qkv") for t in (q, k, v))  # names: see config.py
   if mode == "decode":
     k_slots = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache.step, 1)
     v_slots = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache.step, 1)
@@ -240,6 +242,6 @@ def decoder_layer(params: dict, x, *, cos, sin, config, mesh: Mesh | None, segme
                                 config=config, mesh=mesh, layer_index=layer_index, mode=mode,
                                 cache=cache)
   x = place(x + attn_out)
-  ffn_in = rms_norm(x, params["ffn_norm"], config.rms_norm_eps)
+  ffn_in = checkpoint_name(rms_norm(x, params["ffn_norm"], config.rms_norm_eps), "ffn_input")
   ffn_out = feed_forward(params, ffn_in, config=config, mesh=mesh, mode=mode)
   return place(x + ffn_out), kv

@@ -22,35 +22,91 @@ def cross_entropy(logits, targets):
   return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
 
+def _head_terms(h, head, targets, weight, with_grads):
+  """One head on one chunk: the cross-entropy `[batch, chunk]` and (with_grads) the gradients of
+  `sum(ce * weight)` with respect to h (`[batch, chunk, embed]`, h's dtype) and head (float32)."""
+  logits = jnp.einsum("bsd,dv->bsv", h, head, preferred_element_type=jnp.float32)
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  target_hot = jnp.arange(logits.shape[-1]) == targets[..., None]
+  ce = lse - jnp.sum(jnp.where(target_hot, logits, 0.0), axis=-1)
+  if not with_grads:
+    return ce, None, None
+  dlogits = ((jnp.exp(logits - lse[..., None]) - target_hot) * weight[..., None]).astype(h.dtype)
+  dh = jnp.einsum("bsv,dv->bsd", dlogits, head, preferred_element_type=jnp.float32)
+  dhead = jnp.einsum("bsd,bsv->dv", h, dlogits, preferred_element_type=jnp.float32)
+  return ce, dh.astype(h.dtype), dhead
+
+
+def _sums_and_grads(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, chunk,
+                    with_grads=True):
+  """Summed cross-entropies and token counts (float32 [4], see `loss_sums`) together with the
+  gradients of the two weighted sums: dh `[batch, seq, embed]` (each token's own modality) and
+  d head_text, d head_vision (float32; None without a vision head)."""
+  batch, seq, _ = hidden.shape
+  size = layers._divisor_at_most(seq, chunk)
+  to_chunks = lambda a: jnp.moveaxis(a.reshape(batch, seq // size, size, *a.shape[2:]), 1, 0)
+  xs = tuple(map(to_chunks, (hidden, targets, target_vision_mask, loss_mask)))
+
+  def one_chunk(dheads, chunk_inputs):
+    h, t, is_vision, mask = chunk_inputs
+    mask = mask.astype(jnp.float32)
+    text_w, vision_w = jnp.where(is_vision, 0.0, mask), jnp.where(is_vision, mask, 0.0)
+    ce, dh, d_text = _head_terms(h, head_text, jnp.where(is_vision, 0, t), text_w, with_grads)
+    if head_vision is not None:
+      ce_vision, dh_vision, d_vision = _head_terms(h, head_vision, jnp.where(is_vision, t, 0),
+                                                   vision_w, with_grads)
+      ce = jnp.where(is_vision, ce_vision, ce)
+    if with_grads:
+      dheads = (dheads[0] + d_text, None if head_vision is None else dheads[1] + d_vision)
+      dh = dh if head_vision is None else dh + dh_vision
+    sums = jnp.stack([(ce * text_w).sum(), text_w.sum(), (ce * vision_w).sum(), vision_w.sum()])
+    return dheads, (sums, dh)
+
+  # zeros_like keeps the heads' varying-axes type inside shard_map (loss_fn makes them varying).
+  zeros = lambda w: None if w is None or not with_grads else jnp.zeros_like(w, jnp.float32)
+  dheads, (sums, dh) = jax.lax.scan(one_chunk, (zeros(head_text), zeros(head_vision)), xs)
+  if with_grads:
+    dh = jnp.moveaxis(dh, 0, 1).reshape(hidden.shape)
+  return sums.sum(axis=0), dh, dheads
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, chunk):
+  return _sums_and_grads(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask,
+                         chunk, with_grads=False)[0]
+
+
+def _loss_sums_fwd(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, chunk):
+  sums, dh, (d_text, d_vision) = _sums_and_grads(hidden, head_text, head_vision, targets,
+                                                 target_vision_mask, loss_mask, chunk)
+  cast = lambda d, w: None if w is None else d.astype(w.dtype)
+  return sums, (dh, cast(d_text, head_text), cast(d_vision, head_vision), target_vision_mask)
+
+
+def _loss_sums_bwd(chunk, residuals, g):
+  # The token counts do not depend on the inputs: only the two CE sums' cotangents g[0], g[2] flow.
+  dh, d_text, d_vision, target_vision_mask = residuals
+  per_token = jnp.where(target_vision_mask, g[2], g[0])[..., None].astype(dh.dtype)
+  scale = lambda d, gi: None if d is None else d * gi.astype(d.dtype)
+  return dh * per_token, scale(d_text, g[0]), scale(d_vision, g[2]), None, None, None
+
+
+_loss_sums.defvjp(_loss_sums_fwd, _loss_sums_bwd)
+
+
 def loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, *, chunk):
   """Summed cross-entropies and token counts of one shard, computed `chunk` tokens at a time.
 
   hidden: [batch, seq, embed]; heads: [embed, vocab] (head_vision may be None); targets,
   target_vision_mask, loss_mask: [batch, seq]. Returns float32 [4]: text CE sum, text token weight,
   vision CE sum, vision token weight.
+
+  The gradients are computed in the same pass, chunk by chunk (softmax minus one-hot, times the
+  token's weight), and kept: dh like `hidden` and the heads' gradients, scaled by the sums'
+  cotangents in the backward. So the `[chunk, vocab]` logits are computed once, not recomputed.
+  Gradients flow to hidden and the heads only: targets and masks are data (their cotangent is 0).
   """
-  batch, seq, _ = hidden.shape
-  size = layers._divisor_at_most(seq, chunk)
-  to_chunks = lambda a: jnp.moveaxis(a.reshape(batch, seq // size, size, *a.shape[2:]), 1, 0)
-  xs = tuple(map(to_chunks, (hidden, targets, target_vision_mask, loss_mask)))
-
-  @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable,
-                     prevent_cse=False)
-  def one_chunk(_, chunk_inputs):
-    h, t, is_vision, mask = chunk_inputs
-    logits = jnp.einsum("bsd,dv->bsv", h, head_text, preferred_element_type=jnp.float32)
-    ce = cross_entropy(logits, jnp.where(is_vision, 0, t))
-    if head_vision is not None:
-      logits = jnp.einsum("bsd,dv->bsv", h, head_vision, preferred_element_type=jnp.float32)
-      ce = jnp.where(is_vision, cross_entropy(logits, jnp.where(is_vision, t, 0)), ce)
-    mask = mask.astype(jnp.float32)
-    text_w, vision_w = jnp.where(is_vision, 0.0, mask), jnp.where(is_vision, mask, 0.0)
-    return None, jnp.stack([(ce * text_w).sum(), text_w.sum(), (ce * vision_w).sum(),
-                            vision_w.sum()])
-
-  # Per-chunk sums as scan outputs, not a carry: a carry's varying-axes type depends on the mesh.
-  _, sums = jax.lax.scan(one_chunk, None, xs)
-  return sums.sum(axis=0)
+  return _loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, chunk)
 
 
 def combine(sums, text_weight: float, vision_weight: float):
@@ -86,6 +142,9 @@ def loss_fn(model, batch: dict):
   seq_spec = P(*hidden_spec[:2])
 
   def shard_sums(h, ht, hv, t, tv, m):
+    # Varying heads: each device's head gradient is then its own partial sum (the custom_vjp's), and
+    # the transpose of this cast adds them up.
+    ht, hv = (None if w is None else jax.lax.pcast(w, reduce_axes, to="varying") for w in (ht, hv))
     sums = loss_sums(h, ht, hv, t, tv, m, chunk=config.loss_chunk)
     return jax.lax.psum(sums, reduce_axes)
 

@@ -116,7 +116,10 @@ class Transformer(nnx.Module):
       return x, None
 
     indices = jnp.arange(config.num_layers, dtype=jnp.int32)
-    x, _ = jax.lax.scan(config.remat(body), x, (indices, self.layers.arrays()))
+    batch_shards = shd.axis_size(mesh, shd.batch_axes(mesh, tokens.shape[0]))
+    tokens_per_device = tokens.size // (batch_shards * mesh.shape["sp"])
+    remat = config.remat(body, tokens_per_device, mesh.shape["tp"])
+    x, _ = jax.lax.scan(remat, x, (indices, self.layers.arrays()))
     return layers.rms_norm(x, self.final_norm[...], config.rms_norm_eps)
 
   def logits(self, hidden, head: str = "text"):

@@ -19,11 +19,16 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lwm.ops import block_contract
 from lwm.ops import layout as layout_lib
 from lwm.ops.block_contract import BlockMask
+
+
+# checkpoint_name tags of the custom_vjp's residuals (the output and its float32 log-sum-exp).
+ATTENTION_OUT, ATTENTION_LSE = "attention_out", "attention_lse"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +162,9 @@ def _ring(cfg, q, k, v, segment_ids):
 
 def _ring_fwd(cfg, q, k, v, segment_ids):
   o, lse = _forward(cfg, q, k, v, segment_ids)
+  # Named so that a remat policy around the caller can keep them (lwm.model.config): otherwise a
+  # checkpointed layer re-runs this whole ring forward in its backward to rebuild them.
+  o, lse = checkpoint_name(o, ATTENTION_OUT), checkpoint_name(lse, ATTENTION_LSE)
   return o, (q, k, v, segment_ids, o, lse)
 
 
