@@ -21,7 +21,7 @@ def forced_argmax(model, tokens, vision_mask, lengths, read):
   """tokens, vision_mask: `[batch, seq]` natural order, padded (seq a multiple of 2 * sp);
   lengths: `[batch]` tokens per row; read: `[batch, answer]` natural indices whose next-token
   argmax is wanted. Returns int32 `[batch, answer]`."""
-  sp = model.get_mesh().shape["sp"]
+  sp = shd.seq_shards(model.get_mesh())
   batch, seq = tokens.shape
   positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
   segments = (positions < lengths[:, None]).astype(jnp.int32)  # 0 = padding
@@ -60,7 +60,7 @@ class TeacherForcer:
     if len(answer) < 1:
       raise ValueError("teacher forcing needs at least one answer token")
     length = len(prompt) + len(answer)
-    seq = inference.padded_length(length, self.mesh.shape["sp"])
+    seq = inference.padded_length(length, shd.seq_shards(self.mesh))
     tokens = np.zeros((1, seq), np.int32)
     tokens[0, :length] = np.concatenate([prompt, answer])
     mask = np.zeros((1, seq), bool)

@@ -117,8 +117,8 @@ class Transformer(nnx.Module):
 
     indices = jnp.arange(config.num_layers, dtype=jnp.int32)
     batch_shards = shd.axis_size(mesh, shd.batch_axes(mesh, tokens.shape[0]))
-    tokens_per_device = tokens.size // (batch_shards * mesh.shape["sp"])
-    remat = config.remat(body, tokens_per_device, mesh.shape["tp"])
+    tokens_per_device = tokens.size // (batch_shards * shd.seq_shards(mesh))
+    remat = config.remat(body, tokens_per_device, shd.axis_size(mesh, shd.mesh_axes("act_heads")))
     x, _ = jax.lax.scan(remat, x, (indices, self.layers.arrays()))
     return layers.rms_norm(x, self.final_norm[...], config.rms_norm_eps)
 
