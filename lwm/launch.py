@@ -38,6 +38,19 @@ def setup_devices_for_mesh(mesh: str | None) -> None:
     set_device_count(count)
 
 
+def load_model_for_command(args):
+  """The evaluation commands' model: `args.checkpoint` on the mesh `args.mesh` with `args.dtype`,
+  `args.tokenizer`, `args.vqgan` (lwm.eval.inference.load_model), Orbax's read-only warning
+  silenced. Call `setup_devices_for_mesh(args.mesh)` first, before anything imports JAX."""
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)  # Orbax warns about reading a checkpoint read-only
+  from lwm import sharding
+  from lwm.eval import inference
+  mesh = sharding.parse_mesh(args.mesh) if args.mesh else None
+  return inference.load_model(args.checkpoint, mesh, dtype=args.dtype, tokenizer=args.tokenizer,
+                              vqgan=args.vqgan)
+
+
 def initialize_distributed(auto: bool, coordinator: str | None, num_processes: int | None,
                            process_id: int | None) -> None:
   """jax.distributed.initialize from explicit flags, or from the environment when `auto`."""

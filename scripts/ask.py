@@ -37,15 +37,10 @@ def parse_args(argv=None):
 def main(argv=None):
   args = parse_args(argv)
   launch.setup_devices_for_mesh(args.mesh)
-  from absl import logging
-  logging.set_verbosity(logging.ERROR)  # Orbax warns about reading a checkpoint read-only
-  from lwm import sharding
   from lwm.data import vqgan
   from lwm.data.video import FrameSampling, decode_video
   from lwm.eval import inference, needle, video_needle
-  mesh = sharding.parse_mesh(args.mesh) if args.mesh else None
-  loaded = inference.load_model(args.checkpoint, mesh, dtype=args.dtype, tokenizer=args.tokenizer,
-                                vqgan=args.vqgan)
+  loaded = launch.load_model_for_command(args)
   if loaded.tokenizer is None:
     sys.exit("no tokenizer recorded for this checkpoint: pass --tokenizer PATH")
   mask = None

@@ -48,16 +48,11 @@ def parse_args(argv=None):
 def main(argv=None):
   args = parse_args(argv)
   launch.setup_devices_for_mesh(args.mesh)
-  from absl import logging
-  logging.set_verbosity(logging.ERROR)  # Orbax warns about reading a checkpoint read-only
-  from lwm import sharding
-  from lwm.eval import grid, inference, long_eval, needle
+  from lwm.eval import grid, long_eval, needle
   tasks = long_eval.parse_tasks(args.tasks)
   lengths = grid.parse_list(args.context_lengths)
   depths = [float(d) for d in args.depths.split(",")]
-  mesh = sharding.parse_mesh(args.mesh) if args.mesh else None
-  loaded = inference.load_model(args.checkpoint, mesh, dtype=args.dtype, tokenizer=args.tokenizer,
-                                vqgan=args.vqgan)
+  loaded = launch.load_model_for_command(args)
   print(f"[eval_long] {len(tasks)} tasks, model {loaded.source}, lengths {lengths}, depths "
         f"{depths}, {args.samples} samples, scoring {args.scoring}", flush=True)
   haystack = args.video_haystack or ""

@@ -80,14 +80,9 @@ def grids(args):
 def main(argv=None):
   args = parse_args(argv)
   launch.setup_devices_for_mesh(args.mesh)
-  from absl import logging
-  logging.set_verbosity(logging.ERROR)  # Orbax warns about reading a checkpoint read-only
-  from lwm import sharding
-  from lwm.eval import inference, needle, video_needle
+  from lwm.eval import needle, video_needle
   lengths, depths = grids(args)
-  mesh = sharding.parse_mesh(args.mesh) if args.mesh else None
-  loaded = inference.load_model(args.checkpoint, mesh, dtype=args.dtype, tokenizer=args.tokenizer,
-                                vqgan=args.vqgan)
+  loaded = launch.load_model_for_command(args)
   print(f"[eval_needle] {args.mode} needle, model {loaded.source}, mesh "
         f"{dict(loaded.model.get_mesh().shape)}, lengths {lengths}, depths {depths}", flush=True)
   values = needle.read_values(args.values) if args.values else None

@@ -107,8 +107,8 @@ def _decoder(spec: str, timeout_s: float, thread: int) -> IsolatedDecoder:
 
 @functools.cache
 def _resolution(vqgan_dir: str) -> int:
-  with open(os.path.join(vqgan_dir, "config.json")) as f:
-    return json.load(f)["resolution"]
+  from lwm.data import vqgan  # a model directory keeps its VQGAN under assets/: resolved there
+  return vqgan.load_config(vqgan_dir).resolution
 
 
 def _mark_attempt(options, run_id: str, stage: str, index: int) -> None:
