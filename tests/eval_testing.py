@@ -27,6 +27,13 @@ def make_vqgan(root: str) -> str:
   return path
 
 
+def video_parts(root: str):
+  """(tokenizer, frame encoder, vision vocabulary) of a tiny tokenizer and VQGAN made in `root`."""
+  tokenizer = text_tokenizer.load_tokenizer(make_tokenizer(root))
+  encoder = vqgan.FrameEncoder(vqgan.load(make_vqgan(root)))
+  return tokenizer, encoder, video_needle.vocab_for(tokenizer, encoder.config.codebook_size)
+
+
 def make_workdir(root: str, seed: int = 0) -> str:
   """A workdir as scripts/train.py leaves it, with a random tiny model at step 3."""
   tokenizer = text_tokenizer.load_tokenizer(make_tokenizer(root))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import eval_testing
-from lwm.data import synthetic, text_tokenizer, vqgan
+from lwm.data import synthetic
 from lwm.eval import video_needle
 from lwm.eval.inference import LoadedModel
 
@@ -14,9 +14,7 @@ from lwm.eval.inference import LoadedModel
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("video"))
-  tokenizer = text_tokenizer.load_tokenizer(eval_testing.make_tokenizer(root))
-  encoder = vqgan.FrameEncoder(vqgan.load(eval_testing.make_vqgan(root)))
-  vocab = video_needle.vocab_for(tokenizer, encoder.config.codebook_size)
+  tokenizer, encoder, vocab = eval_testing.video_parts(root)
   return root, tokenizer, encoder, vocab
 
 

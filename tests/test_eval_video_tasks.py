@@ -5,16 +5,13 @@ import numpy as np
 import pytest
 
 import eval_testing
-from lwm.data import text_tokenizer, vqgan
 from lwm.eval import scoring, video_needle, video_tasks
 
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("video"))
-  tokenizer = text_tokenizer.load_tokenizer(eval_testing.make_tokenizer(root))
-  encoder = vqgan.FrameEncoder(vqgan.load(eval_testing.make_vqgan(root)))
-  vocab = video_needle.vocab_for(tokenizer, encoder.config.codebook_size)
+  tokenizer, encoder, vocab = eval_testing.video_parts(root)
   hay = encoder(video_needle.haystack_frames(40, encoder.config.resolution, seed=1))
   return tokenizer, encoder, vocab, hay
 
