@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from lwm.model.loss import loss_sums
 
@@ -28,10 +29,7 @@ def numpy_sums_and_grads(h, w_text, w_vision, targets, is_vision, mask, g):
   return sums, dh, dws[0], dws[1]
 
 
-@pytest.mark.parametrize("chunk", [8, 5, 32])
-def test_loss_sums_and_gradients_match_numpy(chunk):
-  rng = np.random.default_rng(0)
-  batch, seq, embed, vocab, vision_vocab = 2, 40, 16, 50, 12
+def random_case(rng, batch=2, seq=40, embed=16, vocab=50, vision_vocab=12):
   h = rng.standard_normal((batch, seq, embed)).astype(np.float32)
   w_text = rng.standard_normal((embed, vocab)).astype(np.float32)
   w_vision = rng.standard_normal((embed, vision_vocab)).astype(np.float32)
@@ -40,6 +38,21 @@ def test_loss_sums_and_gradients_match_numpy(chunk):
   targets = np.where(is_vision, rng.integers(0, vision_vocab, (batch, seq)),
                      rng.integers(0, vocab, (batch, seq))).astype(np.int32)
   mask = (rng.random((batch, seq)) > 0.2).astype(np.float32)
+  return h, w_text, w_vision, targets, is_vision, mask
+
+
+def assert_close_to_numpy(sums, grads, case, g):
+  ref_sums, *ref_grads = numpy_sums_and_grads(*case, g)
+  np.testing.assert_allclose(np.asarray(sums), ref_sums, rtol=1e-5)
+  for name, got, want in zip(("hidden", "head_text", "head_vision"), grads, ref_grads):
+    err = np.linalg.norm(np.asarray(got, np.float64) - want) / np.linalg.norm(want)
+    assert err <= 1e-5, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("chunk", [8, 5, 32])
+def test_loss_sums_and_gradients_match_numpy(chunk):
+  case = random_case(np.random.default_rng(0))
+  h, w_text, w_vision, targets, is_vision, mask = case
   g = np.array([0.7, 0.0, -1.3, 0.0])
 
   def objective(h, w_text, w_vision):
@@ -48,11 +61,30 @@ def test_loss_sums_and_gradients_match_numpy(chunk):
 
   (_, sums), grads = jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True))(
       h, w_text, w_vision)
-  ref_sums, *ref_grads = numpy_sums_and_grads(h, w_text, w_vision, targets, is_vision, mask, g)
-  np.testing.assert_allclose(np.asarray(sums), ref_sums, rtol=1e-5)
-  for name, got, want in zip(("hidden", "head_text", "head_vision"), grads, ref_grads):
-    err = np.linalg.norm(np.asarray(got, np.float64) - want) / np.linalg.norm(want)
-    assert err <= 1e-5, f"{name}: relative error {err:.2e}"
+  assert_close_to_numpy(sums, grads, case, g)
+
+
+def test_sharded_heads_match_numpy():
+  """Sequence over 8 devices (2 x 4 mesh axes), heads as embed-dim shards over both: each device
+  keeps its shard of the summed head gradient, and the assembled gradients equal NumPy's."""
+  case = random_case(np.random.default_rng(2), seq=64)
+  h, w_text, w_vision, targets, is_vision, mask = case
+  g = np.array([-0.4, 0.0, 1.1, 0.0])
+  mesh = jax.make_mesh((2, 4), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  axes, seq, head = ("a", "b"), P(None, ("a", "b")), P(("a", "b"), None)
+
+  def shard(h, w_text, w_vision, targets, is_vision, mask):
+    sums = loss_sums(h, w_text, w_vision, targets, is_vision, mask, chunk=4, head_axes=axes)
+    return jax.lax.psum(sums, axes)
+
+  def objective(h, w_text, w_vision):
+    sums = jax.shard_map(shard, mesh=mesh, in_specs=(seq, head, head, seq, seq, seq),
+                         out_specs=P())(h, w_text, w_vision, targets, is_vision, mask)
+    return jnp.dot(sums, jnp.asarray(g, jnp.float32)), sums
+
+  (_, sums), grads = jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True))(
+      h, w_text, w_vision)
+  assert_close_to_numpy(sums, grads, case, g)
 
 
 def test_loss_sums_without_vision_head_matches_numpy():

@@ -56,3 +56,19 @@ def test_loss_is_finite_and_uses_both_heads(reference):
   config, params_np, batch, (loss1, grads1) = reference
   assert np.isfinite(loss1) and loss1 > 0
   assert np.abs(grads1["head_vision"]).max() > 0 and np.abs(grads1["embed_vision"]).max() > 0
+
+
+def test_whole_heads_when_the_embed_size_is_not_divisible():
+  """hidden 36 on 8 sequence shards: the loss keeps whole heads per device (no embed-dim shards),
+  with the same loss and gradients as one device."""
+  config = get_config("tiny").replace(hidden_size=36, head_dim=16)
+  _, params = nnx.split(Transformer(config, rngs=nnx.Rngs(1)), nnx.Param)
+  params_np = jax.tree.map(lambda p: np.asarray(p[...]), params,
+                           is_leaf=lambda x: isinstance(x, nnx.Variable))
+  batch = model_testing.packed_batch(config, batch=2, seq=32)
+  loss1, grads1 = loss_and_grads(config, params_np, batch, None)
+  loss8, grads8 = loss_and_grads(config, params_np, batch, shd.make_mesh(*MESHES["sp8"]))
+  assert abs(loss8 - loss1) <= 1e-5 * abs(loss1)
+  for (path, g1), g8 in zip(jax.tree.leaves_with_path(grads1), jax.tree.leaves(grads8)):
+    err = np.linalg.norm(g8 - g1) / np.linalg.norm(g1)
+    assert err <= 1e-5, f"{jax.tree_util.keystr(path)}: relative error {err:.2e}"

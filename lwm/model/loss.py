@@ -1,7 +1,7 @@
 """Chunked cross-entropy over the text and vision heads, weighted per modality, with a loss mask.
 
-Each device computes its own sequence shard chunk by chunk (the `[chunk, vocab]` logits are
-recomputed in the backward), so the `[seq, vocab]` logits never exist at once.
+Each device computes its own sequence shard chunk by chunk, the gradients in the same pass (see
+`loss_sums`), so the `[seq, vocab]` logits never exist at once and are not recomputed.
 """
 import functools
 
@@ -70,20 +70,35 @@ def _sums_and_grads(hidden, head_text, head_vision, targets, target_vision_mask,
   return sums.sum(axis=0), dh, dheads
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, chunk):
-  return _sums_and_grads(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask,
-                         chunk, with_grads=False)[0]
+def _gather(w, axes):
+  """The whole head from its embed-dim shards over `axes` (none: `w` is whole already)."""
+  return w if w is None or not axes else jax.lax.all_gather(w, axes, axis=0, tiled=True)
 
 
-def _loss_sums_fwd(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, chunk):
-  sums, dh, (d_text, d_vision) = _sums_and_grads(hidden, head_text, head_vision, targets,
-                                                 target_vision_mask, loss_mask, chunk)
-  cast = lambda d, w: None if w is None else d.astype(w.dtype)
-  return sums, (dh, cast(d_text, head_text), cast(d_vision, head_vision), target_vision_mask)
+def _scatter(d, axes):
+  """This device's embed-dim shard of the sum over `axes` of each device's head gradient."""
+  return d if d is None or not axes else jax.lax.psum_scatter(d, axes, scatter_dimension=0,
+                                                              tiled=True)
 
 
-def _loss_sums_bwd(chunk, residuals, g):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, chunk,
+               head_axes):
+  return _sums_and_grads(hidden, _gather(head_text, head_axes), _gather(head_vision, head_axes),
+                         targets, target_vision_mask, loss_mask, chunk, with_grads=False)[0]
+
+
+def _loss_sums_fwd(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, chunk,
+                   head_axes):
+  sums, dh, (d_text, d_vision) = _sums_and_grads(
+      hidden, _gather(head_text, head_axes), _gather(head_vision, head_axes), targets,
+      target_vision_mask, loss_mask, chunk)
+  # Kept until the backward: this device's shard of the heads' gradients, summed over head_axes.
+  keep = lambda d, w: None if w is None else _scatter(d, head_axes).astype(w.dtype)
+  return sums, (dh, keep(d_text, head_text), keep(d_vision, head_vision), target_vision_mask)
+
+
+def _loss_sums_bwd(chunk, head_axes, residuals, g):
   # The token counts do not depend on the inputs: only the two CE sums' cotangents g[0], g[2] flow.
   dh, d_text, d_vision, target_vision_mask = residuals
   per_token = jnp.where(target_vision_mask, g[2], g[0])[..., None].astype(dh.dtype)
@@ -94,7 +109,8 @@ def _loss_sums_bwd(chunk, residuals, g):
 _loss_sums.defvjp(_loss_sums_fwd, _loss_sums_bwd)
 
 
-def loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, *, chunk):
+def loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, *, chunk,
+              head_axes=()):
   """Summed cross-entropies and token counts of one shard, computed `chunk` tokens at a time.
 
   hidden: [batch, seq, embed]; heads: [embed, vocab] (head_vision may be None); targets,
@@ -105,8 +121,13 @@ def loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_
   token's weight), and kept: dh like `hidden` and the heads' gradients, scaled by the sums'
   cotangents in the backward. So the `[chunk, vocab]` logits are computed once, not recomputed.
   Gradients flow to hidden and the heads only: targets and masks are data (their cotangent is 0).
+
+  head_axes (inside shard_map): the heads come as shards of their embed dim over these mesh axes
+  and are gathered for the logits; each device keeps only its shard of the summed head gradient, not
+  a whole `[embed, vocab]` per device, and that shard is the cotangent returned.
   """
-  return _loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, chunk)
+  return _loss_sums(hidden, head_text, head_vision, targets, target_vision_mask, loss_mask, chunk,
+                    tuple(head_axes))
 
 
 def combine(sums, text_weight: float, vision_weight: float):
@@ -140,17 +161,23 @@ def loss_fn(model, batch: dict):
   hidden_spec = shd.logical_to_spec(("batch", "seq", None), hidden.shape, mesh)
   reduce_axes = shd.spec_axes(hidden_spec)  # Exactly the axes that shard the inputs below.
   seq_spec = P(*hidden_spec[:2])
+  # The heads enter as embed-dim shards over the same axes, so the gradient each device keeps until
+  # the backward is 1/N of a head; an embed size they do not divide keeps whole (varying) heads.
+  sharded = config.hidden_size % shd.axis_size(mesh, reduce_axes) == 0
+  head_spec = P(reduce_axes or None, None) if sharded else P()
 
   def shard_sums(h, ht, hv, t, tv, m):
-    # Varying heads: each device's head gradient is then its own partial sum (the custom_vjp's), and
-    # the transpose of this cast adds them up.
-    ht, hv = (None if w is None else jax.lax.pcast(w, reduce_axes, to="varying") for w in (ht, hv))
-    sums = loss_sums(h, ht, hv, t, tv, m, chunk=config.loss_chunk)
+    if not sharded:  # each device's head gradient is then its own partial sum, added up by the
+      # transpose of this cast
+      ht, hv = (None if w is None else jax.lax.pcast(w, reduce_axes, to="varying")
+                for w in (ht, hv))
+    sums = loss_sums(h, ht, hv, t, tv, m, chunk=config.loss_chunk,
+                     head_axes=reduce_axes if sharded else ())
     return jax.lax.psum(sums, reduce_axes)
 
   sums = jax.shard_map(
       shard_sums, mesh=mesh,
-      in_specs=(hidden_spec, P(), P()) + (seq_spec,) * 3, out_specs=P(),
+      in_specs=(hidden_spec, head_spec, head_spec) + (seq_spec,) * 3, out_specs=P(),
   )(hidden, head_text, head_vision, batch["targets"], batch["target_vision_mask"],
     batch["loss_mask"])
   return combine(sums, config.text_loss_weight, config.vision_loss_weight)
