@@ -167,8 +167,9 @@ def loss_fn(model, batch: dict):
   head_spec = P(reduce_axes or None, None) if sharded else P()
 
   def shard_sums(h, ht, hv, t, tv, m):
-    if not sharded:  # each device's head gradient is then its own partial sum, added up by the
-      # transpose of this cast
+    if not sharded:
+      # Varying heads: each device's head gradient is its own partial sum, which the transpose of
+      # this cast adds up.
       ht, hv = (None if w is None else jax.lax.pcast(w, reduce_axes, to="varying")
                 for w in (ht, hv))
     sums = loss_sums(h, ht, hv, t, tv, m, chunk=config.loss_chunk,
