@@ -1,7 +1,7 @@
 """The end-to-end quickstart on the CPU: corpus -> tokenizers -> dataset -> two training stages ->
 needle evaluations (trained vs untrained control) -> OUT/summary.json and heatmaps.
 
-  python scripts/quickstart.py [--output quickstart_out] [--clean] [--small]
+  python scripts/quickstart.py [--output quickstart_out] [--clean] [--small] [--seed 0]
 
 Rerunning reuses finished steps; --clean starts over; --small is the slow test's tiny version.
 """
@@ -14,9 +14,14 @@ def main(argv=None) -> int:
   parser.add_argument("--output", default="quickstart_out", help="directory for everything")
   parser.add_argument("--clean", action="store_true", help="delete --output first")
   parser.add_argument("--small", action="store_true", help="tiny settings (tests): minutes")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="corpus, VQGAN and training seed (another seed: another run to compare)")
   args = parser.parse_args(argv)
+  import dataclasses
+
   from lwm.demo import pipeline
-  pipeline.run_pipeline(args.output, pipeline.SMALL if args.small else pipeline.FULL,
+  settings = pipeline.SMALL if args.small else pipeline.FULL
+  pipeline.run_pipeline(args.output, dataclasses.replace(settings, seed=args.seed),
                         clean=args.clean)
   return 0
 

@@ -64,10 +64,14 @@ def test_results_cells_score_held_out_values(quickstart):
     for cell in cells:  # the long tasks ask for held-out values too
       shown = cell["info"].get("values") or cell["info"]["shown"]
       assert shown and all(corpus.is_held_out(v) for v in shown), (run, cell["info"])
-  with open(os.path.join(out, "corpus", "short.jsonl")) as f:
-    answers = [json.loads(line)["text"] for line in f if '"prompt"' in line]
-  values = [v for a in answers for v in re.findall(r"\d+", a)]  # multivalue answers hold four
-  assert values and not any(corpus.is_held_out(v) for v in values)
+  for stage in ("short", "long"):  # no answer to a question holds a held-out value
+    with open(os.path.join(out, "corpus", f"{stage}.jsonl")) as f:
+      answers = [json.loads(line)["text"] for line in f if '"prompt"' in line]
+    values = [v for a in answers for v in re.findall(r"\d+", a)]  # multivalue answers hold four
+    assert values and not any(corpus.is_held_out(v) for v in values), stage
+  with open(os.path.join(out, "corpus", "short.jsonl")) as f:  # reading is taught on every value
+    captions = [json.loads(line)["text"] for line in f if "numbers shown" in line]
+  assert any(corpus.is_held_out(v) for c in captions for v in re.findall(r"\d+", c))
 
 
 @pytest.mark.slow

@@ -15,9 +15,11 @@ docs/quickstart.md):
   gradient comes from the answers, not from predicting filler;
 - one needle per document in digit-free filler, so retrieval is "find the one number and copy it"
   (no key matching, the skill the one-needle evaluation measures);
-- document and video lengths spread log-uniformly up to the stage's context, so short examples
-  teach the skill quickly and long ones stretch it to the whole context (stage 2's examples start
-  at a quarter of its context: the short range is stage 1's);
+- stage 1's document and video lengths spread log-uniformly up to its context, so short examples
+  teach the skill quickly and long ones stretch it to the whole context; stage 2's are uniform
+  over the long range (a quarter of its context to all of it), so needles near its last positions
+  are trained too (log-uniform, a needle in the last frames of a 2048-token video was never
+  answered: 0.00 at depth 100);
 - text values of three digits: a held-out value is a new combination of digit pairs that training
   has seen, so copying is not fought by a learnt "these digits never follow" prior (with two digits
   every held-out value is a pair the model was taught never to write).
@@ -28,6 +30,14 @@ order", the skill the single needle teaches, so a small model can learn them wit
 Videos are written losslessly at the VQGAN's resolution so a needle frame's codes in training
 match those of a freshly rendered `needle_frame`; a video value has two digits, which fill a
 16-pixel frame.
+
+Reading is taught on every number, retrieval only on training values: the captioned number videos
+(`digit_example`) show all two-digit values, held-out ones included, while no needle or order
+example (and so no trained answer to a question) holds a held-out value. A 2-layer model does not
+read a digit pair whose codes it never saw: the VQGAN's codes mix the two digits, so a held-out
+pair is a new code pattern: trained on training values only, the model found and read training
+values at 2048 tokens but misread one digit of most held-out ones (docs/quickstart.md). What
+evaluation measures is finding the frame and reading it, with values no retrieval example used.
 """
 import dataclasses
 import functools
@@ -62,19 +72,28 @@ def value_pool(held_out: bool, digits: int) -> tuple:
   return tuple(v for v in values if is_held_out(v) == held_out)
 
 
-def log_uniform_count(rng: np.random.Generator, limits: tuple) -> int:
-  """A count in [limits[0], limits[1]] whose scale is log-uniform: as many documents of 2-4
-  sentences as of 50-100, so short ones teach the skill and long ones stretch it."""
-  low, high = limits
-  top = min(high, int(np.exp(rng.uniform(np.log(low + 1), np.log(high + 1)))))
-  return int(rng.integers(max(low, top // 2), max(low, top) + 1))
+@dataclasses.dataclass(frozen=True)
+class Span:
+  """Counts of sentences or frames in [low, high] (inclusive), drawn log-uniformly (as many
+  documents of 2-4 sentences as of 50-100: short ones teach the skill, long ones stretch it) or
+  uniformly (every length, up to the context, equally often)."""
+  low: int
+  high: int
+  uniform: bool = False
+
+
+def draw_count(rng: np.random.Generator, span: Span) -> int:
+  if span.uniform:
+    return int(rng.integers(span.low, span.high + 1))
+  top = min(span.high, int(np.exp(rng.uniform(np.log(span.low + 1), np.log(span.high + 1)))))
+  return int(rng.integers(max(span.low, top // 2), max(span.low, top) + 1))
 
 
 @dataclasses.dataclass(frozen=True)
 class CorpusSizes:
   """How many examples of each kind; sentence and frame ranges per stage (inclusive; a sentence is
   ~15 tokens and a frame 17 with the quickstart's tokenizers, so the longest examples fill 512 and
-  2048 tokens). Counts of sentences and frames are drawn log-uniformly (`log_uniform_count`)."""
+  2048 tokens); stage 1 draws them log-uniformly, stage 2 uniformly (`Span`)."""
   short_text: int = 12000         # stage 1 needle documents
   long_text: int = 3000           # stage 2 needle documents
   plain_text: int = 40            # long documents without a needle (stage 2)
@@ -87,10 +106,10 @@ class CorpusSizes:
   short_video_order: int = 3000   # video_order examples (ORDER_NEEDLES numbers), stage 1
   long_video_order: int = 500     # and stage 2
   vqgan_digit_video: int = 1500   # extra number-only videos for the VQGAN's manifest (vqgan.jsonl)
-  short_sentences: tuple = (0, 30)
-  long_sentences: tuple = (30, 130)   # stage 2 is for the long range: short is stage 1's
-  short_frames: tuple = (2, 28)
-  long_frames: tuple = (28, 118)
+  short_sentences: Span = Span(0, 30)
+  long_sentences: Span = Span(30, 130, uniform=True)  # stage 2 is for the long range
+  short_frames: Span = Span(2, 28)
+  long_frames: Span = Span(28, 118, uniform=True)
 
 
 # ------------------------------------------------------------------------------------ Frames
@@ -143,10 +162,10 @@ def train_value(rng: np.random.Generator, digits: int) -> str:
   return pool[int(rng.integers(len(pool)))]
 
 
-def text_needle_example(rng: np.random.Generator, sentences: tuple) -> dict:
+def text_needle_example(rng: np.random.Generator, sentences: Span) -> dict:
   """One needle (a "train" key, a value not held out) at a random sentence boundary of digit-free
   filler; the prompt is the evaluation's (`needle.format_prompt`), the text its answer."""
-  count = log_uniform_count(rng, sentences)
+  count = draw_count(rng, sentences)
   filler = needle.synthetic_haystack(count, seed=int(rng.integers(1 << 30))).split(". ")
   keys = needle.needle_keys("train")
   key, value = keys[int(rng.integers(len(keys)))], train_value(rng, TEXT_DIGITS)
@@ -156,9 +175,9 @@ def text_needle_example(rng: np.random.Generator, sentences: tuple) -> dict:
   return {"prompt": prompt, "text": needle.text_answer(value)}
 
 
-def video_needle_example(rng: np.random.Generator, frames: tuple, root: str, name: str) -> dict:
+def video_needle_example(rng: np.random.Generator, frames: Span, root: str, name: str) -> dict:
   """A digit frame at a random place among moving-shape frames, asked about as in evaluation."""
-  count = log_uniform_count(rng, frames)
+  count = draw_count(rng, frames)
   value = train_value(rng, VIDEO_DIGITS)
   video = haystack(rng, count - 1)
   at = int(rng.integers(0, count))
@@ -169,12 +188,12 @@ def video_needle_example(rng: np.random.Generator, frames: tuple, root: str, nam
           "text": needle.text_answer(value), "order": "video_text"}
 
 
-def multivalue_example(rng: np.random.Generator, sentences: tuple) -> dict:
+def multivalue_example(rng: np.random.Generator, sentences: Span) -> dict:
   """RULER's niah_multivalue in eval_long's format: one key with MULTIVALUE values (not held out)
   at random boundaries of digit-free filler; the answer lists them in order. The instruction,
   needles and question take ~8 sentences' tokens, so the filler has that many fewer."""
-  low, high = sentences
-  count = log_uniform_count(rng, (max(0, low - 8), max(1, high - 8)))
+  count = draw_count(rng, dataclasses.replace(sentences, low=max(0, sentences.low - 8),
+                                              high=max(1, sentences.high - 8)))
   filler = needle.synthetic_haystack(count, seed=int(rng.integers(1 << 30))).split(". ")
   parts = [s.rstrip(".") + "." for s in filler if s]
   [key] = ruler.draw(rng, "words", 1)
@@ -182,9 +201,9 @@ def multivalue_example(rng: np.random.Generator, sentences: tuple) -> dict:
   return ruler.niah_training_example(rng, parts, [key], values, asked=1)
 
 
-def video_order_example(rng: np.random.Generator, frames: tuple, root: str, name: str) -> dict:
+def video_order_example(rng: np.random.Generator, frames: Span, root: str, name: str) -> dict:
   """ORDER_NEEDLES digit frames among moving shapes; the answer lists their numbers in order."""
-  count = max(log_uniform_count(rng, frames), ORDER_NEEDLES + 1)
+  count = max(draw_count(rng, frames), ORDER_NEEDLES + 1)
   values = needle.draw_values(rng, ORDER_NEEDLES, values=value_pool(False, VIDEO_DIGITS))
   video = list(haystack(rng, count - ORDER_NEEDLES))
   at = np.sort(rng.integers(0, len(video) + 1, ORDER_NEEDLES))
@@ -203,16 +222,18 @@ def caption_example(rng: np.random.Generator, root: str, name: str) -> dict:
 
 def digit_example(rng: np.random.Generator, root: str, name: str) -> dict:
   """Frames that each show a number, captioned with the numbers: the VQGAN sees many digit frames
-  and the model learns to read them."""
-  values = [train_value(rng, VIDEO_DIGITS) for _ in range(int(rng.integers(2, 7)))]
+  and the model learns to read them, every value, held-out ones included (see the module's
+  docstring)."""
+  every = value_pool(False, VIDEO_DIGITS) + value_pool(True, VIDEO_DIGITS)
+  values = [every[int(rng.integers(len(every)))] for _ in range(int(rng.integers(2, 7)))]
   frames = np.stack([video_needle.needle_frame(v, FRAME_SIZE) for v in values])
   write_lossless(os.path.join(root, name), frames)
   return {"video": name, "text": "The numbers shown are " + ", ".join(values) + ".",
           "order": "video_text"}
 
 
-def plain_document(rng: np.random.Generator, sentences: tuple) -> dict:
-  count = int(rng.integers(max(sentences[0], 1), sentences[1] + 1))
+def plain_document(rng: np.random.Generator, sentences: Span) -> dict:
+  count = int(rng.integers(max(sentences.low, 1), sentences.high + 1))
   return {"text": needle.synthetic_haystack(count, seed=int(rng.integers(1 << 30)))}
 
 

@@ -38,6 +38,7 @@ class Settings:
   rounds: int = 8
   long_samples: int = 4  # eval_long samples per length and depth
   workers: int = 2
+  seed: int = 0  # of the corpus, the VQGAN and both training stages (runs to see the spread)
 
 
 FULL = Settings()
@@ -45,7 +46,8 @@ SMALL = Settings(
     sizes=corpus.CorpusSizes(short_text=60, long_text=8, plain_text=2, short_video=12,
                              long_video=3, caption_video=4, digit_video=6, short_multivalue=20,
                              long_multivalue=4, short_video_order=6, long_video_order=2,
-                             vqgan_digit_video=4, long_sentences=(10, 30), long_frames=(8, 20)),
+                             vqgan_digit_video=4, long_sentences=corpus.Span(10, 30, uniform=True),
+                             long_frames=corpus.Span(8, 20, uniform=True)),
     vocab_size=400, vqgan_steps=10,
     stage1={"seq_len": 128, "train.steps": 4, "train.batch_size": 4, "train.warmup_steps": 1},
     stage2={"seq_len": 512, "train.steps": 2, "train.batch_size": 1, "train.warmup_steps": 1},
@@ -123,7 +125,7 @@ def steps(out: str, s: Settings) -> list:
                            f"{tok}/tokenizer.model", "--vocab-size", s.vocab_size), tok),
       ("vqgan", script("train_vqgan.py", "--manifest", f"{c}/vqgan.jsonl", "--output", vq,
                        "--config", "tiny", "--steps", s.vqgan_steps, "--batch-size", 32,
-                       "--learning-rate", 3e-3), vq)]
+                       "--learning-rate", 3e-3, "--seed", s.seed), vq)]
   for k in ("short", "long"):
     result.append((f"preprocess {k}", script(
         "preprocess.py", "--manifest", f"{c}/{k}.jsonl", "--output", data[k], "--tokenizer",
@@ -131,7 +133,7 @@ def steps(out: str, s: Settings) -> list:
         "--workers", s.workers), data[k]))
   train = lambda stage, data_dir, extra: script(
       "train.py", f"--config={CONFIG}:{stage}", f"--workdir={work[stage]}",
-      f"--config.data.path={data_dir}", *overrides(extra))
+      f"--config.data.path={data_dir}", f"--config.seed={s.seed}", *overrides(extra))
   result += [
       ("train stage 1", train("stage1", data["short"], s.stage1), work["stage1"]),
       ("train stage 2", train("stage2", data["long"], dict(s.stage2, init_from=work["stage1"])),
@@ -180,6 +182,7 @@ def summarize(out: str, s: Settings, seconds: float) -> dict:
   """Writes OUT/summary.json and copies the heatmaps next to it; returns the summary. Accuracies
   are at stage 2's length; *_by_length has every evaluated length."""
   summary = {"stage2_context_length": s.context_length, "seconds": round(seconds, 1),
+             "seed": s.seed,
              "context_lengths": [int(n) for n in s.context_lengths.split(",")],
              "depths": [float(d) for d in s.depths.split(",")], "rounds": s.rounds,
              "long_samples": s.long_samples, "long_tasks": list(LONG_TASKS),
@@ -223,7 +226,7 @@ def run_pipeline(out: str, s: Settings = FULL, clean: bool = False, log=print) -
     log(f"[quickstart] corpus: done before, skipped ({corpus_dir})")
   else:
     log(f"[quickstart] corpus: writing {corpus_dir}")
-    corpus.write_corpus(corpus_dir, s.sizes)
+    corpus.write_corpus(corpus_dir, s.sizes, seed=s.seed)
     open(os.path.join(corpus_dir, DONE), "w").close()
   for name, command, done_dir in steps(out, s):
     run_step(name, command, done_dir, log)
