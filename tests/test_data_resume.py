@@ -86,7 +86,10 @@ def test_prefetch_saves_the_position_of_the_batch_consumed(depth):
 
   batches = Prefetcher(Loader(None, seq_len=128, global_batch_size=2, seed=5, examples=docs), depth)
   got = [next(batches) for _ in range(5)]
-  time.sleep(0.2)  # let the thread fill its queue: those batches are packed but never consumed
+  deadline = time.monotonic() + 60  # let the thread fill its queue: packed, never consumed
+  while depth and batches._queue.qsize() < depth and time.monotonic() < deadline:
+    time.sleep(0.01)
+  assert not depth or batches._queue.full(), "the prefetch thread did not fill its queue in 60 s"
   state = batches.get_state()
   batches.close()
   resumed = Loader(None, seq_len=128, global_batch_size=2, seed=5, examples=docs)
