@@ -22,7 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
                               # it from init_from (a HF directory / any model directory)
   c.model_overrides = ml_collections.ConfigDict()  # ModelConfig fields, e.g. {"num_layers": 4}
   c.seq_len = 1024            # tokens per packed sequence
-  c.rope_theta = 10000.0
+  c.rope_theta = 0.0          # RoPE base; 0 keeps the model's own: init_from's (a Hugging Face
+                              # checkpoint or a previous stage) or else the named size's
   c.mesh = "sp=1"             # "sp=8", "fsdp=-1,tp=4" or dp,fsdp,tp,sp; one -1 takes the rest
   c.seed = 0
   c.init_from = ""            # "" (random), a previous stage's workdir, a Hugging Face LLaMA dir,

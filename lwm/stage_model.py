@@ -2,7 +2,8 @@
 
 The model is a named size (`config.model`), a Hugging Face checkpoint's (`hf`), or that of the
 model directory in `config.init_from` (`init_from`: a training workdir or the output of
-scripts/import_lwm.py); the stage sets θ, the length, the dtypes and the loss weights; the
+scripts/import_lwm.py); the stage sets the length, the dtypes and the loss weights, and θ where it
+gives one (`config.rope_theta` 0 keeps the checkpoint's θ, or the named size's without one); the
 dataset's vocabulary layout (`lwm.vocab`) sets the minimum table sizes.
 """
 import json
@@ -25,11 +26,14 @@ def model_config(config, vocab: dict):
 
   vocab: the dataset's vocab.json dict (`lwm.vocab.Vocab.to_json()` plus paths).
   """
-  overrides = dict(rope_theta=float(config.rope_theta), max_sequence_length=config.seq_len,
+  theta = float(config.rope_theta)
+  overrides = dict(max_sequence_length=config.seq_len,
                    dtype=config.train.dtype, param_dtype="float32",
                    text_loss_weight=config.train.text_loss_weight,
                    vision_loss_weight=config.train.vision_loss_weight,
                    **config.model_overrides.to_dict())
+  if theta:
+    overrides["rope_theta"] = theta
   layout = Vocab.from_json(vocab)
   text_ids, vision_ids = layout.text_vocab_size, layout.vision_ids_used
   if config.model in ("hf", "init_from") and stage.is_hf_dir(config.init_from):
@@ -49,11 +53,14 @@ def model_config(config, vocab: dict):
                          f"{dict(base.rope_scaling) or None}; use config.model='hf' or set "
                          "config.model_overrides.rope_scaling")
       _check_same_architecture(base, stored, config)  # e.g. rms_norm_eps, which no shape shows
+      base = base if theta else base.replace(rope_theta=stored.rope_theta)
     if not stage.is_hf_dir(config.init_from):  # our own models grow to fit the dataset
       base = base.replace(vocab_size=max(base.vocab_size, text_ids),
                           vision_vocab_size=max(base.vision_vocab_size, vision_ids))
     if stage.is_model_dir(config.init_from):
-      _check_same_architecture(base, _stored(config.init_from), config)
+      stored = _stored(config.init_from)
+      _check_same_architecture(base, stored, config)
+      base = base if theta else base.replace(rope_theta=stored.rope_theta)
   if base.vocab_size < text_ids or (vision_ids > 0 and base.vision_vocab_size < vision_ids):
     raise ValueError(f"the dataset uses {text_ids} text ids and {vision_ids} vision ids, "
                      f"but the model has vocab_size={base.vocab_size} and vision_vocab_size="

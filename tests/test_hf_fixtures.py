@@ -241,3 +241,17 @@ def test_a_named_size_with_another_rms_norm_eps_than_the_checkpoint_is_refused(t
     train.model_config(config, {"text_vocab_size": 256})
   config.model = "hf"
   assert train.model_config(config, {"text_vocab_size": 256}).rms_norm_eps == 1e-6
+
+
+def test_the_checkpoints_theta_is_kept_unless_the_stage_sets_one(tmp_path):
+  """config.rope_theta 0 (the default) keeps config.json's θ, with `hf` and with a named size; a
+  stage's θ replaces it."""
+  from lwm import stage, train
+  path = rewrite_config(os.path.join(FIXTURES, "llama-rope-parameters"), tmp_path / "theta",
+                        lambda c: c["rope_parameters"].update(rope_theta=123456.0))
+  config = stage.base_config()
+  for model in ("hf", "tiny"):
+    config.model, config.init_from = model, path
+    assert train.model_config(config, {"text_vocab_size": 256}).rope_theta == 123456.0, model
+  config.rope_theta = 1e6
+  assert train.model_config(config, {"text_vocab_size": 256}).rope_theta == 1e6
