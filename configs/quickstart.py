@@ -24,7 +24,7 @@ MODEL = dict(hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4, 
 STAGES = {
     "stage1": dict(seq_len=512, rope_theta=1e4, mesh="sp=1", steps=2000, lr=3e-3, batch=16,
                    warmup=50),
-    "stage2": dict(seq_len=2048, rope_theta=1e5, mesh="sp=8", steps=400, lr=1e-3, batch=4,
+    "stage2": dict(seq_len=2048, rope_theta=1e5, mesh="sp=8", steps=600, lr=1e-3, batch=4,
                    warmup=10),
     # The control: stage 2's model at its initial parameters (lr 0, one step saves them).
     "control": dict(seq_len=2048, rope_theta=1e5, mesh="sp=1", steps=1, lr=0.0, batch=1,

@@ -16,10 +16,10 @@ docs/quickstart.md):
 - one needle per document in digit-free filler, so retrieval is "find the one number and copy it"
   (no key matching, the skill the one-needle evaluation measures);
 - stage 1's document and video lengths spread log-uniformly up to its context, so short examples
-  teach the skill quickly and long ones stretch it to the whole context; stage 2's are uniform
-  over the long range (a quarter of its context to all of it), so needles near its last positions
-  are trained too (log-uniform, a needle in the last frames of a 2048-token video was never
-  answered: 0.00 at depth 100);
+  teach the skill quickly and long ones stretch it to the whole context; stage 2's cover the long
+  range (a quarter of its context to all of it) uniformly, and half of them fill its top tenth, so
+  needles at either end of a full-length context are trained too (log-uniform, a needle in the
+  last frames of a 2048-token video was never answered: 0.00 at depth 100);
 - text values of three digits: a held-out value is a new combination of digit pairs that training
   has seen, so copying is not fought by a learnt "these digits never follow" prior (with two digits
   every held-out value is a pair the model was taught never to write).
@@ -76,13 +76,17 @@ def value_pool(held_out: bool, digits: int) -> tuple:
 class Span:
   """Counts of sentences or frames in [low, high] (inclusive), drawn log-uniformly (as many
   documents of 2-4 sentences as of 50-100: short ones teach the skill, long ones stretch it) or
-  uniformly (every length, up to the context, equally often)."""
+  uniformly (every length, up to the context, equally often); `top_share` of them come from the
+  top tenth of the range instead (examples that fill the context)."""
   low: int
   high: int
   uniform: bool = False
+  top_share: float = 0.0
 
 
 def draw_count(rng: np.random.Generator, span: Span) -> int:
+  if span.top_share and rng.random() < span.top_share:
+    return int(rng.integers(span.high - (span.high - span.low) // 10, span.high + 1))
   if span.uniform:
     return int(rng.integers(span.low, span.high + 1))
   top = min(span.high, int(np.exp(rng.uniform(np.log(span.low + 1), np.log(span.high + 1)))))
@@ -93,7 +97,8 @@ def draw_count(rng: np.random.Generator, span: Span) -> int:
 class CorpusSizes:
   """How many examples of each kind; sentence and frame ranges per stage (inclusive; a sentence is
   ~15 tokens and a frame 17 with the quickstart's tokenizers, so the longest examples fill 512 and
-  2048 tokens); stage 1 draws them log-uniformly, stage 2 uniformly (`Span`)."""
+  2048 tokens); stage 1 draws them log-uniformly, stage 2 uniformly with half in the top tenth
+  (`Span`)."""
   short_text: int = 12000         # stage 1 needle documents
   long_text: int = 3000           # stage 2 needle documents
   plain_text: int = 40            # long documents without a needle (stage 2)
@@ -107,9 +112,9 @@ class CorpusSizes:
   long_video_order: int = 500     # and stage 2
   vqgan_digit_video: int = 1500   # extra number-only videos for the VQGAN's manifest (vqgan.jsonl)
   short_sentences: Span = Span(0, 30)
-  long_sentences: Span = Span(30, 130, uniform=True)  # stage 2 is for the long range
+  long_sentences: Span = Span(30, 130, uniform=True, top_share=0.5)  # stage 2: the long range
   short_frames: Span = Span(2, 28)
-  long_frames: Span = Span(28, 118, uniform=True)
+  long_frames: Span = Span(28, 118, uniform=True, top_share=0.5)
 
 
 # ------------------------------------------------------------------------------------ Frames
