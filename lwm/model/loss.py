@@ -16,12 +16,6 @@ BATCH_KEYS = ("tokens", "vision_mask", "targets", "target_vision_mask", "loss_ma
               "segment_ids", "positions")
 
 
-def cross_entropy(logits, targets):
-  """Per-token cross-entropy. logits: [..., vocab] float32; targets: [...] int -> [...] float32."""
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return jax.nn.logsumexp(logits, axis=-1) - target_logit
-
-
 def _head_terms(h, head, targets, weight, with_grads):
   """One head on one chunk: the cross-entropy `[batch, chunk]` and (with_grads) the gradients of
   `sum(ce * weight)` with respect to h (`[batch, chunk, embed]`, h's dtype) and head (float32)."""
