@@ -47,10 +47,11 @@ def device_main(args):
   """--platform gpu: TFLOP/s of each variant per sequence length, then the correctness lines."""
   import jax
   import jax.numpy as jnp
-  from lwm.ops import block_contract, throughput as tp
+  from lwm.bench import attention_throughput as tp
+  from lwm.ops import impls
 
   platform = jax.default_backend()
-  impl, interpret = block_contract.resolve("pallas_gpu", platform)
+  impl, interpret = impls.resolve("pallas_gpu", platform)
   seq_lens = [int(s) for s in args.gpu_seq_lens.split(",") if s]
   heads, head_dim, repeats, block = args.gpu_heads, args.gpu_head_dim, args.repeats, 512
   if args.smoke:
@@ -102,7 +103,7 @@ def main():
   count = max(args.devices, args.memory_devices if args.memory_seq_lens else 1)
   launch.set_device_count(count, replace=True)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from lwm.ops import measure  # after XLA_FLAGS: JAX reads them once
+  from lwm.bench import attention_memory as measure  # after XLA_FLAGS: JAX reads them once
 
   mib = lambda b: b / 2**20
   shape = dict(heads=args.heads, head_dim=args.head_dim, block=args.block)

@@ -14,7 +14,7 @@ import pytest
 
 import attention_reference as ref
 from lwm.model import config as model_config
-from lwm.ops import block_contract, pallas_attention
+from lwm.ops import block_contract, block_pallas, impls
 from test_ring_attention import check_against_reference, packed_segments, random_qkv, run_ring
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +28,7 @@ def block_mask(seq, segment_ids):
 
 def block_grads(impl, q, k, v, segment_ids, d_out, causal, tiling=(16, 8)):
   """o and (dq, dk, dv) of one block through the contract (forward, then backward with its lse)."""
-  attention = block_contract.get(impl, interpret=True)
+  attention = impls.get(impl, interpret=True)
   mask, tiles = block_mask(q.shape[1], segment_ids), block_contract.Tiling(*tiling, causal)
 
   @jax.jit
@@ -83,9 +83,9 @@ def test_forward_folds_into_an_earlier_result():
   positions = jnp.arange(32, dtype=jnp.int32)
   tiles = block_contract.Tiling(8, 8, True)
   half = lambda p: block_contract.BlockMask(positions, p, None, None)
-  first = pallas_attention.forward(q, k[:, :16], v[:, :16], half(positions[:16]), tiles,
+  first = block_pallas.forward(q, k[:, :16], v[:, :16], half(positions[:16]), tiles,
                                    interpret=True)
-  both = pallas_attention.forward(q, k[:, 16:], v[:, 16:], half(positions[16:]), tiles, acc=first,
+  both = block_pallas.forward(q, k[:, 16:], v[:, 16:], half(positions[16:]), tiles, acc=first,
                                   interpret=True)
   want, _ = ref.attention(q, k, v, ref.visibility(32))
   assert np.abs(np.asarray(both[0]) - want).max() <= 1e-5
@@ -116,13 +116,13 @@ def test_ring_kernel_bfloat16():
 
 
 def test_impl_is_one_setting():
-  assert block_contract.resolve("auto", "cpu") == ("xla", False)
-  assert block_contract.resolve("auto", "gpu") == ("pallas_gpu", False)
-  assert block_contract.resolve("auto", "tpu") == ("pallas_tpu", False)
-  assert block_contract.resolve("pallas_gpu", "cpu") == ("pallas_gpu", True)
-  assert block_contract.resolve("pallas_tpu", "gpu") == ("pallas_tpu", True)
+  assert impls.resolve("auto", "cpu") == ("xla", False)
+  assert impls.resolve("auto", "gpu") == ("pallas_gpu", False)
+  assert impls.resolve("auto", "tpu") == ("pallas_tpu", False)
+  assert impls.resolve("pallas_gpu", "cpu") == ("pallas_gpu", True)
+  assert impls.resolve("pallas_tpu", "gpu") == ("pallas_tpu", True)
   with pytest.raises(ValueError, match="attention impl must be one of"):
-    block_contract.resolve("cudnn", "gpu")
+    impls.resolve("cudnn", "gpu")
   assert model_config.get_config("tiny").attention_impl == "auto"
   assert model_config.get_config("tiny", attention_impl="pallas_gpu").attention_impl == "pallas_gpu"
   with pytest.raises(ValueError, match="attention_impl='triton'"):
@@ -141,8 +141,8 @@ def _lower(platform, backend, causal=True, with_segments=True):
       q_seg = kv_seg = None
     mask = block_contract.BlockMask(q_pos, kv_pos, q_seg, kv_seg)
     tiles = block_contract.Tiling(512, 512, causal)
-    o, lse = pallas_attention.forward(q, k, v, mask, tiles, backend=backend)
-    return pallas_attention.backward(q, k, v, o.astype(q.dtype), lse, do, mask, tiles,
+    o, lse = block_pallas.forward(q, k, v, mask, tiles, backend=backend)
+    return block_pallas.backward(q, k, v, o.astype(q.dtype), lse, do, mask, tiles,
                                      backend=backend)
 
   checks = [jax.export.DisabledSafetyCheck.custom_call(name)
@@ -178,4 +178,4 @@ def test_device_benchmark_smoke_runs_on_cpu():
 def test_triton_shapes_it_cannot_tile_are_refused():
   q, k, v = random_qkv(np.random.default_rng(7), seq=48, head_dim=16)
   with pytest.raises(ValueError, match="powers of two >= 16 for {'queries': 48"):
-    pallas_attention.forward(q, k, v, block_mask(48, None), block_contract.Tiling(16, 16, True))
+    block_pallas.forward(q, k, v, block_mask(48, None), block_contract.Tiling(16, 16, True))

@@ -162,7 +162,7 @@ def test_bad_shapes_are_named():
 
 def test_all_gather_baseline_matches_reference():
   # The benchmark's all-gather variant must compute the same attention, or its timings mean nothing.
-  from lwm.ops import measure
+  from lwm.bench import attention_memory as measure
   q, k, v = random_qkv(np.random.default_rng(9), seq=64)
   d_out = np.random.default_rng(10).standard_normal(q.shape).astype(np.float32)
   mesh, grad_fn = measure.attention_grad_fn("all_gather_causal", 4, block=8)

@@ -1,7 +1,7 @@
 """Ring attention memory from XLA's compiled memory analysis (compile only, nothing runs)."""
 import numpy as np
 
-from lwm.ops import measure
+from lwm.bench import attention_memory as measure
 
 GiB = 2**30
 

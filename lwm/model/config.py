@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 
 from lwm.model import rope
+from lwm.ops.impls import IMPLS as ATTENTION_IMPLS
 from lwm.vocab import LWM_CODEBOOK_SIZE, vision_vocab_size
 
 LWM_VISION_VOCAB_SIZE = vision_vocab_size(LWM_CODEBOOK_SIZE)  # 8192 codes + 256 = 8448
-
-ATTENTION_IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")  # lwm.ops.block_contract.IMPLS
 
 # What a checkpointed layer keeps for its backward, by the names the layer tags
 # (`jax.ad_checkpoint.checkpoint_name`): "attention_out" and "attention_lse" are ring attention's
@@ -48,7 +47,7 @@ class ModelConfig:
     remat_save_limit_gib: per-device budget of what "auto" keeps beyond the layer inputs.
     ffn_chunk: tokens per feed-forward chunk (blockwise FFN, recomputed in the backward).
     attention_block_q / attention_block_kv: ring attention tile sizes.
-    attention_impl: the ring's per-block implementation (`lwm.ops.block_contract`): "auto" (the
+    attention_impl: the ring's per-block implementation (`lwm.ops.impls`): "auto" (the
       platform's fused kernel, "xla" on a CPU), "xla", "pallas_gpu" or "pallas_tpu".
     loss_chunk: tokens per cross-entropy chunk (the [seq, vocab] logits never exist at once).
     text_loss_weight / vision_loss_weight: weights of the two cross-entropies (LWM: 0.5 / 0.5).

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lwm.ops import block_contract, blockwise
+from lwm.ops import block_contract, block_xla
 from lwm.ops import layout as layout_lib
 from lwm.ops.ring_attention import RingConfig
 
@@ -25,7 +25,7 @@ def _positions(cfg, n):
 
 def _forward(cfg, q, k_all, v_all, seg, seg_all):
   mask = block_contract.BlockMask(*_positions(cfg, q.shape[1]), seg, seg_all)
-  return block_contract.finalize(blockwise.forward(q, k_all, v_all, mask, cfg.tiling), q.dtype)
+  return block_contract.finalize(block_xla.forward(q, k_all, v_all, mask, cfg.tiling), q.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -41,7 +41,7 @@ def _local_fwd(cfg, q, k_all, v_all, seg, seg_all):
 def _local_bwd(cfg, res, do):
   q, k_all, v_all, seg, seg_all, o, lse = res
   mask = block_contract.BlockMask(*_positions(cfg, q.shape[1]), seg, seg_all)
-  dq, dk, dv = blockwise.backward(q, k_all, v_all, o, lse, do, mask, cfg.tiling)
+  dq, dk, dv = block_xla.backward(q, k_all, v_all, o, lse, do, mask, cfg.tiling)
   return dq.astype(q.dtype), dk.astype(k_all.dtype), dv.astype(v_all.dtype), None, None
 
 
@@ -52,7 +52,7 @@ def all_gather_attention_sharded(q, k, v, segment_ids=None, *, axis_name="sp", c
                                  layout="zigzag", block_q=512, block_kv=512):
   """Per-shard attention that all-gathers keys/values over `axis_name` (shapes as the ring's)."""
   span = q.shape[1] // 2 if layout == "zigzag" else q.shape[1]
-  tiling = blockwise.Tiling(min(block_q, span), min(block_kv, span), causal)
+  tiling = block_contract.Tiling(min(block_q, span), min(block_kv, span), causal)
   cfg = RingConfig(axis_name, layout, tiling)
   gather = lambda x: lax.all_gather(x, axis_name, axis=1, tiled=True)
   seg_all = None if segment_ids is None else gather(segment_ids)

@@ -19,20 +19,16 @@ needs to merge blocks and to run the backward against the global softmax:
 Shapes: q, do `[batch, n, heads, head_dim]`; k, v `[batch, m, kv_heads, head_dim]` (heads %
 kv_heads == 0); `mask` a `BlockMask`. The scores are scaled by head_dim ** -0.5.
 
-Implementations: "xla" (`lwm.ops.blockwise`, tiled jnp: the reference and the CPU path),
-"pallas_gpu" (`lwm.ops.pallas_attention` lowered by Triton), "pallas_tpu" (the same Pallas kernel
-lowered by Mosaic). On a CPU the Pallas ones run their kernels with `interpret=True`.
+The implementations (`lwm.ops.block_xla`, `lwm.ops.block_pallas`) are registered by name in
+`lwm.ops.impls`.
 """
 import dataclasses
-import functools
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 MASK_VALUE = -1e30  # finite, so fully masked rows never produce inf - inf
-IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")
-_FUSED = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu", "tpu": "pallas_tpu"}
 
 
 class BlockMask(NamedTuple):
@@ -58,38 +54,6 @@ class BlockAttention:
   name: str
   forward: Callable
   backward: Callable
-
-
-def resolve(impl: str, platform: str | None = None) -> tuple[str, bool]:
-  """(implementation name, interpret) for `impl` on `platform` (default: JAX's default backend).
-
-  "auto" picks the fused kernel of the platform ("xla" on a CPU); a Pallas kernel asked for on a
-  platform that cannot compile it runs in interpret mode (the same kernel code, slowly).
-  """
-  if impl not in IMPLS:
-    raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
-  platform = platform or jax.default_backend()
-  if impl == "auto":
-    impl = _FUSED.get(platform, "xla")
-  native = {"pallas_gpu": ("gpu", "cuda", "rocm"), "pallas_tpu": ("tpu",)}
-  return impl, impl != "xla" and platform not in native[impl]
-
-
-@functools.cache
-def get(impl: str, interpret: bool = False) -> BlockAttention:
-  """The implementation named `impl` (a resolved name, not "auto")."""
-  if impl == "xla":
-    from lwm.ops import blockwise
-    return BlockAttention("xla", blockwise.forward, blockwise.backward)
-  if impl in ("pallas_gpu", "pallas_tpu"):
-    from lwm.ops import pallas_attention
-    backend = impl.removeprefix("pallas_")
-    return BlockAttention(impl,
-                          functools.partial(pallas_attention.forward, backend=backend,
-                                            interpret=interpret),
-                          functools.partial(pallas_attention.backward, backend=backend,
-                                            interpret=interpret))
-  raise ValueError(f"attention impl must be one of {IMPLS[1:]} here, got {impl!r}")
 
 
 def empty(q):

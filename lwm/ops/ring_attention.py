@@ -22,7 +22,7 @@ from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lwm.ops import block_contract
+from lwm.ops import block_contract, impls
 from lwm.ops import layout as layout_lib
 from lwm.ops.block_contract import BlockMask
 
@@ -46,7 +46,7 @@ class RingConfig:
 
   @property
   def attention(self) -> block_contract.BlockAttention:
-    return block_contract.get(self.impl, self.interpret)
+    return impls.get(self.impl, self.interpret)
 
 
 def _ring_geometry(cfg, n):
@@ -209,7 +209,7 @@ def ring_attention_sharded(q, k, v, segment_ids=None, *, axis_name="sp", causal=
       chunks i and 2P-1-i, see `lwm.ops.to_zigzag`), which balances causal work across devices.
     block_q, block_kv: tile sizes; clipped to half the shard and must divide it (keys and values
       travel as pieces of one tile from each half; for zigzag the halves are its two chunks).
-    impl: the per-block implementation (`lwm.ops.block_contract`): "auto" (the platform's fused
+    impl: the per-block implementation (`lwm.ops.impls`): "auto" (the platform's fused
       kernel; "xla" on a CPU), "xla", "pallas_gpu" or "pallas_tpu" (interpret mode on a CPU).
 
   Returns:
@@ -221,7 +221,7 @@ def ring_attention_sharded(q, k, v, segment_ids=None, *, axis_name="sp", causal=
   if segment_ids is not None:
     segment_ids = segment_ids.astype(jnp.int32)
   cfg = RingConfig(axis_name, layout, block_contract.Tiling(block_q, block_kv, causal),
-                   *block_contract.resolve(impl))
+                   *impls.resolve(impl))
   return _ring(cfg, q, k, v, segment_ids)
 
 

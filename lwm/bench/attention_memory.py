@@ -27,7 +27,7 @@ VARIANTS = {
 def attention_grad_fn(variant, num_devices, block=512, impl="xla"):
   """(mesh, jitted fn(q, k, v, w) -> (dq, dk, dv)) for a variant on the first num_devices devices.
 
-  impl: the ring's block implementation (`lwm.ops.block_contract`); the all-gather uses "xla".
+  impl: the ring's block implementation (`lwm.ops.impls`); the all-gather uses "xla".
   """
   attend, causal = VARIANTS[variant]
   extra = {"impl": impl} if attend is ring_attention_sharded else {}

@@ -12,7 +12,7 @@ row statistics (m, l, lse, delta) `[batch, n, heads]`.
 import jax.numpy as jnp
 from jax import lax
 
-from lwm.ops.block_contract import MASK_VALUE, Tiling  # noqa: F401 (Tiling: re-exported)
+from lwm.ops.block_contract import MASK_VALUE
 
 
 def _slice(x, start, size, axis=1):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from lwm.ops import block_contract, layout as layout_lib
+from lwm.ops import block_contract, impls, layout as layout_lib
 from lwm.ops.ring_attention import ring_attention
 
 
@@ -28,7 +28,7 @@ def attention_flops(seq, heads, head_dim, causal, batch=1):
 def block_attention(impl, causal, interpret=False, block=512):
   """fn(q, k, v) -> o: one block of the contract over the whole sequence (no ring), with the
   contract's backward as its VJP."""
-  attention = block_contract.get(impl, interpret)
+  attention = impls.get(impl, interpret)
 
   def masks(q):
     positions = jnp.arange(q.shape[1], dtype=jnp.int32)

@@ -1,0 +1,1 @@
+"""Measuring helpers for the scripts in scripts/bench/: attention memory and time, throughput."""
