@@ -75,9 +75,9 @@ def _write_json(path: str, value: dict) -> None:
 def write_assets(directory: str, *, model_config: ModelConfig, vocab: Vocab,
                  tokenizer: str | None = None, vqgan=None, sampling: dict | None = None,
                  extra: dict | None = None) -> str:
-  """Writes DIR/assets. vqgan: a VQGAN directory (linked/copied) or a `lwm.data.vqgan.VQGAN`
+  """Writes DIR/assets. vqgan: a VQGAN directory (linked/copied) or a `lwm.vqgan.VQGAN`
   (saved). extra: more keys for vocab.json (e.g. where the assets came from). Returns the path."""
-  from lwm.data import vqgan as vqgan_lib
+  from lwm import vqgan as vqgan_lib
   out = assets_dir(directory)
   os.makedirs(out, exist_ok=True)
   record = dict(vocab.to_json(), **(extra or {}))
@@ -164,17 +164,3 @@ def write_model_dir(directory: str, model, vocab: Vocab, *, tokenizer: str | Non
   save_params(directory, params, meta=meta)
   write_assets(directory, model_config=model.config, vocab=vocab, tokenizer=tokenizer,
                vqgan=vqgan, extra={"source": (meta or {}).get("source")} if meta else None)
-
-
-def recorded_vision_ids(directory: str, codebook_size: int) -> dict:
-  """{eof, eov, vision_vocab_size} a model directory recorded for a VQGAN of `codebook_size` codes
-  (an imported LWM model keeps LWM's 8192/8193), or {} (plain VQGAN directory: the default
-  layout of lwm.vocab)."""
-  path = os.path.join(assets_dir(directory), VOCAB_JSON)
-  if not os.path.isfile(path):
-    return {}
-  with open(path) as f:
-    recorded = json.load(f)
-  if recorded.get("codebook_size") != codebook_size:
-    return {}
-  return {k: recorded[k] for k in ("eof", "eov", "vision_vocab_size") if k in recorded}

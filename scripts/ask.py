@@ -37,7 +37,7 @@ def parse_args(argv=None):
 def main(argv=None):
   args = parse_args(argv)
   launch.setup_devices_for_mesh(args.mesh)
-  from lwm.data import vqgan
+  from lwm import vqgan
   from lwm.data.video import FrameSampling, decode_video
   from lwm.eval import inference, needle, video_needle
   loaded = launch.load_model_for_command(args)

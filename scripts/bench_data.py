@@ -62,12 +62,13 @@ def bench_decode(tmp, frames):
 
 
 def bench_vqgan(frames256, names, frames):
-  from lwm.data import vqgan
+  from lwm import vqgan
+  from lwm.data.video import centre_crop_resize
   for name in names:
     config = vqgan.get_config(name)
     model = vqgan.create(config)
     count = frames if name != "lwm" else min(frames, 8)  # LWM's tokenizer is ~1 s/frame on a CPU
-    data = vqgan.centre_crop_resize(frames256[:count], config.resolution)
+    data = centre_crop_resize(frames256[:count], config.resolution)
     encoder = vqgan.FrameEncoder(model, batch_size=min(8, count))
     encoder(data[:encoder.batch_size])  # compile
     seconds = timed(functools.partial(encoder, data))
@@ -146,7 +147,8 @@ def bench_cluster(tmp, worker_counts, clips, frames, config_name):
   """Decode and encode frames/s of preprocessing's tasks on local Dask clusters."""
   import dataclasses
   import json
-  from lwm.data import dask_cluster, lines, synthetic, vqgan
+  from lwm import vqgan
+  from lwm.data import dask_cluster, lines, synthetic
   from lwm.data.preprocess import PreprocessOptions
   from lwm.data import video as video_lib
   from lwm.data.video import FrameSampling

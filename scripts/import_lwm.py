@@ -33,7 +33,8 @@ def main(argv=None):
   import logging
   logging.basicConfig(level=logging.INFO, format="[import_lwm] %(message)s")
   from lwm import workdir
-  from lwm.data import text_tokenizer, vqgan
+  from lwm import vqgan
+  from lwm.data import text_tokenizer
   from lwm.model import from_lwm
   from lwm.vocab import LWM_CODEBOOK_SIZE, Vocab
   model = from_lwm(args.params, args.config, dtype=args.dtype)

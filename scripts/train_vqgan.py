@@ -25,9 +25,11 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   logging.basicConfig(format="%(message)s")
   logging.getLogger("lwm").setLevel(logging.INFO)  # the training steps' losses
-  from lwm.data import vqgan, vqgan_train
+  from lwm import vqgan
+  from lwm.data.video import manifest_frames
+  from lwm.vqgan import train as vqgan_train
   config = vqgan.get_config(args.config)
-  frames, held_out = vqgan_train.manifest_frames(args.manifest, config.resolution,
+  frames, held_out = manifest_frames(args.manifest, config.resolution,
                                                  args.frames_per_video)
   print(f"{len(frames)} training frames, {len(held_out)} held-out frames at {config.resolution}px")
   model = vqgan.create(config, args.seed)

@@ -7,7 +7,8 @@ import subprocess
 import sys
 import time
 
-from lwm.data import load_examples, synthetic, text_tokenizer, vqgan
+from lwm import vqgan
+from lwm.data import load_examples, synthetic, text_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULTY_DECODER = "lwm.data.synthetic:faulty_decode_video"

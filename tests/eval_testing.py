@@ -7,7 +7,8 @@ import numpy as np
 from flax import nnx
 
 from lwm import checkpoint, stage, train
-from lwm.data import text_tokenizer, vqgan
+from lwm import vqgan
+from lwm.data import text_tokenizer
 from lwm.eval import needle, video_needle
 from lwm.model import Transformer
 

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from lwm.data import load_examples, synthetic, vqgan
+from lwm import vqgan
+from lwm.data import load_examples, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

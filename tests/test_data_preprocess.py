@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from lwm.data import load_examples, synthetic, text_tokenizer, vqgan
+from lwm import vqgan
+from lwm.data import load_examples, synthetic, text_tokenizer
 from lwm.data.preprocess import PreprocessOptions, preprocess
 from lwm.data.video import FrameSampling
 

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from lwm.data import load_examples, synthetic, text_tokenizer, vqgan
+from lwm import vqgan
+from lwm.data import load_examples, synthetic, text_tokenizer
 from lwm.data.loader import Loader, Prefetcher
 from lwm.data.preprocess import PreprocessOptions, preprocess
 from lwm.data.video import FrameSampling

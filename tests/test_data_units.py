@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lwm.data import interleave, synthetic, text_tokenizer, video, vqgan, vqgan_train
+from lwm import vqgan
+from lwm.data import interleave, synthetic, text_tokenizer, video
+from lwm.vqgan import train as vqgan_train
 
 
 def test_uniform_sampling_spans_the_video():

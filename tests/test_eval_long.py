@@ -9,7 +9,8 @@ import pytest
 
 import eval_testing
 from lwm import sharding as shd
-from lwm.data import text_tokenizer, vqgan
+from lwm import vqgan
+from lwm.data import text_tokenizer
 from lwm.eval import inference, long_eval, ruler, teacher_forced, video_tasks
 
 TASKS = list(long_eval.TASKS)  # RULER's 13 names and ours, and the 3 video tasks

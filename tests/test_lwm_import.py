@@ -153,7 +153,7 @@ def imported(tmp_path_factory):
 
 
 def test_the_imported_directory_gives_lwm_logits_and_lwm_vision_ids(imported):
-  from lwm.data import vqgan
+  from lwm import vqgan
   from lwm.eval import inference
   out, _ = imported
   loaded = inference.load_model(out, shd.make_mesh())

@@ -10,7 +10,9 @@ import pytest
 from flax import nnx
 from flax.core import FrozenDict
 
-from lwm.data import interleave, vqgan, vqgan_lwm
+from lwm import vqgan
+from lwm.data import interleave
+from lwm.vqgan import lwm_format as vqgan_lwm
 from lwm.vocab import Vocab
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")

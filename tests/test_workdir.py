@@ -9,7 +9,8 @@ import pytest
 
 import eval_testing
 from lwm import stage, stage_model, train, workdir
-from lwm.data import preprocess, synthetic, text_tokenizer, vqgan
+from lwm import vqgan
+from lwm.data import preprocess, synthetic, text_tokenizer
 from lwm.eval import inference, needle, video_needle
 from lwm.vocab import Vocab
 

@@ -95,7 +95,7 @@ def frame_encoder(vqgan_dir: str, batch_size: int):
   """The VQGAN of `vqgan_dir` as a jitted batch encoder, loaded once per worker process."""
   # Several workers may share one accelerator: none may take XLA's default 75% of it up front.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  from lwm.data import vqgan
+  from lwm import vqgan
   return vqgan.FrameEncoder(vqgan.load(vqgan_dir), batch_size)
 
 
@@ -107,7 +107,7 @@ def _decoder(spec: str, timeout_s: float, thread: int) -> IsolatedDecoder:
 
 @functools.cache
 def _resolution(vqgan_dir: str) -> int:
-  from lwm.data import vqgan  # a model directory keeps its VQGAN under assets/: resolved there
+  from lwm import vqgan  # a model directory keeps its VQGAN under assets/: resolved there
   return vqgan.load_config(vqgan_dir).resolution
 
 
@@ -167,9 +167,9 @@ def _vocab(options) -> Vocab:
   text = _text_tokenizer(options.tokenizer)
   codebook_size, ids = 0, {}
   if options.vqgan is not None:
-    from lwm.workdir import recorded_vision_ids
+    from lwm import vqgan
     codebook_size = frame_encoder(options.vqgan, options.encode_batch).config.codebook_size
-    ids = recorded_vision_ids(options.vqgan, codebook_size)  # a model directory's own ids
+    ids = vqgan.recorded_vision_ids(options.vqgan, codebook_size)  # a model directory's own ids
   return Vocab.for_tokenizer(text, codebook_size, **ids)
 
 

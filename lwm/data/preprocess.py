@@ -186,13 +186,13 @@ def finish(options: PreprocessOptions, num_lines: int, num_chunks: int, run: dic
 
 def _write_vocab(options: PreprocessOptions) -> None:
   """vocab.json records the ids."""
-  from lwm.data import text_tokenizer, vqgan
+  from lwm import vqgan
+  from lwm.data import text_tokenizer
   from lwm.vocab import Vocab
-  from lwm.workdir import recorded_vision_ids
   text = text_tokenizer.load_tokenizer(options.tokenizer)
   config = vqgan.load_config(options.vqgan) if options.vqgan is not None else None
   codebook_size = config.codebook_size if config else 0
-  ids = recorded_vision_ids(options.vqgan, codebook_size) if config else {}
+  ids = vqgan.recorded_vision_ids(options.vqgan, codebook_size) if config else {}
   vocab = Vocab.for_tokenizer(text, codebook_size, **ids).to_json()
   vocab["tokenizer"] = os.path.abspath(options.tokenizer)
   if config is not None:

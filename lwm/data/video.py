@@ -1,10 +1,12 @@
 """Video frames: decord decodes, frames are sampled uniformly or at a target fps, resized on the
-short side and centre-cropped to the image tokenizer's square resolution.
+short side and centre-cropped to the image tokenizer's square resolution; `manifest_frames` samples
+the frames a VQGAN trains on.
 
 decord is imported lazily so that the rest of `lwm.data` works where it has no wheel (aarch64,
 macOS).
 """
 import dataclasses
+import json
 import os
 import re
 
@@ -150,3 +152,39 @@ def decode_video(path: str, size: int, sampling: FrameSampling) -> np.ndarray:
     raise VideoError(f"decoder returned frames of shape {frames.shape} for {path}, "
                      f"expected [{len(indices)}, h, w, 3]")
   return resize_and_crop(frames, size)
+
+
+def centre_crop_resize(frames: np.ndarray, resolution: int) -> np.ndarray:
+  """uint8 frames of any size -> `[n, resolution, resolution, 3]` (short side resize, centre
+  crop)."""
+  if frames.shape[1:3] == (resolution, resolution):
+    return frames
+  return resize_and_crop(frames, resolution)
+
+
+def manifest_frames(manifest: str, resolution: int, frames_per_video: int = 8,
+                    held_out_fraction: float = 0.1, max_videos: int | None = None):
+  """(train, held_out) uint8 frames `[n, R, R, 3]`; held-out frames come from other videos."""
+  root = os.path.dirname(os.path.abspath(manifest))
+  per_video = []
+  with open(manifest, "rb") as f:
+    for raw in f:
+      try:
+        video = json.loads(raw).get("video")
+      except (ValueError, AttributeError):
+        continue  # preprocessing reports bad lines; here they only lack frames
+      if not isinstance(video, str):
+        continue
+      try:
+        per_video.append(decode_video(os.path.join(root, video), resolution,
+                                      FrameSampling(max_frames=frames_per_video, min_frames=1)))
+      except VideoError:
+        continue
+      if max_videos is not None and len(per_video) >= max_videos:
+        break
+  if not per_video:
+    raise ValueError(f"no decodable video in {manifest}; the VQGAN needs frames to train on")
+  held = max(1, round(len(per_video) * held_out_fraction)) if len(per_video) > 1 else 0
+  train_frames = np.concatenate(per_video[:len(per_video) - held])
+  held_out = np.concatenate(per_video[len(per_video) - held:]) if held else train_frames[-4:]
+  return train_frames, held_out

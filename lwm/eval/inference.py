@@ -254,7 +254,7 @@ def _load_legacy_workdir(workdir: str, mesh, dtype):
 
 def _load_hf(path: str, mesh, dtype, vqgan):
   from lwm.model import hf
-  from lwm.data import vqgan as vqgan_lib
+  from lwm import vqgan as vqgan_lib
   from lwm.vocab import vision_vocab_size
   vision = vision_vocab_size(vqgan_lib.load_config(vqgan).codebook_size) if vqgan else 0
   model = hf.from_hf_llama(path, mesh=mesh, compute_dtype=dtype, vision_vocab_size=vision)

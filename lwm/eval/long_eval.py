@@ -189,7 +189,7 @@ def run_long_eval(loaded, *, output: str, tasks, context_lengths, depths=(0.0, 5
     raise ValueError("the long-context tasks need a tokenizer: pass --tokenizer PATH")
   video_wanted = [t for t in tasks if t in video_tasks.VIDEO_TASKS]
   if video_wanted and encoder is None:
-    from lwm.data import vqgan
+    from lwm import vqgan
     if not loaded.vqgan_dir:
       raise ValueError(f"{', '.join(video_wanted)} need the VQGAN the model was trained with: "
                        "pass --vqgan DIR")

@@ -187,12 +187,12 @@ def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: in
   """Runs (or resumes) the video needle grid; writes OUT/results.json and OUT/heatmap.png.
 
   loaded: a `lwm.eval.inference.LoadedModel` with a tokenizer and a VQGAN directory (or pass a
-  `lwm.data.vqgan.FrameEncoder` as `encoder`). The haystack is `video`, the clips of `manifest`, or
+  `lwm.vqgan.FrameEncoder` as `encoder`). The haystack is `video`, the clips of `manifest`, or
   generated frames. The needle is a frame showing a random `digits`-digit number (new each round;
   drawn from `values` when given), or `needle_image` with its `needle_answer`, shown for
   `needle_frames` frames.
   """
-  from lwm.data import vqgan
+  from lwm import vqgan
   from lwm.eval import inference
   tokenizer = loaded.tokenizer
   if tokenizer is None:

@@ -1,4 +1,4 @@
-"""Training the VQGAN image tokenizer on frames sampled from a manifest's videos.
+"""Training the VQGAN image tokenizer on frames (e.g. `lwm.data.video.manifest_frames`).
 
   frames, held_out = manifest_frames("m.jsonl", resolution=64, frames_per_video=8)
   model, history = train(VQGAN(get_config("small"), rngs=nnx.Rngs(0)), frames, steps=2000)
@@ -7,47 +7,16 @@
 Losses: L1 + L2 reconstruction, codebook and commitment (straight-through); no perceptual or
 adversarial term (see docs/data.md).
 """
-import json
 import logging
-import os
 
 import flax.nnx as nnx
 import jax
 import numpy as np
 import optax
 
-from lwm.data.video import FrameSampling, VideoError, decode_video
-from lwm.data.vqgan import VQGAN, psnr, to_pixels
+from lwm.vqgan.model import VQGAN, psnr, to_pixels
 
 log = logging.getLogger(__name__)
-
-
-def manifest_frames(manifest: str, resolution: int, frames_per_video: int = 8,
-                    held_out_fraction: float = 0.1, max_videos: int | None = None):
-  """(train, held_out) uint8 frames `[n, R, R, 3]`; held-out frames come from other videos."""
-  root = os.path.dirname(os.path.abspath(manifest))
-  per_video = []
-  with open(manifest, "rb") as f:
-    for raw in f:
-      try:
-        video = json.loads(raw).get("video")
-      except (ValueError, AttributeError):
-        continue  # preprocessing reports bad lines; here they only lack frames
-      if not isinstance(video, str):
-        continue
-      try:
-        per_video.append(decode_video(os.path.join(root, video), resolution,
-                                      FrameSampling(max_frames=frames_per_video, min_frames=1)))
-      except VideoError:
-        continue
-      if max_videos is not None and len(per_video) >= max_videos:
-        break
-  if not per_video:
-    raise ValueError(f"no decodable video in {manifest}; the VQGAN needs frames to train on")
-  held = max(1, round(len(per_video) * held_out_fraction)) if len(per_video) > 1 else 0
-  train_frames = np.concatenate(per_video[:len(per_video) - held])
-  held_out = np.concatenate(per_video[len(per_video) - held:]) if held else train_frames[-4:]
-  return train_frames, held_out
 
 
 def train(model: VQGAN, frames: np.ndarray, steps: int, batch_size: int = 16,

@@ -16,7 +16,7 @@ import pickle
 
 import numpy as np
 
-from lwm.data import vqgan
+from lwm.vqgan import model as vqgan, store
 
 # LWM's VQGANConfig.get_default_config(): the released model.
 LWM_DEFAULT = {"resolution": 256, "num_channels": 3, "hidden_channels": 128,
@@ -24,7 +24,7 @@ LWM_DEFAULT = {"resolution": 256, "num_channels": 3, "hidden_channels": 128,
                "no_attn_mid_block": True, "z_channels": 64, "num_embeddings": 8192,
                "quantized_embed_dim": 64, "dropout": 0.0, "resample_with_conv": True,
                "commitment_cost": 0.25}
-GROUPS = 32  # LWM's GroupNorm: 32 groups (eps 1e-6, in lwm.data.vqgan)
+GROUPS = 32  # LWM's GroupNorm: 32 groups (eps 1e-6, in lwm.vqgan.model)
 
 
 def config_from_lwm(fields: dict | str | None = None) -> vqgan.VQGANConfig:
@@ -183,4 +183,4 @@ def from_lwm(path: str, config=None) -> vqgan.VQGAN:
   """LWM's VQGAN at `path` (its `vqgan` pickle). config: None for the released 256px 8192-code
   model, or LWM VQGANConfig fields (dict or JSON file). Shapes are checked against the config."""
   ours = config if isinstance(config, vqgan.VQGANConfig) else config_from_lwm(config)
-  return vqgan.with_params(ours, to_ours(read_pickle(path), ours, path), path)
+  return store.with_params(ours, to_ours(read_pickle(path), ours, path), path)
