@@ -38,17 +38,17 @@ def setup_devices_for_mesh(mesh: str | None) -> None:
     set_device_count(count)
 
 
-def load_model_for_command(args):
-  """The evaluation commands' model: `args.checkpoint` on the mesh `args.mesh` with `args.dtype`,
-  `args.tokenizer`, `args.vqgan` (lwm.eval.inference.load_model), Orbax's read-only warning
-  silenced. Call `setup_devices_for_mesh(args.mesh)` first, before anything imports JAX."""
-  from absl import logging
-  logging.set_verbosity(logging.ERROR)  # Orbax warns about reading a checkpoint read-only
-  from lwm import sharding
-  from lwm.eval import inference
-  mesh = sharding.parse_mesh(args.mesh) if args.mesh else None
-  return inference.load_model(args.checkpoint, mesh, dtype=args.dtype, tokenizer=args.tokenizer,
-                              vqgan=args.vqgan)
+def add_model_flags(parser) -> None:
+  """The flags of a command that loads a model (read by `lwm.model_dir.load_for_command`)."""
+  add = parser.add_argument
+  add("--checkpoint", required=True, help="a model directory (training workdir, "
+      "scripts/import_lwm.py's output) or a Hugging Face directory")
+  add("--tokenizer", default=None, help="the text tokenizer (default: the model's)")
+  add("--vqgan", default=None, help="VQGAN directory (default: the model's)")
+  add("--mesh", default=None,
+      help="e.g. sp=8, fsdp=2,sp=4 or dp,fsdp,tp,sp sizes (default: all devices on sp)")
+  add("--dtype", default=None,
+      help="activation dtype (default: the stage's; float32 for HF directories)")
 
 
 def initialize_distributed(auto: bool, coordinator: str | None, num_processes: int | None,

@@ -1,8 +1,20 @@
-"""Training metrics to a JSON-lines file and TensorBoard (process 0 only), the speed of a window of
-steps, and the one line per log step that the train loop logs."""
+"""Training metrics to a JSON-lines file and TensorBoard (process 0 only), the FLOPs of a step, the
+speed of a window of steps, and the one line per log step that the train loop logs."""
 import json
 import os
 import time
+
+
+def train_step_flops(config, batch: int, seq_len: int) -> float:
+  """Matmul and causal-attention FLOPs of one training step's forward + backward (3x forward, no
+  recompute) for a `lwm.model.ModelConfig` on `batch` sequences of `seq_len` tokens: what MFU
+  counts. Embedding lookups are free; both heads count where the model has a vision vocabulary."""
+  D, F, L = config.hidden_size, config.intermediate_size, config.num_layers
+  q, kv = config.num_heads * config.dim_per_head, config.num_kv_heads * config.dim_per_head
+  per_token = L * 2 * (D * (q + 2 * kv) + q * D + 3 * D * F)
+  per_token += 2 * D * (config.vocab_size + config.vision_vocab_size)
+  attention = L * 2 * seq_len * seq_len * q  # QK^T and PV, 2 FLOPs a pair each, half the pairs
+  return 3 * batch * (per_token * seq_len + attention)
 
 
 class MetricsWriter:

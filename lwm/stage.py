@@ -1,16 +1,16 @@
 """The schema of a training-stage config, and the checks that run before anything compiles.
 
-Config files in configs/ start from `base_config()` and change what their stage needs. This module
-imports no JAX, so a launcher can read the config (and the mesh size it needs) before JAX starts.
+Config files in configs/ start from `base_config()` and change what their stage needs. Reading a
+config starts no JAX backend, so a launcher can size the devices (XLA_FLAGS) before JAX starts.
 """
-import json
 import math
 import os
 
 import ml_collections
 from ml_collections.config_flags import config_flags
 
-from lwm import mesh_spec
+from lwm import mesh_spec, model_dir
+from lwm.data import dataset
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -107,18 +107,15 @@ def validate(config, num_devices: int | None = None) -> None:
   if not os.path.isfile(os.path.join(config.data.path, "vocab.json")):
     raise ValueError(f"config.data.path={config.data.path!r} has no vocab.json; is it a dataset "
                      "written by scripts/preprocess.py?")
-  if config.init_from and not os.path.isdir(config.init_from):
-    raise ValueError(f"config.init_from={config.init_from!r} does not exist; give a previous "
-                     "stage's workdir or a Hugging Face LLaMA directory")
-  if config.model == "init_from" and not (is_hf_dir(config.init_from) or
-                                          is_model_dir(config.init_from)):
-    raise ValueError("config.model='init_from' takes the model from config.init_from, which must "
-                     "be a Hugging Face directory or a model directory (assets/model.json, "
-                     f"written by training or scripts/import_lwm.py); got {config.init_from!r}")
-  if config.model == "hf" and not is_hf_dir(config.init_from):
-    raise ValueError("config.model='hf' takes the model from config.init_from, which must be a "
-                     "Hugging Face LLaMA directory (config.json + *.safetensors or "
-                     f"pytorch_model*.bin); got {config.init_from!r}")
+  if config.init_from:
+    model_dir.require(config.init_from, (model_dir.MODEL, model_dir.HF, model_dir.LEGACY),
+                      "config.init_from")
+  if config.model == "init_from":
+    model_dir.require(config.init_from, (model_dir.HF, model_dir.MODEL),
+                      "config.model='init_from' takes the model from config.init_from")
+  if config.model == "hf":
+    model_dir.require(config.init_from, (model_dir.HF,),
+                      "config.model='hf' takes the model from config.init_from")
   _validate_loop(config, dp * fsdp)
 
 
@@ -135,8 +132,8 @@ def _validate_loop(config, rows_split: int) -> None:
   if not e.data_path or not os.path.isfile(os.path.join(e.data_path, "vocab.json")):
     raise ValueError(f"config.eval.every={e.every} needs config.eval.data_path, a held-out dataset "
                      f"written by scripts/preprocess.py; got {e.data_path!r}")
-  ids = _vocab_ids(dataset_vocab(config.data.path))
-  eval_ids = _vocab_ids(dataset_vocab(e.data_path))
+  ids = _vocab_ids(dataset.read_vocab(config.data.path))
+  eval_ids = _vocab_ids(dataset.read_vocab(e.data_path))
   if ids != eval_ids:
     raise ValueError(f"config.eval.data_path={e.data_path!r} was tokenized with other ids "
                      f"({eval_ids}) than config.data.path ({ids}); preprocess it with the same "
@@ -167,28 +164,6 @@ def parse_profile_steps(spec: str) -> tuple[int, int] | None:
     raise ValueError(f"config.train.profile_steps={spec!r} must be 'START,END' with "
                      "1 <= START <= END, e.g. '10,12'")
   return start, end
-
-
-def is_hf_dir(path: str) -> bool:
-  """A Hugging Face checkpoint: config.json with *.safetensors or pytorch_model*.bin weights."""
-  return bool(path) and os.path.isfile(os.path.join(path, "config.json")) and any(
-      f.endswith(".safetensors") or (f.startswith("pytorch_model") and f.endswith(".bin"))
-      for f in os.listdir(path))
-
-
-def is_model_dir(path: str) -> bool:
-  """A directory that holds its own inference assets (lwm.workdir): a workdir or an import."""
-  return bool(path) and os.path.isfile(os.path.join(path, "assets", "model.json"))
-
-
-def dataset_vocab(data_path: str) -> dict:
-  with open(os.path.join(data_path, "vocab.json")) as f:
-    return json.load(f)
-
-
-def flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: int) -> float:
-  """Training FLOPs per token: 6N for the weights plus causal attention (half of 12*L*d*seq)."""
-  return 6 * num_params + 6 * num_layers * hidden * seq_len
 
 
 def device_count_needed(config) -> int:

@@ -16,14 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
-from lwm import checkpoint, sharding, stage, train_hooks
-from lwm import workdir as model_dir
+from lwm import checkpoint, model_dir, sharding, stage, train_hooks
 from lwm.data.loader import Loader, Prefetcher
-from lwm.metrics import MetricsWriter, Throughput, log_line
-from lwm.model import hf, step as step_lib
-from lwm.stage_model import model_config  # noqa: F401  (train.model_config, as before)
+from lwm.metrics import MetricsWriter, Throughput, log_line, train_step_flops
+from lwm.data.dataset import read_vocab
+from lwm.model import step as step_lib
+from lwm.workdir import write_stage_assets
 
 # Dense bf16 peak TFLOP/s per chip, for the MFU estimate (config.train.peak_tflops_per_device wins).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
@@ -66,15 +65,15 @@ def train(config, workdir: str) -> dict:
   """Runs (or resumes) one stage; returns the last logged metrics."""
   # ---------------------------------------------------------------- Devices and config checks
   stage.validate(config, jax.device_count())
-  vocab = stage.dataset_vocab(config.data.path)
-  cfg = model_config(config, vocab)
+  vocab = read_vocab(config.data.path)
+  cfg = model_dir.model_config(config, vocab)
   mesh = sharding.make_mesh(*stage.mesh_sizes(config, jax.device_count()))
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=1))
-    model_dir.write_stage_assets(workdir, cfg, config.data.path)  # inference needs no dataset
+    write_stage_assets(workdir, cfg, config.data.path)  # inference needs no dataset
 
   # ---------------------------------------------------------------- Input pipeline
   t = config.train
@@ -97,7 +96,12 @@ def train(config, workdir: str) -> dict:
     source = f"resumed from step {start}"
   else:
     start = 0
-    params, source = _initial_params(config, cfg, mesh, abstract_params)
+    if config.init_from:
+      params, source = model_dir.initial_params(config.init_from, cfg, mesh, abstract_params,
+                                                seed=config.seed)
+    else:
+      _, params, _ = step_lib.create_sharded(cfg, mesh, optax.identity(), seed=config.seed)
+      source = "initialised at random"
     opt_state = step_lib.init_optimizer(tx, params, mesh)
   # From here on a background thread packs the next batches; the loader's state saved with a
   # checkpoint is that of the last batch trained on (batches.get_state()).
@@ -111,8 +115,7 @@ def train(config, workdir: str) -> dict:
   train_step = step_lib.jit_train_step(graphdef, tx, abstract_params, mesh, micro_batch)
   schedule = learning_rate(t)
   tokens_per_step = t.batch_size * config.seq_len
-  flops_per_step = stage.flops_per_token(num_params, cfg.num_layers, cfg.hidden_size,
-                                         config.seq_len) * tokens_per_step
+  flops_per_step = train_step_flops(cfg, t.batch_size, config.seq_len)
   speed = Throughput(tokens_per_step, flops_per_step, peak_flops(config) * jax.device_count(),
                      first_step=start)
   evaluate = None
@@ -193,19 +196,3 @@ def _check_parameters(params, step: int, mngr) -> None:
     mngr.wait_until_finished()
     raise NonFiniteLoss(f"parameters are not finite after step {step}; stopping. The latest "
                         f"checkpoint (step {mngr.latest_step()}) is the last good one")
-
-
-def _initial_params(config, cfg, mesh, abstract_params):
-  """Random parameters, or those of the previous stage (a workdir) or of a HF LLaMA directory."""
-  if stage.is_hf_dir(config.init_from):
-    overrides = {k: getattr(cfg, k) for k in ("rope_theta", "max_sequence_length", "dtype")}
-    model = hf.from_hf_llama(config.init_from, mesh=mesh, vision_vocab_size=cfg.vision_vocab_size,
-                             seed=config.seed, **overrides)
-    _, params = nnx.split(model, nnx.Param)
-    params = jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), params, abstract_params)
-    return params, f"initialised from Hugging Face checkpoint {config.init_from}"
-  if config.init_from:
-    params, step = checkpoint.restore_params(config.init_from, abstract_params)
-    return params, f"initialised from {config.init_from} step {step} (parameters only)"
-  _, params, _ = step_lib.create_sharded(cfg, mesh, optax.identity(), seed=config.seed)
-  return params, "initialised at random"

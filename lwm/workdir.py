@@ -16,7 +16,8 @@ import logging
 import os
 import shutil
 
-from lwm import checkpoint, stage
+from lwm import checkpoint
+from lwm.data import dataset
 from lwm.model.config import ModelConfig
 from lwm.vocab import Vocab
 
@@ -106,12 +107,8 @@ def write_assets(directory: str, *, model_config: ModelConfig, vocab: Vocab,
 
 def write_stage_assets(directory: str, model_config: ModelConfig, data_path: str) -> str:
   """The assets of a training stage, from its dataset (vocab.json, tokenizer, VQGAN, sampling)."""
-  recorded = stage.dataset_vocab(data_path)
-  sampling = None
-  options = os.path.join(data_path, "work", "options.json")
-  if os.path.isfile(options):
-    with open(options) as f:
-      sampling = json.load(f).get("sampling")
+  recorded = dataset.read_vocab(data_path)
+  sampling = dataset.read_sampling(data_path)
   return write_assets(directory, model_config=model_config, vocab=Vocab.from_json(recorded),
                       tokenizer=recorded.get("tokenizer"), vqgan=recorded.get("vqgan"),
                       sampling=sampling, extra={"dataset": os.path.abspath(data_path)})

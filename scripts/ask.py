@@ -15,18 +15,13 @@ from lwm import launch
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--checkpoint", required=True, help="training workdir or Hugging Face directory")
+  launch.add_model_flags(p)
   source = p.add_mutually_exclusive_group(required=True)
   source.add_argument("--video", help="a video file")
   source.add_argument("--text-file", help="a text document")
   p.add_argument("--question", required=True)
-  p.add_argument("--tokenizer", default=None)
-  p.add_argument("--vqgan", default=None)
   p.add_argument("--max-frames", type=int, default=None, help="default: the data stage's sampling")
   p.add_argument("--fps", type=float, default=None)
-  p.add_argument("--mesh", default=None,
-                 help="e.g. sp=8, fsdp=2,sp=4 or dp,fsdp,tp,sp sizes (default: all devices on sp)")
-  p.add_argument("--dtype", default=None)
   p.add_argument("--max-new-tokens", type=int, default=64)
   p.add_argument("--temperature", type=float, default=0.0)
   p.add_argument("--top-p", type=float, default=1.0)
@@ -37,10 +32,10 @@ def parse_args(argv=None):
 def main(argv=None):
   args = parse_args(argv)
   launch.setup_devices_for_mesh(args.mesh)
-  from lwm import vqgan
+  from lwm import model_dir, vqgan
   from lwm.data.video import FrameSampling, decode_video
   from lwm.eval import inference, needle, video_needle
-  loaded = launch.load_model_for_command(args)
+  loaded = model_dir.load_for_command(args)
   if loaded.tokenizer is None:
     sys.exit("no tokenizer recorded for this checkpoint: pass --tokenizer PATH")
   mask = None

@@ -62,17 +62,6 @@ def model_config(args, policy):
       attention_block_kv=args.attention_block, **overrides)
 
 
-def model_flops(config, batch, seq_len):
-  """Matmul and causal-attention FLOPs of one step's forward + backward (3x forward)."""
-  D, F, L = config.hidden_size, config.intermediate_size, config.num_layers
-  q, kv = config.num_heads * config.dim_per_head, config.num_kv_heads * config.dim_per_head
-  per_token = L * 2 * (D * (q + 2 * kv) + q * D + 3 * D * F)
-  per_token += 2 * D * (config.vocab_size + config.vision_vocab_size if config.vision_vocab_size
-                        else config.vocab_size)
-  attention = L * 2 * seq_len * seq_len * q  # QK^T and PV, 2 FLOPs each, half the pairs
-  return 3 * batch * (per_token * seq_len + attention)
-
-
 def random_batch(batch, seq_len, vocab, mesh):
   """One document per row of random tokens, in the mesh's zigzag order, placed like the loader's."""
   import jax
@@ -146,6 +135,7 @@ def main():
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax
   from lwm import sharding as shd
+  from lwm.metrics import train_step_flops
   from lwm.model import lower_train_step
 
   mesh = shd.parse_mesh(args.mesh, devices=jax.devices()[:devices])
@@ -159,7 +149,7 @@ def main():
         f"{c0.loss_chunk}, attention tiles {c0.attention_block_q}; {jax.device_count()} "
         f"{jax.devices()[0].platform} devices; median/min/max of {args.steps} steps after "
         f"{args.warmup} warm-up, policies interleaved", flush=True)
-  flops = model_flops(c0, args.batch, args.seq_len)
+  flops = train_step_flops(c0, args.batch, args.seq_len)
   batch = random_batch(args.batch, args.seq_len, c0.vocab_size, mesh)
   runs = []
   for config in configs:

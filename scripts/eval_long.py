@@ -19,7 +19,7 @@ from lwm import launch
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--checkpoint", required=True, help="training workdir or Hugging Face directory")
+  launch.add_model_flags(p)
   p.add_argument("--tasks", required=True, help="comma-separated, e.g. niah_single,vt,video_order")
   p.add_argument("--context-lengths", required=True, help="tokens, e.g. 1024,4096 or 4k,128k")
   p.add_argument("--output", required=True, help="directory for results.json and the plots")
@@ -36,11 +36,6 @@ def parse_args(argv=None):
   p.add_argument("--needles", type=int, default=3, help="video_order: needle frames")
   p.add_argument("--max-count", type=int, default=4, help="video_count: most repeats")
   p.add_argument("--threshold", type=float, default=0.856, help="effective-length threshold")
-  p.add_argument("--tokenizer", default=None, help="sentencepiece .model (default: the run's)")
-  p.add_argument("--vqgan", default=None, help="VQGAN directory (default: the run's)")
-  p.add_argument("--mesh", default=None,
-                 help="sp=8,fsdp=2 or dp,fsdp,tp,sp (default: all devices on sp)")
-  p.add_argument("--dtype", default=None, help="activation dtype (default: the stage's)")
   p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
 
@@ -48,11 +43,12 @@ def parse_args(argv=None):
 def main(argv=None):
   args = parse_args(argv)
   launch.setup_devices_for_mesh(args.mesh)
+  from lwm import model_dir
   from lwm.eval import grid, long_eval, needle
   tasks = long_eval.parse_tasks(args.tasks)
   lengths = grid.parse_list(args.context_lengths)
   depths = [float(d) for d in args.depths.split(",")]
-  loaded = launch.load_model_for_command(args)
+  loaded = model_dir.load_for_command(args)
   print(f"[eval_long] {len(tasks)} tasks, model {loaded.source}, lengths {lengths}, depths "
         f"{depths}, {args.samples} samples, scoring {args.scoring}", flush=True)
   haystack = args.video_haystack or ""

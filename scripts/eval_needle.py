@@ -21,7 +21,7 @@ from lwm import launch
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--checkpoint", required=True, help="training workdir or Hugging Face directory")
+  launch.add_model_flags(p)
   p.add_argument("--mode", choices=["text", "video"], default="text")
   p.add_argument("--output", required=True, help="directory for results.json and heatmap.png")
   p.add_argument("--context-lengths", default=None, help="tokens, e.g. 1024,4096 or 1k,32k,1m")
@@ -47,11 +47,6 @@ def parse_args(argv=None):
   p.add_argument("--needle-image", default=None, help="video: an image to hide instead of a number")
   p.add_argument("--needle-answer", default=None, help="video: what --needle-image shows")
   p.add_argument("--needle-frames", type=int, default=1, help="video: frames the needle lasts")
-  p.add_argument("--tokenizer", default=None, help="sentencepiece .model (default: the run's)")
-  p.add_argument("--vqgan", default=None, help="VQGAN directory (default: the run's)")
-  p.add_argument("--mesh", default=None,
-                 help="e.g. sp=8, fsdp=2,sp=4 or dp,fsdp,tp,sp sizes (default: all devices on sp)")
-  p.add_argument("--dtype", default=None, help="activation dtype (default: the stage's)")
   p.add_argument("--max-new-tokens", type=int, default=None)
   p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
   p.add_argument("--top-p", type=float, default=1.0)
@@ -80,9 +75,10 @@ def grids(args):
 def main(argv=None):
   args = parse_args(argv)
   launch.setup_devices_for_mesh(args.mesh)
+  from lwm import model_dir
   from lwm.eval import needle, video_needle
   lengths, depths = grids(args)
-  loaded = launch.load_model_for_command(args)
+  loaded = model_dir.load_for_command(args)
   print(f"[eval_needle] {args.mode} needle, model {loaded.source}, mesh "
         f"{dict(loaded.model.get_mesh().shape)}, lengths {lengths}, depths {depths}", flush=True)
   values = needle.read_values(args.values) if args.values else None

@@ -91,12 +91,12 @@ def main(argv=None):
     os.environ["XLA_FLAGS"] = f"{os.environ['XLA_FLAGS']} {CPU_FLAGS}"
   # pylint: disable=import-outside-toplevel
   from lwm import sharding as shd
-  from lwm import train
+  from lwm import model_dir
   from lwm.eval import inference
   from lwm.model import abstract_model, count_params, lower_train_step
 
   # The model config training would build (no dataset: vocabularies stay the named size's).
-  config = train.model_config(c, {"text_vocab_size": 0}).replace(**planning_overrides(args))
+  config = model_dir.model_config(c, {"text_vocab_size": 0}).replace(**planning_overrides(args))
   mesh = shd.make_mesh(*sizes)
   data_axes, batch_axes = shd.batch_axes(mesh, batch), shd.mesh_axes("batch")
   if shd.axis_size(mesh, data_axes) < shd.axis_size(mesh, batch_axes):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 from flax import nnx
 
-from lwm import checkpoint, stage, train
+from lwm import checkpoint, model_dir, stage
 from lwm import vqgan
 from lwm.data import text_tokenizer
 from lwm.eval import needle, video_needle
@@ -57,7 +57,7 @@ def make_workdir(root: str, seed: int = 0) -> str:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=1))
-  model_config = train.model_config(config, vocab)
+  model_config = model_dir.model_config(config, vocab)
   _, params = nnx.split(Transformer(model_config, rngs=nnx.Rngs(seed)), nnx.Param)
   mngr = checkpoint.manager(workdir, async_save=False)
   checkpoint.save(mngr, 3, params, params, {}, {"step": 3})

@@ -12,7 +12,7 @@ from flax import nnx
 import eval_testing
 from lwm import sharding as shd
 from lwm.data import synthetic
-from lwm.eval import inference
+from lwm import model_dir
 from lwm.model import Transformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def run(script, *args):
 
 
 def test_load_model_restores_the_checkpoint_onto_a_mesh(workdir):
-  loaded = inference.load_model(workdir, shd.make_mesh(1, 2, 1, 4))
+  loaded = model_dir.load_model(workdir, shd.make_mesh(1, 2, 1, 4))
   assert loaded.source.endswith("step 3") and loaded.tokenizer.vocab_size == 400
   assert loaded.vqgan_dir and loaded.vocab["codes_per_frame"] == 16
   fresh = Transformer(loaded.model.config, rngs=nnx.Rngs(0))  # make_workdir saved seed 0's

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import eval_testing
+from lwm import model_dir
 from lwm import sharding as shd
 from lwm import vqgan
 from lwm.data import text_tokenizer
@@ -21,7 +22,7 @@ def kit(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("kit"))
   tokenizer = text_tokenizer.load_tokenizer(eval_testing.make_tokenizer(root))
   encoder = vqgan.FrameEncoder(vqgan.load(eval_testing.make_vqgan(root)))
-  loaded = inference.LoadedModel(None, tokenizer, {}, None, None, "oracle")
+  loaded = model_dir.LoadedModel(None, tokenizer, {}, None, None, "oracle")
   return loaded, encoder
 
 
@@ -123,7 +124,7 @@ def test_summary_table_and_effective_length():
 def test_teacher_forcing_reads_back_the_greedy_continuation(tmp_path):
   """Two code paths (cached decoding vs one forward over prompt + answer, on a 4-device ring)
   agree on a random model's own greedy answer: its teacher-forced score is 1."""
-  loaded = inference.load_model(eval_testing.make_workdir(str(tmp_path)), shd.make_mesh(1, 1, 1, 4))
+  loaded = model_dir.load_model(eval_testing.make_workdir(str(tmp_path)), shd.make_mesh(1, 1, 1, 4))
   rng = np.random.default_rng(0)
   prompt = rng.integers(3, loaded.tokenizer.vocab_size, 75).astype(np.int32)
   [greedy] = inference.Generator(loaded.model)([prompt], max_new_tokens=6)

@@ -7,7 +7,7 @@ import pytest
 
 from lwm.data import text_tokenizer
 from lwm.eval import grid, needle
-from lwm.eval.inference import LoadedModel
+from lwm.model_dir import LoadedModel
 
 
 @pytest.fixture(scope="module")

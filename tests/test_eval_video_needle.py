@@ -8,7 +8,7 @@ import pytest
 import eval_testing
 from lwm.data import synthetic
 from lwm.eval import video_needle
-from lwm.eval.inference import LoadedModel
+from lwm.model_dir import LoadedModel
 
 
 @pytest.fixture(scope="module")

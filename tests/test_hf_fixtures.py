@@ -219,39 +219,40 @@ def test_exported_config_reads_the_same_in_installed_transformers(scaling, tmp_p
 
 def test_training_a_named_size_from_a_scaled_checkpoint_is_refused(tmp_path):
   """LLaMA-2 long-context fine-tunes use linear scaling; the named size `tiny` has none."""
-  from lwm import stage, train
+  from lwm import model_dir, stage
   path = rewrite_config(os.path.join(FIXTURES, "llama-rope-parameters"), tmp_path / "linear",
                         lambda c: c["rope_parameters"].update(rope_type="linear", factor=4.0))
   config = stage.base_config()
   config.model, config.init_from = "tiny", path
   with pytest.raises(ValueError, match="rope_scaling"):
-    train.model_config(config, {"text_vocab_size": 256})
+    model_dir.model_config(config, {"text_vocab_size": 256})
   config.model = "hf"
-  assert dict(train.model_config(config, {"text_vocab_size": 256}).rope_scaling)["factor"] == 4.0
+  scaling = model_dir.model_config(config, {"text_vocab_size": 256}).rope_scaling
+  assert dict(scaling)["factor"] == 4.0
 
 
 def test_a_named_size_with_another_rms_norm_eps_than_the_checkpoint_is_refused(tmp_path):
   """LLaMA-1 checkpoints use rms_norm_eps 1e-6; a named size must not replace it silently."""
-  from lwm import stage, train
+  from lwm import model_dir, stage
   path = rewrite_config(os.path.join(FIXTURES, "llama-rope-parameters"), tmp_path / "eps",
                         lambda c: c.update(rms_norm_eps=1e-6))
   config = stage.base_config()
   config.model, config.init_from = "tiny", path
   with pytest.raises(ValueError, match="rms_norm_eps=1e-05 but the model in init_from"):
-    train.model_config(config, {"text_vocab_size": 256})
+    model_dir.model_config(config, {"text_vocab_size": 256})
   config.model = "hf"
-  assert train.model_config(config, {"text_vocab_size": 256}).rms_norm_eps == 1e-6
+  assert model_dir.model_config(config, {"text_vocab_size": 256}).rms_norm_eps == 1e-6
 
 
 def test_the_checkpoints_theta_is_kept_unless_the_stage_sets_one(tmp_path):
   """config.rope_theta 0 (the default) keeps config.json's θ, with `hf` and with a named size; a
   stage's θ replaces it."""
-  from lwm import stage, train
+  from lwm import model_dir, stage
   path = rewrite_config(os.path.join(FIXTURES, "llama-rope-parameters"), tmp_path / "theta",
                         lambda c: c["rope_parameters"].update(rope_theta=123456.0))
   config = stage.base_config()
   for model in ("hf", "tiny"):
     config.model, config.init_from = model, path
-    assert train.model_config(config, {"text_vocab_size": 256}).rope_theta == 123456.0, model
+    assert model_dir.model_config(config, {"text_vocab_size": 256}).rope_theta == 123456.0, model
   config.rope_theta = 1e6
-  assert train.model_config(config, {"text_vocab_size": 256}).rope_theta == 1e6
+  assert model_dir.model_config(config, {"text_vocab_size": 256}).rope_theta == 1e6

@@ -153,10 +153,9 @@ def imported(tmp_path_factory):
 
 
 def test_the_imported_directory_gives_lwm_logits_and_lwm_vision_ids(imported):
-  from lwm import vqgan
-  from lwm.eval import inference
+  from lwm import model_dir, vqgan
   out, _ = imported
-  loaded = inference.load_model(out, shd.make_mesh())
+  loaded = model_dir.load_model(out, shd.make_mesh())
   io = np.load(path("lwm-b", "llama_io.npz"))
   (vision, text), valid = logits_on_valid_positions(loaded.model, io)
   np.testing.assert_allclose(vision, io["vision_logits"][valid], atol=1e-4, rtol=0)
@@ -172,10 +171,10 @@ def test_the_imported_directory_gives_lwm_logits_and_lwm_vision_ids(imported):
 def test_evaluation_ask_preprocessing_and_training_accept_the_imported_directory(imported):
   import jax
   from flax import nnx
-  from lwm import checkpoint, stage, train
+  from lwm import checkpoint, model_dir, stage, train
   from lwm.data import preprocess, synthetic
+  from lwm.data.dataset import read_vocab
   from lwm.data.video import FrameSampling
-  from lwm.eval import inference
   out, root = imported
   stdout = eval_testing.run_script("eval_needle.py", "--checkpoint", out, "--mode", "video",
                                    "--context-lengths", "200", "--depth-intervals", "2",
@@ -194,7 +193,7 @@ def test_evaluation_ask_preprocessing_and_training_accept_the_imported_directory
   preprocess.preprocess(preprocess.PreprocessOptions(
       str(manifest), data, str(root / "tokenizer.model"), out,
       sampling=FrameSampling(max_frames=2)), progress=False)
-  recorded = stage.dataset_vocab(data)
+  recorded = read_vocab(data)
   assert (recorded["eof"], recorded["eov"], recorded["codebook_size"]) == (8192, 8193, 128)
 
   # Training starts from the directory: with lr 0 the first step leaves its parameters as they were.
@@ -203,7 +202,7 @@ def test_evaluation_ask_preprocessing_and_training_accept_the_imported_directory
   c.train.steps, c.train.batch_size, c.train.lr, c.train.weight_decay = 1, 8, 0.0, 0.0
   c.train.dtype, c.rope_theta, c.checkpoint.async_save = "float32", 1e7, False
   train.train(c, str(root / "run"))
-  model = inference.load_model(out).model
+  model = model_dir.load_model(out).model
   _, abstract = nnx.split(model, nnx.Param)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
   trained, step = checkpoint.restore_params(str(root / "run"), abstract)

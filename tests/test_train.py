@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 import training_data
-from lwm import checkpoint, stage, train
+from lwm import checkpoint, model_dir, stage, train
+from lwm.data.dataset import read_vocab
 from lwm.data.loader import Loader
 from lwm.metrics import read_metrics
 from lwm.model import loss_fn
@@ -61,8 +62,8 @@ def test_stage2_starts_from_stage1_parameters_on_another_mesh(dataset, tmp_path)
   first_loss = read_metrics(str(tmp_path / "stage2"))[0]["loss"]
 
   # Independently: stage 1's final parameters, stage 2's settings and first batch, one device.
-  vocab = stage.dataset_vocab(dataset)
-  cfg = train.model_config(stage2, vocab)
+  vocab = read_vocab(dataset)
+  cfg = model_dir.model_config(stage2, vocab)
   graphdef, abstract = nnx.split(abstract_model(cfg), nnx.Param)
   one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device),
@@ -174,7 +175,7 @@ def test_eval_loss_is_the_models_loss_on_the_held_out_batches(evaluated_run):
   evals = {m["step"]: m["eval_loss"] for m in read_metrics(workdir) if "eval_loss" in m}
   assert sorted(evals) == [2, 4]
   # Independently: the checkpoint of that step, one device, the held-out data in natural order.
-  cfg = train.model_config(config, stage.dataset_vocab(config.data.path))
+  cfg = model_dir.model_config(config, read_vocab(config.data.path))
   graphdef, abstract = nnx.split(abstract_model(cfg), nnx.Param)
   one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device),

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import eval_testing
-from lwm import stage, stage_model, train, workdir
+from lwm import model_dir, stage, train, workdir
+from lwm.data.dataset import read_vocab
 from lwm import vqgan
 from lwm.data import preprocess, synthetic, text_tokenizer
 from lwm.eval import inference, needle, video_needle
@@ -39,7 +40,7 @@ def trained(tmp_path_factory):
       f.write(json.dumps({"text": synthetic.random_text(rng, 200)}) + "\n")
   data = os.path.join(root, "data")
   preprocess.preprocess(preprocess.PreprocessOptions(manifest, data, tokenizer, vq), progress=False)
-  recorded = stage.dataset_vocab(data)
+  recorded = read_vocab(data)
   run = os.path.join(root, "run")
   train.train(tiny_stage(data), run)
   shutil.rmtree(data)
@@ -60,12 +61,12 @@ def test_the_workdir_holds_the_model_config_vocabulary_tokenizer_and_vqgan(train
     stage_config = stage.base_config()
     stage_config.update(json.load(f))
   stage_config.data.path = ""  # gone; the model config needs only the recorded layout
-  assert assets.model_config == stage_model.model_config(stage_config, recorded)
+  assert assets.model_config == model_dir.model_config(stage_config, recorded)
 
 
 def test_inference_loads_the_workdir_without_its_dataset(trained):
   run, _ = trained
-  loaded = inference.load_model(run)
+  loaded = model_dir.load_model(run)
   assert loaded.source.endswith("step 2") and loaded.vqgan_dir.startswith(run)
   prompt = needle.text_prompt_tokens(loaded.tokenizer, "The farmer waits.", "Who waits?")
   [answer] = inference.Generator(loaded.model)([prompt], max_new_tokens=3)
@@ -92,9 +93,9 @@ def test_a_named_size_that_differs_from_init_from_is_refused(trained):
   run, recorded = trained
   config = tiny_stage("", init_from=run, model_overrides={"rms_norm_eps": 1e-6})
   with pytest.raises(ValueError, match="rms_norm_eps"):
-    stage_model.model_config(config, recorded)
+    model_dir.model_config(config, recorded)
   config = tiny_stage("", init_from=run, model="init_from")
-  assert stage_model.model_config(config, recorded) == workdir.read_model_config(run)
+  assert model_dir.model_config(config, recorded) == workdir.read_model_config(run)
 
 
 @pytest.mark.slow

@@ -1,9 +1,12 @@
 """The tokenized dataset on disk (TFDS `lwm_examples`, array_record; written by
 `lwm.data.preprocess` with the builder in `lwm/data/tfds_builder.py`), read back without TensorFlow
-as a random-access source.
+as a random-access source, and what the directory records beside it.
 
   examples = load_examples("out/")   # len(examples), examples[i] -> dict of numpy arrays
+  read_vocab("out/")                 # vocab.json: the ids (lwm.vocab.Vocab), tokenizer, VQGAN
+  read_sampling("out/")              # how frames were sampled ({'fps', 'max_frames', ...}) or None
 """
+import json
 import os
 
 import numpy as np
@@ -51,3 +54,20 @@ def load_examples(path: str) -> Examples:
   import tensorflow_datasets as tfds
   builder = tfds.builder_from_directory(dataset_dir(path))
   return Examples(builder.as_data_source(split="train"))
+
+
+def read_vocab(path: str) -> dict:
+  """The vocab.json a preprocess run wrote into `path` (lwm.vocab.Vocab's fields and the paths of
+  its tokenizer and VQGAN)."""
+  with open(os.path.join(path, "vocab.json")) as f:
+    return json.load(f)
+
+
+def read_sampling(path: str) -> dict | None:
+  """The frame sampling ({'fps', 'max_frames', 'min_frames'}) the preprocess run of `path` used,
+  or None where it recorded none."""
+  options = os.path.join(path, "work", "options.json")
+  if not os.path.isfile(options):
+    return None
+  with open(options) as f:
+    return json.load(f).get("sampling")

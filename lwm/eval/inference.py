@@ -1,6 +1,6 @@
-"""Long-context inference from a training workdir or a Hugging Face directory.
+"""Long-context inference: prefill over the mesh, then cached decoding.
 
-  loaded = load_model("workdirs/stage2")            # latest checkpoint; tokenizer, VQGAN: assets/
+  loaded = lwm.model_dir.load_model("workdirs/stage2")   # latest checkpoint; tokenizer, VQGAN
   generate = Generator(loaded.model)
   [answer] = generate([prompt_ids], max_new_tokens=16, eos_id=loaded.tokenizer.eos_id)
 
@@ -9,10 +9,7 @@ then decoded one token at a time against the key/value cache; greedy by default,
 top-p sampling on request. Prompts are padded to a few bucket lengths so that a grid of similar
 prompts compiles once per bucket.
 """
-import dataclasses
-import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -158,107 +155,6 @@ class Generator:
 def _until(row, eos_id: int) -> list:
   ids = [int(t) for t in row]
   return ids[:ids.index(eos_id)] if eos_id in ids else ids
-
-
-# ------------------------------------------------------------------------------------ Loading
-
-@dataclasses.dataclass
-class LoadedModel:
-  """A model and what is needed to build its prompts.
-
-  vocab: the vocab.json dict of the model's assets (lwm.vocab.Vocab's fields, codes_per_frame,
-  tokenizer, vqgan) or {} for a Hugging Face directory. sampling: the data stage's
-  frame sampling ({'fps', 'max_frames', 'min_frames'}) when recorded.
-  """
-  model: object
-  tokenizer: object | None
-  vocab: dict
-  vqgan_dir: str | None
-  sampling: dict | None
-  source: str
-
-
-def default_mesh():
-  """All devices on `sp`: a prompt's sequence is spread over every device."""
-  return shd.make_mesh(sp=jax.device_count())
-
-
-def load_model(checkpoint: str, mesh=None, *, dtype: str | None = None,
-               tokenizer: str | None = None, vqgan: str | None = None) -> LoadedModel:
-  """Loads a model directory (a training workdir or an import: its latest checkpoint) or a Hugging
-  Face LLaMA directory onto `mesh`.
-
-  The tokenizer and VQGAN default to those in the directory's assets/ (lwm.workdir; a workdir
-  written before assets existed: those its dataset recorded in vocab.json; a HF directory: its
-  tokenizer.model); `tokenizer`/`vqgan` override them. dtype: activation dtype (default: the
-  stage's training dtype; float32 for HF directories unless given).
-  """
-  from lwm import stage
-  from lwm.data import text_tokenizer
-  mesh = mesh or default_mesh()
-  if stage.is_hf_dir(checkpoint):
-    model, vocab, sampling, source = _load_hf(checkpoint, mesh, dtype, vqgan)
-  elif stage.is_model_dir(checkpoint):
-    model, vocab, sampling, source = _load_model_dir(checkpoint, mesh, dtype)
-  elif os.path.isfile(os.path.join(checkpoint, "config.json")):
-    model, vocab, sampling, source = _load_legacy_workdir(checkpoint, mesh, dtype)
-  else:
-    raise ValueError(f"--checkpoint {checkpoint!r} is neither a model directory (assets/ + "
-                     "checkpoints/: a training workdir or scripts/import_lwm.py's output) nor a "
-                     "Hugging Face directory (config.json + *.safetensors)")
-  tokenizer = tokenizer or vocab.get("tokenizer")
-  if tokenizer is None and os.path.isfile(os.path.join(checkpoint, "tokenizer.model")):
-    tokenizer = os.path.join(checkpoint, "tokenizer.model")
-  vqgan = vqgan or vocab.get("vqgan")
-  text = text_tokenizer.load_tokenizer(tokenizer) if tokenizer else None
-  return LoadedModel(model, text, vocab, vqgan, sampling, source)
-
-
-def _restore(directory: str, config, mesh, dtype):
-  """The model of `config` with the latest checkpoint's parameters of `directory`, on `mesh`."""
-  from lwm import checkpoint
-  from lwm.model.step import abstract_model
-  if dtype:
-    config = config.replace(dtype=dtype)
-  graphdef, abstract = nnx.split(abstract_model(config, mesh), nnx.Param)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shd.param_shardings(abstract, mesh))
-  params, step = checkpoint.restore_params(directory, abstract)
-  return nnx.merge(graphdef, params), f"{directory} step {step}"
-
-
-def _load_model_dir(directory: str, mesh, dtype):
-  from lwm import workdir
-  assets = workdir.read_assets(directory)
-  model, source = _restore(directory, assets.model_config, mesh, dtype)
-  vocab = dict(assets.vocab_json, tokenizer=assets.tokenizer, vqgan=assets.vqgan)
-  return model, vocab, assets.sampling, source
-
-
-def _load_legacy_workdir(workdir: str, mesh, dtype):
-  """A workdir written before workdirs held their assets: the model from the stage config, the
-  rest from its dataset (which must still exist)."""
-  import ml_collections
-  from lwm import stage, stage_model
-  with open(os.path.join(workdir, "config.json")) as f:
-    stage_config = ml_collections.ConfigDict(json.load(f))
-  vocab = stage.dataset_vocab(stage_config.data.path)
-  model, source = _restore(workdir, stage_model.model_config(stage_config, vocab), mesh, dtype)
-  sampling = None
-  options = os.path.join(stage_config.data.path, "work", "options.json")
-  if os.path.isfile(options):
-    with open(options) as f:
-      sampling = json.load(f).get("sampling")
-  return model, vocab, sampling, source
-
-
-def _load_hf(path: str, mesh, dtype, vqgan):
-  from lwm.model import hf
-  from lwm import vqgan as vqgan_lib
-  from lwm.vocab import vision_vocab_size
-  vision = vision_vocab_size(vqgan_lib.load_config(vqgan).codebook_size) if vqgan else 0
-  model = hf.from_hf_llama(path, mesh=mesh, compute_dtype=dtype, vision_vocab_size=vision)
-  return model, {}, None, path
 
 
 # ------------------------------------------------------------------------------------ Memory

@@ -173,7 +173,7 @@ def run_long_eval(loaded, *, output: str, tasks, context_lengths, depths=(0.0, 5
                   generator=None, forcer=None, encoder=None) -> dict:
   """Runs (or resumes) every (task, length, depth, sample) cell; returns the summary.
 
-  loaded: a `lwm.eval.inference.LoadedModel`. haystack: a .txt/.jsonl essay for the NIAH tasks
+  loaded: a `lwm.model_dir.LoadedModel`. haystack: a .txt/.jsonl essay for the NIAH tasks
   (default: the built-in filler). video/manifest: the video haystack (default: generated frames).
   values: a pool for needle values (text and video). choices > 1: video questions are multiple
   choice, scored circularly. generator / forcer / encoder replace the model's (tests).

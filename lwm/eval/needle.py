@@ -276,7 +276,7 @@ def run_text_needle(loaded, *, output: str, context_lengths, depths, rounds: int
                     top_p: float = 1.0, progress: bool = True, generator=None) -> dict:
   """Runs (or resumes) the text needle grid; writes OUT/results.json, OUT/heatmap.png.
 
-  loaded: a `lwm.eval.inference.LoadedModel` (model + tokenizer). haystack: a .txt or .jsonl file,
+  loaded: a `lwm.model_dir.LoadedModel` (model + tokenizer). haystack: a .txt or .jsonl file,
   or None for the built-in filler. values: a pool to draw needle values from (default: any
   `digits`-digit number). Returns the summary: accuracy, per-cell scores, the table.
   """

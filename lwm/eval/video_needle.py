@@ -186,7 +186,7 @@ def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: in
                      encoder=None) -> dict:
   """Runs (or resumes) the video needle grid; writes OUT/results.json and OUT/heatmap.png.
 
-  loaded: a `lwm.eval.inference.LoadedModel` with a tokenizer and a VQGAN directory (or pass a
+  loaded: a `lwm.model_dir.LoadedModel` with a tokenizer and a VQGAN directory (or pass a
   `lwm.vqgan.FrameEncoder` as `encoder`). The haystack is `video`, the clips of `manifest`, or
   generated frames. The needle is a frame showing a random `digits`-digit number (new each round;
   drawn from `values` when given), or `needle_image` with its `needle_answer`, shown for
