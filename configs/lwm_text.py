@@ -13,39 +13,27 @@ of each stage is a directory written by scripts/preprocess.py from documents of 
 Devices: the paper's TPU v4-512 is 256 chips (v4 slice names count TensorCores, two per chip, and
 JAX sees one device per chip), so every stage validates on 256 devices: fsdp = 64/32/16/8/4 for
 batches of 128/32/16/8/4 sequences (from 128k on, one sequence per fsdp row). On more devices
-the long stages fail stage.validate (the batch is split over dp*fsdp rows, e.g. 32 sequences
+the long stages fail validation (the batch is split over dp*fsdp rows, e.g. 32 sequences
 over fsdp=64 on 512 devices): raise tp or sp (--config.mesh tp=8,sp=2,fsdp=-1) or use 256.
 """
-from lwm.stage import base_config
+from lwm.stage_schema import stage_config
 
-# Paper: TPU v4-512 (256 devices), fp32; we keep bf16 activations. fsdp=-1 takes the devices
-# tp and sp leave.
+# Paper: TPU v4-512 (256 devices), fp32; we keep bf16 activations. Batches are 4M tokens.
+COMMON = {"model": "7b", "train.lr": 4e-5, "train.lr_schedule": "constant",
+          "train.text_loss_weight": 1.0, "train.vision_loss_weight": 0.0, "checkpoint.every": 100}
 STAGES = {
-    "32k": dict(seq_len=32768, rope_theta=1e6, steps=1200, warmup_steps=100, mesh="tp=4,fsdp=-1"),
-    "128k": dict(seq_len=131072, rope_theta=1e7, steps=3000, warmup_steps=200,
-                 mesh="tp=8,fsdp=-1"),
-    "256k": dict(seq_len=262144, rope_theta=1e7, steps=3000, warmup_steps=200,
-                 mesh="tp=16,fsdp=-1"),
-    "512k": dict(seq_len=524288, rope_theta=2.5e7, steps=720, warmup_steps=50,
-                 mesh="tp=16,sp=2,fsdp=-1"),
-    "1m": dict(seq_len=1048576, rope_theta=5e7, steps=450, warmup_steps=25,
-               mesh="tp=16,sp=4,fsdp=-1"),
+    "32k": {"seq_len": 32768, "rope_theta": 1e6, "train.steps": 1200, "train.warmup_steps": 100,
+            "train.batch_size": 128, "mesh": "tp=4,fsdp=-1"},
+    "128k": {"seq_len": 131072, "rope_theta": 1e7, "train.steps": 3000, "train.warmup_steps": 200,
+             "train.batch_size": 32, "mesh": "tp=8,fsdp=-1"},
+    "256k": {"seq_len": 262144, "rope_theta": 1e7, "train.steps": 3000, "train.warmup_steps": 200,
+             "train.batch_size": 16, "mesh": "tp=16,fsdp=-1"},
+    "512k": {"seq_len": 524288, "rope_theta": 2.5e7, "train.steps": 720, "train.warmup_steps": 50,
+             "train.batch_size": 8, "mesh": "tp=16,sp=2,fsdp=-1"},
+    "1m": {"seq_len": 1048576, "rope_theta": 5e7, "train.steps": 450, "train.warmup_steps": 25,
+           "train.batch_size": 4, "mesh": "tp=16,sp=4,fsdp=-1"},
 }
-BATCH_TOKENS = 4 * 2**20
 
 
 def get_config(arg: str = "32k"):
-  if arg not in STAGES:
-    raise ValueError(f"configs/lwm_text.py takes one of {list(STAGES)}, got {arg!r}")
-  s = STAGES[arg]
-  names = list(STAGES)
-  c = base_config()
-  c.model = "7b"
-  c.seq_len, c.rope_theta, c.mesh = s["seq_len"], s["rope_theta"], s["mesh"]
-  c.init_from = "" if arg == "32k" else f"workdirs/text_{names[names.index(arg) - 1]}"
-  c.train.steps, c.train.warmup_steps = s["steps"], s["warmup_steps"]
-  c.train.batch_size = BATCH_TOKENS // s["seq_len"]
-  c.train.lr, c.train.lr_schedule = 4e-5, "constant"
-  c.train.text_loss_weight, c.train.vision_loss_weight = 1.0, 0.0
-  c.checkpoint.every = 100
-  return c
+  return stage_config(STAGES, arg, COMMON, workdirs="workdirs/text_{stage}")

@@ -1,7 +1,7 @@
 """Process set-up before JAX starts: simulated CPU devices and multi-host initialisation."""
 import os
 
-from lwm import mesh_spec, stage
+from lwm import mesh_spec, stage_schema
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
@@ -27,7 +27,7 @@ def set_device_count(count: int | None, *, replace: bool = False, environ=None) 
 
 def setup_devices(config, num_processes: int = 1) -> None:
   """Gives the CPU backend as many devices as this process's share of the config's mesh."""
-  set_device_count(stage.device_count_needed(config) // max(num_processes, 1))
+  set_device_count(stage_schema.device_count_needed(config) // max(num_processes, 1))
 
 
 def setup_devices_for_mesh(mesh: str | None) -> None:

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lwm import checkpoint, model_dir, sharding, stage, train_hooks
+from lwm import checkpoint, model_dir, sharding, stage_schema, train_hooks
+from lwm.data.dataset import read_vocab
 from lwm.data.loader import Loader, Prefetcher
 from lwm.metrics import MetricsWriter, Throughput, log_line, train_step_flops
-from lwm.data.dataset import read_vocab
 from lwm.model import step as step_lib
 from lwm.workdir import write_stage_assets
 
@@ -64,10 +64,10 @@ def peak_flops(config) -> float:
 def train(config, workdir: str) -> dict:
   """Runs (or resumes) one stage; returns the last logged metrics."""
   # ---------------------------------------------------------------- Devices and config checks
-  stage.validate(config, jax.device_count())
+  stage_schema.validate(config, jax.device_count())
   vocab = read_vocab(config.data.path)
   cfg = model_dir.model_config(config, vocab)
-  mesh = sharding.make_mesh(*stage.mesh_sizes(config, jax.device_count()))
+  mesh = sharding.make_mesh(*stage_schema.mesh_sizes(config, jax.device_count()))
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)
@@ -120,8 +120,9 @@ def train(config, workdir: str) -> dict:
                      first_step=start)
   evaluate = None
   if config.eval.every:
-    evaluate = train_hooks.HeldOutEval(config.eval, config.seq_len, stage.eval_batch_size(config),
-                                       config.seed, graphdef, mesh, abstract_params)
+    evaluate = train_hooks.HeldOutEval(config.eval, config.seq_len,
+                                       stage_schema.eval_batch_size(config), config.seed, graphdef,
+                                       mesh, abstract_params)
 
   # ---------------------------------------------------------------- Train loop
   # Metrics stay on the devices until a log or checkpoint step, so the host runs ahead of them.

@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from lwm import sharding as shd
-from lwm import stage
+from lwm import stage_schema
 from lwm.data.loader import Loader
 from lwm.model.loss import BATCH_KEYS, loss_fn
 
@@ -56,7 +56,7 @@ class Profile:
   """A `jax.profiler` trace of steps START..END (process 0) into `workdir/profile/`."""
 
   def __init__(self, spec: str, workdir: str, enabled: bool = True):
-    self.steps = stage.parse_profile_steps(spec) if enabled else None
+    self.steps = stage_schema.parse_profile_steps(spec) if enabled else None
     self.path = os.path.join(workdir, PROFILE_DIR)
     self.active = False
 

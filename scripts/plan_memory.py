@@ -21,7 +21,7 @@ import math
 import os
 import time
 
-from lwm import launch, mesh_spec, stage
+from lwm import launch, mesh_spec, stage_schema
 
 
 def parse_args(argv=None):
@@ -56,11 +56,11 @@ def stage_config(args):
   """The stage config to plan: --config's, or the defaults with --model, --seq-len, --batch, --mesh
   and --dtype."""
   if args.config:
-    c = stage.load_config(args.config)
+    c = stage_schema.load_config(args.config)
     if mesh_spec.device_count(c.mesh) is None and not args.devices:
       raise SystemExit(f"{args.config} has mesh {c.mesh!r}: give --devices to resolve the -1")
     return c
-  c = stage.base_config()
+  c = stage_schema.base_config()
   c.model, c.seq_len, c.mesh, c.train.dtype = args.model, args.seq_len, args.mesh, args.dtype
   c.train.batch_size, c.train.grad_accum = args.batch, 1
   return c
@@ -79,7 +79,7 @@ def main(argv=None):
   args = parse_args(argv)
   c = stage_config(args)
   try:
-    sizes = stage.mesh_sizes(c, args.devices)
+    sizes = stage_schema.mesh_sizes(c, args.devices)
   except ValueError as e:
     raise SystemExit(str(e)) from e
   batch, seq_len = c.train.batch_size // c.train.grad_accum, c.seq_len

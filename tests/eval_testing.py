@@ -6,7 +6,7 @@ import os
 import numpy as np
 from flax import nnx
 
-from lwm import checkpoint, model_dir, stage
+from lwm import checkpoint, model_dir, stage_schema
 from lwm import vqgan
 from lwm.data import text_tokenizer
 from lwm.eval import needle, video_needle
@@ -50,7 +50,7 @@ def make_workdir(root: str, seed: int = 0) -> str:
            "codes_per_frame": vqgan.get_config("tiny").codes_per_frame, "vqgan": vq}
   with open(os.path.join(data, "vocab.json"), "w") as f:
     json.dump(vocab, f)
-  config = stage.base_config()
+  config = stage_schema.base_config()
   config.model, config.seq_len, config.mesh = "tiny", 256, "1,1,1,8"
   config.data.path, config.train.dtype = data, "float32"
   workdir = os.path.join(root, "workdir")

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lwm import stage
+from lwm import stage_schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +32,7 @@ LWM_VISION = {
 
 
 def load(name, arg):
-  return stage.load_config(os.path.join(ROOT, "configs", f"{name}.py:{arg}"))
+  return stage_schema.load_config(os.path.join(ROOT, "configs", f"{name}.py:{arg}"))
 
 
 @pytest.mark.parametrize("arg", list(LWM_TEXT))
@@ -45,7 +45,7 @@ def test_lwm_text_stage_is_the_papers(arg):
   assert abs(c.train.steps * 4 * 2**20 / tokens - 1) < 0.06  # the paper rounds its token counts
   assert (c.train.lr, c.train.lr_schedule) == (4e-5, "constant")
   assert (c.train.text_loss_weight, c.train.vision_loss_weight) == (1.0, 0.0)
-  assert stage.mesh_sizes(c, 256) == mesh
+  assert stage_schema.mesh_sizes(c, 256) == mesh
   assert c.model == "7b"
 
 
@@ -63,7 +63,7 @@ def test_lwm_vision_stage_is_the_papers(arg):
   assert c.seq_len * c.train.batch_size == 8 * 2**20  # 8M tokens per batch
   assert (c.train.lr, c.train.lr_schedule) == (lr, schedule)
   assert c.train.lr * c.train.end_lr_ratio == pytest.approx(end_lr, rel=1e-12)
-  assert stage.mesh_sizes(c, 512) == mesh
+  assert stage_schema.mesh_sizes(c, 512) == mesh
 
 
 def test_lwm_vision_stages_chain_from_text_1m():
@@ -85,11 +85,11 @@ def test_lwm_stages_pass_trainings_checks_on_the_papers_devices(dataset_dir, nam
   for arg in stages:
     c = load(name, arg)
     c.data.path, c.init_from = dataset_dir, ""
-    stage.validate(c, num_devices=devices)  # raises on any wrong value
+    stage_schema.validate(c, num_devices=devices)  # raises on any wrong value
   c = load("lwm_text", "128k")
   c.data.path, c.init_from = dataset_dir, ""
   with pytest.raises(ValueError, match="divisible by dp\\*fsdp = 64"):
-    stage.validate(c, num_devices=512)  # 32 sequences over fsdp=64
+    stage_schema.validate(c, num_devices=512)  # 32 sequences over fsdp=64
 
 
 @pytest.mark.parametrize("name, arg, seq_len, theta, sizes", [
@@ -101,12 +101,31 @@ def test_lwm_stages_pass_trainings_checks_on_the_papers_devices(dataset_dir, nam
 ])
 def test_cpu_stages_pass_trainings_checks(dataset_dir, name, arg, seq_len, theta, sizes):
   c = load(name, arg)
-  assert (c.seq_len, c.rope_theta, stage.mesh_sizes(c)) == (seq_len, theta, sizes)
+  assert (c.seq_len, c.rope_theta, stage_schema.mesh_sizes(c)) == (seq_len, theta, sizes)
   c.data.path = dataset_dir
-  stage.validate(c, num_devices=stage.device_count_needed(c))  # raises on any wrong value
+  # raises on any wrong value
+  stage_schema.validate(c, num_devices=stage_schema.device_count_needed(c))
 
 
 @pytest.mark.parametrize("name", ["tiny", "quickstart", "lwm_text", "lwm_vision"])
 def test_unknown_stage_is_named(name):
-  with pytest.raises(ValueError, match="takes one of"):
+  with pytest.raises(ValueError, match="unknown stage 'stage3'; this config file has"):
     load(name, "stage3")
+
+
+def test_a_stage_table_sets_dotted_keys_and_chains_workdirs():
+  stages = {"a": {"seq_len": 64, "train.steps": 3}, "b": {"seq_len": 128},
+            "c": {"seq_len": 256, "init_from": "elsewhere"}}
+  common = {"model": "tiny", "model_overrides.num_layers": 4}
+  a, b, c = (stage_schema.stage_config(stages, k, common, workdirs="w/{stage}") for k in "abc")
+  assert (a.seq_len, a.train.steps, a.init_from) == (64, 3, "")
+  assert (b.seq_len, b.train.steps, b.init_from) == (128, 100, "w/a")  # 100: the schema's default
+  assert c.init_from == "elsewhere"  # a row's own init_from wins over the chain
+  assert a.model == "tiny" and a.model_overrides.num_layers == 4
+
+
+@pytest.mark.parametrize("row, error", [({"train.stepz": 3}, KeyError),
+                                        ({"train.steps": 2.5}, TypeError)])
+def test_a_stage_table_refuses_unknown_keys_and_wrong_types(row, error):
+  with pytest.raises(error, match="stepz|steps"):
+    stage_schema.stage_config({"a": row}, "a")

@@ -219,10 +219,10 @@ def test_exported_config_reads_the_same_in_installed_transformers(scaling, tmp_p
 
 def test_training_a_named_size_from_a_scaled_checkpoint_is_refused(tmp_path):
   """LLaMA-2 long-context fine-tunes use linear scaling; the named size `tiny` has none."""
-  from lwm import model_dir, stage
+  from lwm import model_dir, stage_schema
   path = rewrite_config(os.path.join(FIXTURES, "llama-rope-parameters"), tmp_path / "linear",
                         lambda c: c["rope_parameters"].update(rope_type="linear", factor=4.0))
-  config = stage.base_config()
+  config = stage_schema.base_config()
   config.model, config.init_from = "tiny", path
   with pytest.raises(ValueError, match="rope_scaling"):
     model_dir.model_config(config, {"text_vocab_size": 256})
@@ -233,10 +233,10 @@ def test_training_a_named_size_from_a_scaled_checkpoint_is_refused(tmp_path):
 
 def test_a_named_size_with_another_rms_norm_eps_than_the_checkpoint_is_refused(tmp_path):
   """LLaMA-1 checkpoints use rms_norm_eps 1e-6; a named size must not replace it silently."""
-  from lwm import model_dir, stage
+  from lwm import model_dir, stage_schema
   path = rewrite_config(os.path.join(FIXTURES, "llama-rope-parameters"), tmp_path / "eps",
                         lambda c: c.update(rms_norm_eps=1e-6))
-  config = stage.base_config()
+  config = stage_schema.base_config()
   config.model, config.init_from = "tiny", path
   with pytest.raises(ValueError, match="rms_norm_eps=1e-05 but the model in init_from"):
     model_dir.model_config(config, {"text_vocab_size": 256})
@@ -247,10 +247,10 @@ def test_a_named_size_with_another_rms_norm_eps_than_the_checkpoint_is_refused(t
 def test_the_checkpoints_theta_is_kept_unless_the_stage_sets_one(tmp_path):
   """config.rope_theta 0 (the default) keeps config.json's θ, with `hf` and with a named size; a
   stage's θ replaces it."""
-  from lwm import model_dir, stage
+  from lwm import model_dir, stage_schema
   path = rewrite_config(os.path.join(FIXTURES, "llama-rope-parameters"), tmp_path / "theta",
                         lambda c: c["rope_parameters"].update(rope_theta=123456.0))
-  config = stage.base_config()
+  config = stage_schema.base_config()
   for model in ("hf", "tiny"):
     config.model, config.init_from = model, path
     assert model_dir.model_config(config, {"text_vocab_size": 256}).rope_theta == 123456.0, model

@@ -171,7 +171,7 @@ def test_the_imported_directory_gives_lwm_logits_and_lwm_vision_ids(imported):
 def test_evaluation_ask_preprocessing_and_training_accept_the_imported_directory(imported):
   import jax
   from flax import nnx
-  from lwm import checkpoint, model_dir, stage, train
+  from lwm import checkpoint, model_dir, stage_schema, train
   from lwm.data import preprocess, synthetic
   from lwm.data.dataset import read_vocab
   from lwm.data.video import FrameSampling
@@ -197,7 +197,7 @@ def test_evaluation_ask_preprocessing_and_training_accept_the_imported_directory
   assert (recorded["eof"], recorded["eov"], recorded["codebook_size"]) == (8192, 8193, 128)
 
   # Training starts from the directory: with lr 0 the first step leaves its parameters as they were.
-  c = stage.base_config()
+  c = stage_schema.base_config()
   c.model, c.init_from, c.seq_len, c.mesh, c.data.path = "init_from", out, 256, "1,8,1,1", data
   c.train.steps, c.train.batch_size, c.train.lr, c.train.weight_decay = 1, 8, 0.0, 0.0
   c.train.dtype, c.rope_theta, c.checkpoint.async_save = "float32", 1e7, False

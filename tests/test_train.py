@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import training_data
-from lwm import checkpoint, model_dir, stage, train
+from lwm import checkpoint, model_dir, stage_schema, train
 from lwm.data.dataset import read_vocab
 from lwm.data.loader import Loader
 from lwm.metrics import read_metrics
@@ -24,7 +24,7 @@ def dataset(tmp_path_factory):
 
 
 def tiny_config(data_path, **changes):
-  c = stage.base_config()
+  c = stage_schema.base_config()
   c.model, c.seq_len, c.rope_theta, c.mesh = "tiny", 256, 1e4, "1,8,1,1"
   c.data.path = data_path
   c.train.steps, c.train.batch_size, c.train.lr, c.train.warmup_steps = 4, 8, 3e-3, 1
@@ -124,7 +124,7 @@ def test_gradient_accumulation_applies_one_adamw_update_of_the_mean_gradient():
   means (g1+g2)/2 and (g3+g4)/2, and the parameters do not move between them. Reference: AdamW
   written out in float64 NumPy."""
   import optax
-  c = stage.base_config()
+  c = stage_schema.base_config()
   t = c.train
   t.grad_accum, t.lr, t.lr_schedule, t.warmup_steps, t.steps = 2, 0.1, "constant", 1, 10
   t.weight_decay, t.b1, t.b2, t.clip_norm = 0.1, 0.9, 0.95, 1.0
@@ -202,4 +202,4 @@ def test_profile_steps_write_a_trace_into_the_workdir(evaluated_run):
 ])
 def test_bad_loop_settings_are_refused(dataset, changes, message):
   with pytest.raises(ValueError, match=message):
-    stage.validate(tiny_config(dataset, **changes), 8)
+    stage_schema.validate(tiny_config(dataset, **changes), 8)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import eval_testing
-from lwm import model_dir, stage, train, workdir
+from lwm import model_dir, stage_schema, train, workdir
 from lwm.data.dataset import read_vocab
 from lwm import vqgan
 from lwm.data import preprocess, synthetic, text_tokenizer
@@ -16,7 +16,7 @@ from lwm.eval import inference, needle, video_needle
 from lwm.vocab import Vocab
 
 def tiny_stage(data_path, **changes):
-  c = stage.base_config()
+  c = stage_schema.base_config()
   c.model, c.seq_len, c.rope_theta, c.mesh = "tiny", 256, 1e4, "1,8,1,1"
   c.data.path = data_path
   c.train.steps, c.train.batch_size, c.train.warmup_steps, c.train.dtype = 2, 8, 1, "float32"
@@ -58,7 +58,7 @@ def test_the_workdir_holds_the_model_config_vocabulary_tokenizer_and_vqgan(train
   assert vqgan.load(assets.vqgan).config == vqgan.get_config("tiny")
   assert vqgan.load(run).config == vqgan.get_config("tiny")  # preprocess.py --vqgan RUN works too
   with open(os.path.join(run, "config.json")) as f:
-    stage_config = stage.base_config()
+    stage_config = stage_schema.base_config()
     stage_config.update(json.load(f))
   stage_config.data.path = ""  # gone; the model config needs only the recorded layout
   assert assets.model_config == model_dir.model_config(stage_config, recorded)

@@ -1,7 +1,14 @@
-"""The schema of a training-stage config, and the checks that run before anything compiles.
+"""The schema of a training-stage config, the stage tables of configs/, and the checks that run
+before anything compiles.
 
-Config files in configs/ start from `base_config()` and change what their stage needs. Reading a
-config starts no JAX backend, so a launcher can size the devices (XLA_FLAGS) before JAX starts.
+A config file in configs/ is a table of stages, each a few dotted overrides of `base_config()`:
+
+  COMMON = {"model": "7b", "train.lr": 4e-5}
+  STAGES = {"32k": {"seq_len": 32768, "train.steps": 1200}, "128k": {"seq_len": 131072, ...}}
+  def get_config(arg="32k"):
+    return stage_config(STAGES, arg, COMMON, workdirs="workdirs/text_{stage}")
+
+Reading a config starts no JAX backend, so a launcher can size the devices (XLA_FLAGS) first.
 """
 import math
 import os
@@ -62,6 +69,27 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.every = 100
   c.checkpoint.keep = 2
   c.checkpoint.async_save = True
+  return c
+
+
+def stage_config(stages: dict, arg: str, common: dict | None = None, *,
+                 workdirs: str | None = None) -> ml_collections.ConfigDict:
+  """The config of stage `arg` of a config file's table: `base_config()` with the dotted overrides
+  of `common`, then of `stages[arg]` ({"train.steps": 1200, "model_overrides.num_layers": 4}).
+
+  workdirs: where the stages' workdirs go by default ("workdirs/text_{stage}"): each stage after
+  the first then starts from the previous stage's (`init_from`), unless its row says otherwise.
+  A key the schema does not have, or a value of the wrong type, raises naming it.
+  """
+  if arg not in stages:
+    raise ValueError(f"unknown stage {arg!r}; this config file has {list(stages)}")
+  c = base_config()
+  c.lock()
+  c.model_overrides.unlock()  # any ModelConfig field
+  names = list(stages)
+  previous = names[names.index(arg) - 1] if names.index(arg) else None
+  derived = {"init_from": workdirs.format(stage=previous)} if workdirs and previous else {}
+  c.update_from_flattened_dict({**(common or {}), **derived, **stages[arg]})
   return c
 
 
