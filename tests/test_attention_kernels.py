@@ -168,7 +168,7 @@ def test_kernels_lower_for_gpu_and_tpu():
 def test_device_benchmark_smoke_runs_on_cpu():
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   env.pop("XLA_FLAGS", None)
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_attention.py"),
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench", "attention.py"),
                            "--platform", "gpu", "--smoke"], capture_output=True, text=True,
                           env=env, timeout=300, check=True)
   assert "fused kernel (one block)" in result.stdout and "ring on 2 dev" in result.stdout

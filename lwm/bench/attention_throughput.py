@@ -1,4 +1,4 @@
-"""Forward + backward throughput of attention on an accelerator, for `scripts/bench_attention.py
+"""Forward + backward throughput of attention on an accelerator, for `scripts/bench/attention.py
 --platform gpu`: the fused block kernel, the xla block path, cuDNN's flash attention as the
 yardstick, and the whole ring; plus a correctness check of the kernel against the xla path.
 

@@ -1,8 +1,8 @@
 """Times one full training step (forward, chunked loss, backward, AdamW) and reports its memory.
 
-  python scripts/bench_train_step.py                        # the default policy at issue 18's shape
-  python scripts/bench_train_step.py --policies nothing_saveable,none,save_attention_ffn --steps 3
-  python scripts/bench_train_step.py --seq-len 4096 --policies a,b --memory-seq-lens 32768
+  python scripts/bench/train_step.py                        # the default policy, the shape below
+  python scripts/bench/train_step.py --policies nothing_saveable,none,save_attention_ffn --steps 3
+  python scripts/bench/train_step.py --seq-len 4096 --policies a,b --memory-seq-lens 32768
 
 The default shape is the one compared with LWM's own code: 2 layers, hidden 256, 4 heads x 64,
 intermediate 688, text vocabulary 32,000, float32, batch 1, 16,384 tokens on a 1,1,1,8 mesh of

@@ -1,9 +1,9 @@
 """Benchmarks ring attention against one device and an all-gather baseline (forward + backward).
 
-  python scripts/bench_attention.py --devices 2 --seq-lens 4096,8192
-  python scripts/bench_attention.py --seq-lens "" --memory-seq-lens 1048576 --impl pallas_gpu
-  python scripts/bench_attention.py --platform gpu            # on a GPU machine (under 8 minutes)
-  python scripts/bench_attention.py --platform gpu --smoke    # the same rows on the CPU, tiny
+  python scripts/bench/attention.py --devices 2 --seq-lens 4096,8192
+  python scripts/bench/attention.py --seq-lens "" --memory-seq-lens 1048576 --impl pallas_gpu
+  python scripts/bench/attention.py --platform gpu            # on a GPU machine (under 8 minutes)
+  python scripts/bench/attention.py --platform gpu --smoke    # the same rows on the CPU, tiny
 
 CPU (default): for each sequence length, median wall time and per-device temp memory (XLA memory
 analysis) of ring attention causal and non-causal on --devices simulated CPU devices (zigzag

@@ -1,7 +1,7 @@
 """How much of the host's batch packing the prefetch thread hides behind the training step.
 
-  python scripts/bench_prefetch.py --steps 5 --rounds 5 --docs 6000   # the figures in the docs
-  python scripts/bench_prefetch.py --seq-len 2048 --rounds 6 --depth 2
+  python scripts/bench/prefetch.py --steps 5 --rounds 5 --docs 6000   # the figures in the docs
+  python scripts/bench/prefetch.py --seq-len 2048 --rounds 6 --depth 2
 
 The train loop's pieces (lwm.data.loader.Loader and Prefetcher, lwm.model.step's jitted step,
 metrics left on the device until the end of a round) on one device, with a config chosen so that

@@ -1,9 +1,9 @@
 """Throughput of the data stage on this machine: video decoding, image tokenization, packing and
 loading.
 
-  python scripts/bench_data.py
-  python scripts/bench_data.py --vqgan-configs small,lwm --seq-len 32768 --batch 8
-  python scripts/bench_data.py --workers 1,2 --skip-single --skip-loader   # the Dask rows only
+  python scripts/bench/data_pipeline.py
+  python scripts/bench/data_pipeline.py --vqgan-configs small,lwm --seq-len 32768 --batch 8
+  python scripts/bench/data_pipeline.py --workers 1,2 --skip-single --skip-loader   # the Dask rows only
 
 Prints decode frames/s (decord + sampling + resize/crop of a 640x360 h264 clip), VQGAN tokenizer
 frames/s per config (jitted encode), and the loader's tokens/s (reading the TFDS dataset, planning,
