@@ -3,7 +3,7 @@ loading.
 
   python scripts/bench/data_pipeline.py
   python scripts/bench/data_pipeline.py --vqgan-configs small,lwm --seq-len 32768 --batch 8
-  python scripts/bench/data_pipeline.py --workers 1,2 --skip-single --skip-loader   # the Dask rows only
+  python scripts/bench/data_pipeline.py --workers 1,2 --skip-single --skip-loader  # Dask rows only
 
 Prints decode frames/s (decord + sampling + resize/crop of a 640x360 h264 clip), VQGAN tokenizer
 frames/s per config (jitted encode), and the loader's tokens/s (reading the TFDS dataset, planning,
