@@ -1,8 +1,8 @@
 """Importing a HF checkpoint streams: peak host RSS stays under 1.5x the checkpoint's size.
 
 Runs scripts/bench/import_memory.py --format hf on a 0.46 GB random checkpoint in both layouts,
-with every stacked weight written layer by layer (the path a 7B takes). On the CPU backend the imported
-parameters are themselves host memory (1x); holding the checkpoint twice would pass 2x.
+with every stacked weight written layer by layer (the path a 7B takes). On the CPU backend the
+imported parameters are themselves host memory (1x); holding the checkpoint twice would pass 2x.
 """
 import os
 import subprocess
