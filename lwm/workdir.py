@@ -18,6 +18,7 @@ import shutil
 
 from lwm import checkpoint
 from lwm.data import dataset
+from lwm.files import write_json
 from lwm.model.config import ModelConfig
 from lwm.vocab import Vocab
 
@@ -67,12 +68,6 @@ def _same_bytes(a: str, b: str, block: int = 1 << 24) -> bool:
         return True
 
 
-def _write_json(path: str, value: dict) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(path + ".tmp", path)
-
-
 def write_assets(directory: str, *, model_config: ModelConfig, vocab: Vocab,
                  tokenizer: str | None = None, vqgan=None, sampling: dict | None = None,
                  extra: dict | None = None) -> str:
@@ -100,8 +95,8 @@ def write_assets(directory: str, *, model_config: ModelConfig, vocab: Vocab,
       raise ValueError(f"the VQGAN has {config.codebook_size} codes but the vocabulary layout "
                        f"{vocab.codebook_size}")
     record["codes_per_frame"] = config.codes_per_frame
-  _write_json(os.path.join(out, VOCAB_JSON), record)
-  _write_json(os.path.join(out, MODEL_JSON), dataclasses.asdict(model_config))
+  write_json(os.path.join(out, VOCAB_JSON), record)
+  write_json(os.path.join(out, MODEL_JSON), dataclasses.asdict(model_config))
   return out
 
 

@@ -7,7 +7,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # Lowest first; a module may import its own layer and those before it. Prefixes, longest match.
 LAYERS = [
-    ("base", ("lwm", "lwm.mesh_spec", "lwm.vocab", "lwm.sharding", "lwm.metrics")),
+    ("base", ("lwm", "lwm.files", "lwm.mesh_spec", "lwm.vocab", "lwm.sharding", "lwm.metrics")),
     ("ops", ("lwm.ops",)),
     ("model", ("lwm.model",)),
     ("vqgan", ("lwm.vqgan",)),

@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 
+from lwm.files import write_json
+
 # The colour scheme of the common harnesses (gkamradt's NIAH, LWM's plots): red -> yellow -> green.
 HEATMAP_COLORS = ["#F0496E", "#EBB839", "#0CD79F"]
 
@@ -93,7 +95,7 @@ class Results:
         raise ValueError(f"{output} holds results of a run with other settings ({changed}); use "
                          "another --output or the same settings")
     else:
-      _write_json(settings_path, settings)
+      write_json(settings_path, settings)
     path = os.path.join(output, "results.json")
     self.cells = []
     if os.path.exists(path):
@@ -104,14 +106,7 @@ class Results:
   def add(self, cell: dict) -> None:
     self.cells.append(cell)
     self.done.add(self.key(cell))
-    _write_json(os.path.join(self.output, "results.json"), self.cells)
-
-
-def _write_json(path: str, value) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
+    write_json(os.path.join(self.output, "results.json"), self.cells)
 
 
 def summarize(cells: list[dict]) -> dict:
@@ -135,7 +130,7 @@ def _pivot(per_cell: list[dict]):
   return lengths, depths, grid
 
 
-def _length_label(n: int) -> str:
+def length_label(n: int) -> str:
   if n >= 1024 and n % 1024 == 0:
     return f"{n // 1024 // 1024}M" if n % (1024 * 1024) == 0 else f"{n // 1024}K"
   return str(n)
@@ -144,7 +139,7 @@ def _length_label(n: int) -> str:
 def table(per_cell: list[dict], accuracy: float) -> str:
   """Depth (rows) x context length (columns) of mean scores, as text."""
   lengths, depths, grid = _pivot(per_cell)
-  lines = ["depth % | " + " ".join(f"{_length_label(n):>6}" for n in lengths)]
+  lines = ["depth % | " + " ".join(f"{length_label(n):>6}" for n in lengths)]
   lines.append("-" * len(lines[0]))
   for depth, row in zip(depths, grid):
     lines.append(f"{depth:7g} | " + " ".join("     -" if np.isnan(v) else f"{v:6.2f}" for v in row))
@@ -166,7 +161,7 @@ def heatmap(per_cell: list[dict], accuracy: float, path: str, title: str) -> str
     for j in range(len(lengths)):
       if not np.isnan(grid[i, j]) and len(lengths) * len(depths) <= 400:
         ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
-  ax.set_xticks(range(len(lengths)), [_length_label(n) for n in lengths], rotation=45)
+  ax.set_xticks(range(len(lengths)), [length_label(n) for n in lengths], rotation=45)
   ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
   ax.set_xlabel("Token Limit")
   ax.set_ylabel("Depth Percent")

@@ -17,6 +17,7 @@ import zlib
 import numpy as np
 
 from lwm.eval import grid, ruler, scoring, video_tasks
+from lwm.files import write_json
 
 log = logging.getLogger(__name__)
 TASKS = ruler.TEXT_TASKS + video_tasks.VIDEO_TASKS
@@ -109,7 +110,7 @@ def summarize(cells: list[dict], threshold: float = scoring.RULER_THRESHOLD) -> 
   averages = {n: float(np.mean([by[n] for by in table.values() if n in by])) for n in lengths}
   effective = scoring.effective_length(averages, threshold)
   width = max([len(t) for t in table] + [8])
-  rows = [f"{'task':{width}} | " + " ".join(f"{grid._length_label(n):>6}" for n in lengths)]
+  rows = [f"{'task':{width}} | " + " ".join(f"{grid.length_label(n):>6}" for n in lengths)]
   rows.append("-" * len(rows[0]))
   for name, by in list(table.items()) + [("average", averages)]:
     rows.append(f"{name:{width}} | " + " ".join(f"{by[n]:6.2f}" if n in by else "     -"
@@ -135,7 +136,7 @@ def task_plot(table: dict, path: str, title: str) -> str:
   for i, j in np.ndindex(values.shape):
     if not np.isnan(values[i, j]):
       ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7)
-  ax.set_xticks(range(len(lengths)), [grid._length_label(n) for n in lengths])
+  ax.set_xticks(range(len(lengths)), [grid.length_label(n) for n in lengths])
   ax.set_yticks(range(len(tasks)), tasks)
   ax.set_xlabel("Token Limit")
   ax.set_title(title)
@@ -158,7 +159,7 @@ def write_outputs(output: str, cells: list[dict], threshold: float, title: str) 
       summary["heatmaps"][task] = grid.heatmap(per["cells"], per["accuracy"],
                                                os.path.join(output, f"heatmap_{task}.png"), task)
   summary["results"] = os.path.join(output, "results.json")
-  grid._write_json(os.path.join(output, "summary.json"), summary)
+  write_json(os.path.join(output, "summary.json"), summary)
   return summary
 
 

@@ -55,7 +55,7 @@ def swiglu(x, w_gate, w_up, w_down):
   return (jax.nn.silu(x @ w_gate) * (x @ w_up)) @ w_down
 
 
-def _divisor_at_most(n: int, target: int) -> int:
+def divisor_at_most(n: int, target: int) -> int:
   """The largest divisor of n that is <= target."""
   for d in range(min(n, target), 0, -1):
     if n % d == 0:
@@ -73,7 +73,7 @@ def blockwise_ffn(x, w_gate, w_up, w_down, *, chunk: int, mesh: Mesh):
   batch, seq, embed = x.shape
   shards = shd.seq_shards(mesh)
   local = seq // shards
-  size = _divisor_at_most(local, chunk)
+  size = divisor_at_most(local, chunk)
   xs = x.reshape(batch, shards, local // size, size, embed)
   xs = shd.constrain(xs, mesh, ("batch", "seq", None, None, "act_embed"))
   xs = jnp.moveaxis(xs, 2, 0)
@@ -114,8 +114,8 @@ def ring_self_attention(q, k, v, segment_ids, *, mesh: Mesh, block_q: int, block
                      f"{2 * shards}")
   qkv_spec, seg_spec = attention_specs(mesh, k.shape)
   fn = functools.partial(ops.ring_attention_sharded, axis_name=shd.seq_axis(), causal=True,
-                         layout="zigzag", block_q=_divisor_at_most(half, block_q),
-                         block_kv=_divisor_at_most(half, block_kv), impl=impl)
+                         layout="zigzag", block_q=divisor_at_most(half, block_q),
+                         block_kv=divisor_at_most(half, block_kv), impl=impl)
   if segment_ids is None:
     return jax.shard_map(lambda a, b, c: fn(a, b, c), mesh=mesh, in_specs=(qkv_spec,) * 3,
                          out_specs=qkv_spec, check_vma=False)(q, k, v)

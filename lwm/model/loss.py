@@ -37,7 +37,7 @@ def _sums_and_grads(hidden, head_text, head_vision, targets, target_vision_mask,
   gradients of the two weighted sums: dh `[batch, seq, embed]` (each token's own modality) and
   d head_text, d head_vision (float32; None without a vision head)."""
   batch, seq, _ = hidden.shape
-  size = layers._divisor_at_most(seq, chunk)
+  size = layers.divisor_at_most(seq, chunk)
   to_chunks = lambda a: jnp.moveaxis(a.reshape(batch, seq // size, size, *a.shape[2:]), 1, 0)
   xs = tuple(map(to_chunks, (hidden, targets, target_vision_mask, loss_mask)))
 
