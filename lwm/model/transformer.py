@@ -170,6 +170,7 @@ class Transformer(nnx.Module):
     of 2 * sp, converts to the zigzag layout and back.
     """
     batch, seq = tokens.shape
+    self.config.check_length(seq)
     sp = shd.seq_shards(self.get_mesh())
     pad = (-seq) % (2 * sp)
     if pad and segment_ids is None:
