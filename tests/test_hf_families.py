@@ -295,3 +295,46 @@ def test_a_window_with_llama_biases_cannot_be_exported(tmp_path):
   config = get_config("tiny", sliding_window=64, max_sequence_length=64, mlp_bias=True)
   with pytest.raises(ValueError, match="sliding_window=64"):
     to_hf_llama(Transformer(config, rngs=nnx.Rngs(0)), str(tmp_path))
+
+
+def load_script(name):
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", name)
+  spec = importlib.util.spec_from_file_location(name[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_export_script_on_a_hf_directory_takes_its_tokenizer(tmp_path):
+  path, tokens, expected = fixture("bytelevel-llama3")
+  load_script("export_hf.py").main(["--checkpoint", path, "--output", str(tmp_path)])
+  np.testing.assert_allclose(logits_of(str(tmp_path), tokens), expected, atol=2e-4, rtol=0)
+  assert read_json(tmp_path, "generation_config.json")["eos_token_id"] == [1, 4]
+  assert os.path.isfile(tmp_path / "tokenizer.json")
+
+
+def test_export_script_reads_a_model_directorys_ids():
+  ids = load_script("export_hf.py").token_ids({"bos": -1, "eos": 7, "tokenizer": "t.model"})
+  assert ids == {"eos_token_id": 7}  # -1: the tokenizer has no bos
+
+
+@pytest.mark.slow
+def test_export_script_writes_a_workdirs_text_model_with_its_tokenizer(tmp_path):
+  """scripts/export_hf.py on a training workdir (sentencepiece tokenizer, vision vocabulary): the
+  export holds the text model, tokenizer.model and the dataset's bos/eos ids."""
+  import eval_testing
+  from lwm.eval import inference
+  workdir = eval_testing.make_workdir(str(tmp_path / "run"))
+  out = str(tmp_path / "hf")
+  eval_testing.run_script("export_hf.py", "--checkpoint", workdir, "--output", out)
+  loaded = inference.load_model(workdir)
+  tokens = np.arange(1, 33, dtype=np.int32)[None]
+  expected = np.asarray(jax.jit(lambda m, t: m(t))(loaded.model, jnp.asarray(tokens)))
+  np.testing.assert_allclose(logits_of(out, tokens), expected, atol=1e-5, rtol=0)
+  with open(loaded.vocab["tokenizer"], "rb") as a, open(os.path.join(out, "tokenizer.model"),
+                                                         "rb") as b:
+    assert a.read() == b.read()
+  config = read_json(out, "config.json")
+  assert (config["bos_token_id"], config["eos_token_id"]) == (loaded.vocab["bos"],
+                                                              loaded.vocab["eos"])

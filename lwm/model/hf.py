@@ -173,7 +173,7 @@ def to_hf_llama(model: Transformer, path: str, *, dtype=None,
   generation_config.json (every eos id: generation stops on any).
   """
   config = model.config
-  dtype = np.dtype(dtype or config.weight_dtype)
+  dtype = np.dtype(jnp.dtype(dtype or config.weight_dtype))  # a name ("bfloat16") or a type
   host = lambda v: np.asarray(jax.device_get(v[...])).astype(dtype)
   _, _, zeros = export_family(config)
   embed, head = host(model.embed_text), np.ascontiguousarray(host(model.head_text).T)
