@@ -85,6 +85,35 @@ def test_prefill_and_cached_decode_apply_the_biases():
     np.testing.assert_allclose(np.asarray(logits)[0], expected[0, position], atol=2e-4, rtol=0)
 
 
+# config.json as Llama 3.1 8B and Qwen2.5 7B ship it (the fields that shape the model).
+LLAMA31_8B = {
+    "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+    "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]}
+QWEN25_7B = {
+    "model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944,
+    "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+    "sliding_window": 131072, "use_sliding_window": False, "max_window_layers": 28,
+    "tie_word_embeddings": False, "bos_token_id": 151643, "eos_token_id": 151643}
+
+
+@pytest.mark.parametrize("hf_config,params", [(LLAMA31_8B, 8_030_261_248),
+                                              (QWEN25_7B, 7_615_616_512)])
+def test_published_configs_give_the_published_parameter_counts(hf_config, params):
+  """Meta's and Qwen's model cards count 8,030,261,248 and 7,615,616,512 parameters (Qwen2.5's
+  with its q/k/v biases); eval_shape, nothing allocated."""
+  from lwm.model import count_params
+  config = hf.config_from_hf(hf_config, vision_vocab_size=0)
+  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+  assert count_params(nnx.state(abstract, nnx.Param)) == params
+  assert config.sliding_window == 0 and config.max_sequence_length == 131072
+
+
 # ------------------------------------------------------------------------------------ export
 
 @pytest.mark.parametrize("name", MODELS)
