@@ -24,8 +24,10 @@ from lwm.vocab import Vocab
 HF, MODEL, LEGACY = "hf", "model", "legacy"
 
 # Fields of a model directory's config that a named size must agree with to start from it and that
-# parameter shapes cannot show (restoring checks the shapes, naming the parameter).
-ARCHITECTURE = ("num_heads", "num_kv_heads", "dim_per_head", "rms_norm_eps")
+# parameter shapes cannot show (restoring checks the shapes, naming the parameter), or that name
+# parameters the named size lacks (biases).
+ARCHITECTURE = ("num_heads", "num_kv_heads", "dim_per_head", "rms_norm_eps", "qkv_bias",
+                "out_bias", "mlp_bias", "sliding_window")
 
 
 # ------------------------------------------------------------------------------------ Kinds

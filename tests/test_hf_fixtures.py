@@ -145,9 +145,10 @@ def untie_without_head(config):
   config["tie_word_embeddings"] = False
 
 
+# Biases, head_dim, qwen2 and mistral are read (tests/test_hf_families.py); these are not.
 REFUSED = [
-    ("hidden_act", "gelu"), ("attention_bias", True), ("mlp_bias", True),
-    ("attention_dropout", 0.1), ("partial_rotary_factor", 0.5), ("model_type", "mistral"),
+    ("hidden_act", "gelu"), ("partial_rotary_factor", 0.5), ("model_type", "gemma2"),
+    ("quantization_config", {"quant_method": "gptq", "bits": 4}), ("attention_bias", "yes"),
 ]
 
 

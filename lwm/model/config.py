@@ -40,7 +40,15 @@ class ModelConfig:
     head_dim: 0 means hidden_size // num_heads.
     rope_scaling: () for plain RoPE, or sorted (key, value) pairs of a "linear" or "llama3"
       frequency scaling as Hugging Face configs write it (lwm.model.rope; a dict is accepted).
-    max_sequence_length: informational (exported as max_position_embeddings); RoPE has no table.
+    max_sequence_length: the longest sequence the model is used at (a stage's seq_len; exported as
+      max_position_embeddings); RoPE has no table, so it only matters with `sliding_window`.
+  Attributes (the LLaMA family's variants, as Hugging Face configs set them; lwm.model.hf):
+    qkv_bias: biases on the q, k, v projections, added before RoPE (Qwen2; LLaMA attention_bias).
+    out_bias: a bias on the attention output projection (LLaMA attention_bias).
+    mlp_bias: biases on the gate, up and down projections (LLaMA mlp_bias).
+    sliding_window: 0, or the attention window of a checkpoint trained with one (Mistral v0.1).
+      lwm computes full causal attention, which is the window's for sequences of at most
+      `sliding_window` tokens: max_sequence_length and every sequence are held to that.
   Attributes (long-sequence machinery):
     dtype / param_dtype: activation and parameter dtypes, as names ("bfloat16", "float32").
     remat_policy: one of REMAT_POLICIES, applied to each scanned layer ("auto": see AUTO_POLICIES).
@@ -65,6 +73,10 @@ class ModelConfig:
   rope_scaling: tuple = ()
   max_sequence_length: int = 4096
   initializer_range: float = 0.02
+  qkv_bias: bool = False
+  out_bias: bool = False
+  mlp_bias: bool = False
+  sliding_window: int = 0
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
   remat_policy: str = "auto"
@@ -91,6 +103,20 @@ class ModelConfig:
       raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLS}")
     for name in ("dtype", "param_dtype"):
       jnp.dtype(getattr(self, name))  # Fails early on a misspelt dtype name.
+    if self.sliding_window < 0:
+      raise ValueError(f"sliding_window={self.sliding_window}; expected 0 (none) or a window")
+    self.check_length(self.max_sequence_length, "max_sequence_length")
+
+  def check_length(self, tokens: int, what: str = "sequence length") -> None:
+    """Refuses `tokens` positions where a sliding window would differ from full attention.
+
+    A query sees keys less than `sliding_window` positions back (transformers' mask), so the two
+    agree on any sequence of at most `sliding_window` tokens.
+    """
+    if self.sliding_window and tokens > self.sliding_window:
+      raise ValueError(f"{what}={tokens} but the model has sliding_window={self.sliding_window}: "
+                       "lwm computes full attention, which equals the window's only up to "
+                       f"{self.sliding_window} tokens; use at most that many")
 
   @property
   def dim_per_head(self) -> int:

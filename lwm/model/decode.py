@@ -53,6 +53,7 @@ def prefill(model, tokens, vision_mask, lengths, *, max_new_tokens: int):
   if seq % (2 * sp):
     raise ValueError(f"prompt length {seq} must be padded to a multiple of 2 * {shd.seq_axis()} = "
                      f"{2 * sp}")
+  config.check_length(seq + max_new_tokens, "padded prompt + max_new_tokens")
   positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
   valid = positions < lengths[:, None]
   zig = lambda a: None if a is None else ops.to_zigzag(a, sp)

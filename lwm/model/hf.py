@@ -1,17 +1,19 @@
-"""Hugging Face LLaMA checkpoints (config.json + safetensors or pytorch_model.bin) in and out.
+"""Hugging Face LLaMA-family checkpoints (config.json + safetensors or .bin) in and out.
 
-`from_hf_llama` reads the text model and adds a fresh vision embedding and head; `to_hf_llama`
-writes the text part back, bit for bit. HF stores matrices as [out, in]; we store [in, out],
+`from_hf_llama` reads the text model (model_type llama, qwen2 or mistral) and adds a fresh vision
+embedding and head; `to_hf_llama` writes the text part back, bit for bit, with the tokenizer files
+that transformers' AutoTokenizer reads. HF stores matrices as [out, in]; we store [in, out],
 stacked over layers. Import streams: each tensor is read, converted and placed on its device(s)
 before the next is read (lwm.model.weights), so the host never holds the checkpoint twice.
 
-config.json is read as transformers 4.x and 5.x read it; a field that would change the model and
-that we do not implement is refused with an error naming it (see `config_from_hf`).
+config.json is read family by family (lwm.model.hf_config); a field that would change the model
+and that we do not implement is refused with an error naming it.
 """
 import functools
 import json
 import logging
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +22,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lwm import sharding as shd
-from lwm.model import rope
 from lwm.model.config import LWM_VISION_VOCAB_SIZE, ModelConfig
-from lwm.model.transformer import Transformer
+from lwm.model.hf_config import config_from_hf, export_family, hf_config  # noqa: F401
+from lwm.model.transformer import Transformer, layer_shapes
 from lwm.model.weights import read_checkpoint, read_safetensors, write_safetensors  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -38,123 +40,27 @@ _LAYER_NAMES = {
     "w_gate": ("mlp.gate_proj.weight", True),
     "w_up": ("mlp.up_proj.weight", True),
     "w_down": ("mlp.down_proj.weight", True),
+    "bq": ("self_attn.q_proj.bias", False),
+    "bk": ("self_attn.k_proj.bias", False),
+    "bv": ("self_attn.v_proj.bias", False),
+    "bo": ("self_attn.o_proj.bias", False),
+    "b_gate": ("mlp.gate_proj.bias", False),
+    "b_up": ("mlp.up_proj.bias", False),
+    "b_down": ("mlp.down_proj.bias", False),
 }
-
-# LlamaConfig's fields that change the function and that we implement only at one value: field ->
-# (value when absent, as LlamaConfig defaults it; the value we implement).
-_FIXED_FIELDS = {"hidden_act": ("silu", "silu"), "attention_bias": (False, False),
-                 "mlp_bias": (False, False), "attention_dropout": (0.0, 0.0),
-                 "partial_rotary_factor": (1.0, 1.0)}
-_ROPE_KEYS = ("rope_type", "type", "rope_theta", "partial_rotary_factor")
-
-
-# ------------------------------------------------------------------------------------ config
-
-def _rope_from_hf(hf: dict) -> tuple[float, tuple]:
-  """(rope_theta, rope_scaling) from a config.json, as both transformers majors read it.
-
-  4.x reads top-level `rope_theta` and `rope_scaling`; 5.x reads `rope_parameters` (with
-  `rope_theta` inside), where a non-null `rope_scaling` takes its place and a top-level
-  `rope_theta` fills a missing one. Where the two readings would differ, the config is refused.
-  """
-  scaling, params = hf.get("rope_scaling"), hf.get("rope_parameters")
-  strip = lambda d: {k: v for k, v in d.items() if k != "rope_theta"}
-  if scaling and params and strip(scaling) != strip(params):
-    raise ValueError(f"config.json: rope_scaling={scaling} and rope_parameters={params} disagree "
-                     "(transformers 4.x reads the first, 5.x would too); make them equal")
-  field = "rope_scaling" if scaling else "rope_parameters"
-  source = dict(scaling or params or {})
-  thetas = {float(t) for t in (hf.get("rope_theta"), source.get("rope_theta")) if t is not None}
-  if len(thetas) > 1:
-    raise ValueError(f"config.json: rope_theta={hf.get('rope_theta')} but "
-                     f"{field}.rope_theta={source.get('rope_theta')}; they must agree")
-  theta = thetas.pop() if thetas else 10000.0  # LlamaConfig's default.
-  kind = source.get("rope_type", source.get("type", "default"))
-  if "type" in source and source.get("rope_type", kind) != source["type"]:
-    raise ValueError(f"config.json: {field} has rope_type={source['rope_type']!r} and "
-                     f"type={source['type']!r}; they must agree")
-  if float(source.get("partial_rotary_factor", 1.0)) != 1.0:
-    raise ValueError(f"config.json: {field}.partial_rotary_factor="
-                     f"{source['partial_rotary_factor']}; only full rotary embeddings (1.0) are "
-                     "implemented")
-  if kind == "default":
-    extra = sorted(set(source) - set(_ROPE_KEYS))
-    if extra:
-      raise ValueError(f"config.json: {field} of rope_type 'default' has {extra}, which it does "
-                       "not use; remove them or give the scaling's rope_type")
-    return theta, ()
-  if kind not in rope.SCALING_KEYS:
-    raise ValueError(f"config.json: {field}.rope_type={kind!r} is not implemented; supported: "
-                     f"'default', {', '.join(repr(k) for k in rope.SCALING_KEYS)}")
-  scaled = {k: v for k, v in source.items() if k not in _ROPE_KEYS}
-  if kind == "llama3":  # 5.x fills it from max_position_embeddings; 4.x requires it.
-    scaled.setdefault("original_max_position_embeddings",
-                      hf.get("max_position_embeddings", 2048))
-  try:
-    return theta, rope.normalize_scaling({"rope_type": kind, **scaled})
-  except ValueError as e:
-    raise ValueError(f"config.json: {field}: {e}") from None
-
-
-def config_from_hf(hf: dict, **overrides) -> ModelConfig:
-  """ModelConfig from a HF LLaMA config.json dict; `overrides` replace any field.
-
-  A missing field takes LlamaConfig's default, as transformers does; fields that LLaMA's modeling
-  code does not read are ignored by both. Raises ValueError naming any field whose value we do not
-  implement (model_type other than llama, biases, another activation, dropout, partial or
-  unsupported RoPE scaling).
-  """
-  if hf.get("model_type", "llama") != "llama":
-    raise ValueError(f"config.json: model_type={hf['model_type']!r}; only 'llama' is supported")
-  for field, (default, supported) in _FIXED_FIELDS.items():
-    if hf.get(field, default) != supported:
-      raise ValueError(f"config.json: {field}={hf[field]!r} is not implemented (only "
-                       f"{supported!r}); the logits would differ from transformers'")
-  if hf.get("pretraining_tp", 1) != 1:  # Same function; only the order of HF's sums differs.
-    log.info("config.json: pretraining_tp=%s only splits HF's matmuls; ignored",
-             hf["pretraining_tp"])
-  theta, scaling = _rope_from_hf(hf)
-  fields = dict(
-      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-      intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
-      num_heads=hf["num_attention_heads"],
-      num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-      head_dim=hf.get("head_dim") or 0, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-      rope_theta=theta, rope_scaling=scaling,
-      max_sequence_length=hf.get("max_position_embeddings", 2048),
-      initializer_range=hf.get("initializer_range", 0.02))
-  fields.update(overrides)
-  return ModelConfig(**fields)
-
-
-def hf_config(config: ModelConfig, dtype) -> dict:
-  """The config.json of a LLaMA with `config`'s text shapes and RoPE.
-
-  RoPE is written both ways: top-level rope_theta + rope_scaling (read by transformers 4.x; 5.x
-  takes a non-null rope_scaling as its rope_parameters) and rope_parameters (read by 5.x).
-  """
-  scaling = dict(config.rope_scaling) or None
-  parameters = {"rope_type": "default", **(scaling or {}), "rope_theta": config.rope_theta}
-  return {
-      "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-      "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
-      "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
-      "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
-      "head_dim": config.dim_per_head, "rms_norm_eps": config.rms_norm_eps,
-      "rope_theta": config.rope_theta, "rope_scaling": scaling, "rope_parameters": parameters,
-      "max_position_embeddings": config.max_sequence_length,
-      "initializer_range": config.initializer_range, "attention_bias": False, "mlp_bias": False,
-      "attention_dropout": 0.0, "pretraining_tp": 1, "tie_word_embeddings": False,
-      "torch_dtype": jnp.dtype(dtype).name, "dtype": jnp.dtype(dtype).name,
-      "bos_token_id": 1, "eos_token_id": 2,
-  }
-
 
 # ------------------------------------------------------------------------------------ import
 
 def _text_sources(tensors: dict, config: ModelConfig, tied: bool) -> dict:
-  """Our parameter path -> (HF tensor or list of per-layer tensors, transpose?)."""
+  """Our parameter path -> (HF tensor or list of per-layer tensors, transpose?).
+
+  Bias tensors that the config does not declare are left out, as transformers leaves them (it
+  warns of unused weights); so do we.
+  """
+  read = set()
+
   def get(name):
+    read.add(name)
     if name not in tensors:
       raise KeyError(f"checkpoint has no tensor {name!r}" + (
           " (config.json says tie_word_embeddings=false)" if name == "lm_head.weight" else ""))
@@ -162,9 +68,14 @@ def _text_sources(tensors: dict, config: ModelConfig, tied: bool) -> dict:
   sources = {("embed_text",): (get("model.embed_tokens.weight"), False),
              ("final_norm",): (get("model.norm.weight"), False),
              ("head_text",): (get("model.embed_tokens.weight" if tied else "lm_head.weight"), True)}
-  for ours, (theirs, transpose) in _LAYER_NAMES.items():
+  for ours in layer_shapes(config):
+    theirs, transpose = _LAYER_NAMES[ours]
     per_layer = [get(f"model.layers.{i}.{theirs}") for i in range(config.num_layers)]
     sources[("layers", ours)] = (per_layer, transpose)
+  unused = sorted(n for n in tensors if n.endswith(".bias") and n not in read)
+  if unused:
+    log.warning("checkpoint has %d bias tensors that config.json does not declare (ignored, as "
+                "transformers ignores them), e.g. %s", len(unused), unused[0])
   return sources
 
 
@@ -248,27 +159,51 @@ def from_hf_llama(path: str, *, dtype=jnp.float32, mesh: Mesh | None = None,
 # ------------------------------------------------------------------------------------ export
 
 def to_hf_llama(model: Transformer, path: str, *, dtype=None,
-                max_shard_bytes: int = 5 * 1024**3) -> None:
-  """Writes the text part of `model` as a HF LLaMA checkpoint (config.json + safetensors).
+                max_shard_bytes: int = 5 * 1024**3, tokenizer_from: str | None = None,
+                token_ids: dict | None = None) -> None:
+  """Writes the text part of `model` as a HF checkpoint (config.json + safetensors) that
+  transformers' AutoModelForCausalLM loads: model_type llama, qwen2 or mistral, as the biases and
+  window say (lwm.model.hf_config.export_family); a head equal to the embedding is written tied.
 
   dtype: tensor dtype on disk (default: the parameter dtype). Checkpoints over max_shard_bytes are
   split into model-0000k-of-0000n.safetensors with model.safetensors.index.json, as HF does.
+  tokenizer_from: a directory whose tokenizer files (TOKENIZER_FILES) are copied, and whose
+  config.json / generation_config.json give the special token ids. token_ids: bos_token_id,
+  eos_token_id (an id or a list), pad_token_id, replacing those. The ids go to config.json and to
+  generation_config.json (every eos id: generation stops on any).
   """
   config = model.config
-  dtype = np.dtype(dtype or config.weight_dtype)
+  dtype = np.dtype(jnp.dtype(dtype or config.weight_dtype))  # a name ("bfloat16") or a type
   host = lambda v: np.asarray(jax.device_get(v[...])).astype(dtype)
-  tensors = {"model.embed_tokens.weight": host(model.embed_text),
-             "model.norm.weight": host(model.final_norm),
-             "lm_head.weight": np.ascontiguousarray(host(model.head_text).T)}
-  for ours, (theirs, transpose) in _LAYER_NAMES.items():
-    stacked = host(getattr(model.layers, ours))
+  _, _, zeros = export_family(config)
+  embed, head = host(model.embed_text), np.ascontiguousarray(host(model.head_text).T)
+  tied = np.array_equal(embed, head)
+  tensors = {"model.embed_tokens.weight": embed, "model.norm.weight": host(model.final_norm)}
+  if not tied:
+    tensors["lm_head.weight"] = head
+  stacks = {name: host(value) for name, value in model.layers.arrays().items()}
+  full = layer_shapes(config.replace(qkv_bias=True, out_bias=True))
+  stacks.update({name: np.zeros(full[name], dtype) for name in zeros})
+  for ours, stacked in stacks.items():
+    theirs, transpose = _LAYER_NAMES[ours]
     for i in range(config.num_layers):
       w = stacked[i].T if transpose else stacked[i]
       tensors[f"model.layers.{i}.{theirs}"] = np.ascontiguousarray(w)
 
   os.makedirs(path, exist_ok=True)
+  ids = {**(read_token_ids(tokenizer_from) if tokenizer_from else {}), **(token_ids or {})}
+  if not ids:
+    log.warning("to_hf_llama: no tokenizer_from or token_ids; config.json gets no bos/eos ids")
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(hf_config(config, dtype), f, indent=2)
+    json.dump(hf_config(config, dtype, tied=tied, token_ids=ids), f, indent=2)
+  if tokenizer_from:
+    copy_tokenizer_files(tokenizer_from, path)
+  if ids:
+    write_generation_config(path, ids, tokenizer_from)
+  _write_shards(path, tensors, max_shard_bytes)
+
+
+def _write_shards(path: str, tensors: dict, max_shard_bytes: int) -> None:
   shards, current, size = [], {}, 0
   for name, arr in tensors.items():
     if current and size + arr.nbytes > max_shard_bytes:
@@ -288,3 +223,64 @@ def to_hf_llama(model: Transformer, path: str, *, dtype=None,
   with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
     json.dump({"metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
                "weight_map": weight_map}, f, indent=2)
+
+
+# ------------------------------------------------------------------------------------ tokenizer
+
+# What transformers' AutoTokenizer reads from a model directory (the tokenizers backend, the
+# sentencepiece one, added tokens, the chat template in either file).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json",
+                   "tokenizer.model")
+TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def copy_tokenizer_files(source: str, destination: str) -> list[str]:
+  """Copies those of TOKENIZER_FILES that the directory `source` holds; returns their names.
+
+  A file `source` (a sentencepiece .model or a tokenizer.json) is copied under its standard name.
+  """
+  if os.path.isfile(source):
+    name = "tokenizer.model" if source.endswith(".model") else "tokenizer.json"
+    shutil.copyfile(source, os.path.join(destination, name))
+    return [name]
+  if not os.path.isdir(source):
+    raise ValueError(f"tokenizer source {source!r} is neither a directory nor a file")
+  copied = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(source, n))]
+  if not copied:
+    raise ValueError(f"{source!r} holds none of {TOKENIZER_FILES}")
+  for name in copied:
+    shutil.copyfile(os.path.join(source, name), os.path.join(destination, name))
+  return copied
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_token_ids(source: str) -> dict:
+  """bos/eos/pad ids of a HF model directory (or a tokenizer file's directory), as
+  transformers' generate takes them: generation_config.json over config.json, with eos the
+  union, in order, of both (Llama 3.1 lists several). Absent ids are left out."""
+  directory = source if os.path.isdir(source) else os.path.dirname(source)
+  model = _read_json(os.path.join(directory, "config.json"))
+  generation = _read_json(os.path.join(directory, "generation_config.json"))
+  first = lambda *values: next((v for v in values if v is not None), None)
+  ids = {k: first(generation.get(k), model.get(k)) for k in TOKEN_ID_FIELDS}
+  as_list = lambda v: [] if v is None else list(v) if isinstance(v, (list, tuple)) else [v]
+  eos = list(dict.fromkeys(as_list(generation.get("eos_token_id")) +
+                           as_list(model.get("eos_token_id"))))
+  ids["eos_token_id"] = eos[0] if len(eos) == 1 else (eos or None)
+  return {k: v for k, v in ids.items() if v is not None}
+
+
+def write_generation_config(path: str, token_ids: dict, source: str | None = None) -> None:
+  """generation_config.json: the source's (sampling defaults kept), with `token_ids`."""
+  directory = source if source is None or os.path.isdir(source) else os.path.dirname(source)
+  base = _read_json(os.path.join(directory, "generation_config.json")) if directory else {}
+  base = {k: v for k, v in base.items() if k != "transformers_version"}
+  with open(os.path.join(path, "generation_config.json"), "w") as f:
+    json.dump({**base, **token_ids}, f, indent=2)

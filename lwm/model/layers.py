@@ -50,9 +50,23 @@ def apply_rope(x, cos, sin):
   return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
-def swiglu(x, w_gate, w_up, w_down):
-  """LLaMA's feed-forward: down(silu(gate(x)) * up(x)). x: [..., embed]."""
-  return (jax.nn.silu(x @ w_gate) * (x @ w_up)) @ w_down
+def dense(x, params: dict, weight: str, bias: str):
+  """x @ params[weight], plus params[bias] where the layer has that bias (ModelConfig.*_bias)."""
+  y = x @ params[weight]
+  return y + params[bias] if bias in params else y
+
+
+def swiglu(x, params: dict):
+  """LLaMA's feed-forward: down(silu(gate(x)) * up(x)), each projection with its bias if any.
+
+  x: [..., embed]; params: w_gate, w_up `[embed, mlp]`, w_down `[mlp, embed]` and optionally
+  b_gate, b_up `[mlp]`, b_down `[embed]`.
+  """
+  gate, up = dense(x, params, "w_gate", "b_gate"), dense(x, params, "w_up", "b_up")
+  return dense(jax.nn.silu(gate) * up, params, "w_down", "b_down")
+
+
+FFN_PARAMS = ("w_gate", "w_up", "w_down", "b_gate", "b_up", "b_down")
 
 
 def divisor_at_most(n: int, target: int) -> int:
@@ -63,8 +77,9 @@ def divisor_at_most(n: int, target: int) -> int:
   return 1
 
 
-def blockwise_ffn(x, w_gate, w_up, w_down, *, chunk: int, mesh: Mesh):
-  """SwiGLU over sequence chunks of at most `chunk` tokens per device, recomputed in the backward.
+def blockwise_ffn(x, params: dict, *, chunk: int, mesh: Mesh):
+  """SwiGLU (`swiglu`'s params) over sequence chunks of at most `chunk` tokens per device,
+  recomputed in the backward.
 
   Only one chunk's `[chunk, mlp]` hidden exists at a time. The sequence is viewed as
   `[batch, shards, chunks, chunk, embed]` (shards: the mesh's `seq` pieces) so the scan runs over
@@ -81,7 +96,7 @@ def blockwise_ffn(x, w_gate, w_up, w_down, *, chunk: int, mesh: Mesh):
   @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable,
                      prevent_cse=False)
   def one_chunk(carry, xc):
-    return carry, swiglu(xc, w_gate, w_up, w_down)
+    return carry, swiglu(xc, params)
 
   _, ys = jax.lax.scan(one_chunk, None, xs)
   ys = shd.constrain(ys, mesh, (None, "batch", "seq", None, "act_embed"))
@@ -173,12 +188,12 @@ class DecodeCache(NamedTuple):
 
 def qkv_projections(params: dict, h, cos, sin, config):
   """h `[batch, seq, embed]` -> q `[batch, seq, heads, hd]`, k, v `[batch, seq, kv_heads, hd]`,
-  with RoPE applied to q and k."""
+  with RoPE applied to q and k after their biases (if any), as transformers does."""
   batch, seq, _ = h.shape
   hd = config.dim_per_head
-  q = (h @ params["wq"]).reshape(batch, seq, config.num_heads, hd)
-  k = (h @ params["wk"]).reshape(batch, seq, config.num_kv_heads, hd)
-  v = (h @ params["wv"]).reshape(batch, seq, config.num_kv_heads, hd)
+  q = dense(h, params, "wq", "bq").reshape(batch, seq, config.num_heads, hd)
+  k = dense(h, params, "wk", "bk").reshape(batch, seq, config.num_kv_heads, hd)
+  v = dense(h, params, "wv", "bv").reshape(batch, seq, config.num_kv_heads, hd)
   return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
@@ -195,7 +210,7 @@ def self_attention(params: dict, h, *, cos, sin, segment_ids, config, mesh: Mesh
     v_slots = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache.step, 1)
     o = cached_attention(q, cache.prompt_k, cache.prompt_v, cache.prompt_valid, k_slots, v_slots,
                          cache.step)
-    return o.reshape(batch, seq, -1) @ params["wo"], (k_slots, v_slots)
+    return dense(o.reshape(batch, seq, -1), params, "wo", "bo"), (k_slots, v_slots)
   q, k, v = (shd.constrain(t, mesh, ("batch", "seq", "act_heads", None)) for t in (q, k, v))
   attend = functools.partial(ring_self_attention, mesh=mesh, block_q=config.attention_block_q,
                              block_kv=config.attention_block_kv, impl=config.attention_impl)
@@ -209,16 +224,17 @@ def self_attention(params: dict, h, *, cos, sin, segment_ids, config, mesh: Mesh
                      lambda args: jnp.zeros_like(args[0]), (q, k, v, segment_ids))
   else:
     o = attend(q, k, v, segment_ids)
-  return o.reshape(batch, seq, -1) @ params["wo"], (k, v) if mode == "prefill" else None
+  out = dense(o.reshape(batch, seq, -1), params, "wo", "bo")
+  return out, (k, v) if mode == "prefill" else None
 
 
 def feed_forward(params: dict, h, *, config, mesh: Mesh, mode: str):
   """SwiGLU on normalised input h `[batch, seq, embed]`: blockwise over the sharded sequence, or
   directly for a decode step's single token."""
+  ffn = {name: params[name] for name in FFN_PARAMS if name in params}
   if mode == "decode":
-    return swiglu(h, params["w_gate"], params["w_up"], params["w_down"])
-  return blockwise_ffn(h, params["w_gate"], params["w_up"], params["w_down"],
-                       chunk=config.ffn_chunk, mesh=mesh)
+    return swiglu(h, ffn)
+  return blockwise_ffn(h, ffn, chunk=config.ffn_chunk, mesh=mesh)
 
 
 def decoder_layer(params: dict, x, *, cos, sin, config, mesh: Mesh | None, segment_ids=None,

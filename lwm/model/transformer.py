@@ -27,36 +27,63 @@ LAYER_AXES = {
     "w_up": ("layers", "embed", "mlp"),
     "w_down": ("layers", "mlp", "embed"),
 }
+# Biases (ModelConfig.qkv_bias / out_bias / mlp_bias): each shares its matrix's output axis.
+BIAS_AXES = {
+    "bq": ("layers", "heads"), "bk": ("layers", "kv_heads"), "bv": ("layers", "kv_heads"),
+    "bo": ("layers", "embed"),
+    "b_gate": ("layers", "mlp"), "b_up": ("layers", "mlp"), "b_down": ("layers", "embed"),
+}
+
+
+def bias_names(config: ModelConfig) -> tuple[str, ...]:
+  """The biases `config` has, in BIAS_AXES' order (none for LLaMA, LWM and the named sizes)."""
+  on = {"bq": config.qkv_bias, "bk": config.qkv_bias, "bv": config.qkv_bias,
+        "bo": config.out_bias, "b_gate": config.mlp_bias, "b_up": config.mlp_bias,
+        "b_down": config.mlp_bias}
+  return tuple(name for name in BIAS_AXES if on[name])
 
 
 def layer_shapes(config: ModelConfig) -> dict:
-  """Shapes of the stacked layer weights, `[num_layers, ...]`."""
+  """Shapes of the stacked layer weights and biases, `[num_layers, ...]`."""
   L, D, F = config.num_layers, config.hidden_size, config.intermediate_size
   q, kv = config.num_heads * config.dim_per_head, config.num_kv_heads * config.dim_per_head
-  return {"attn_norm": (L, D), "wq": (L, D, q), "wk": (L, D, kv), "wv": (L, D, kv),
-          "wo": (L, q, D), "ffn_norm": (L, D), "w_gate": (L, D, F), "w_up": (L, D, F),
-          "w_down": (L, F, D)}
+  shapes = {"attn_norm": (L, D), "wq": (L, D, q), "wk": (L, D, kv), "wv": (L, D, kv),
+            "wo": (L, q, D), "ffn_norm": (L, D), "w_gate": (L, D, F), "w_up": (L, D, F),
+            "w_down": (L, F, D)}
+  outputs = {"bq": q, "bk": kv, "bv": kv, "bo": D, "b_gate": F, "b_up": F, "b_down": D}
+  return shapes | {name: (L, outputs[name]) for name in bias_names(config)}
+
+
+def layer_axes(config: ModelConfig) -> dict:
+  """Logical axes of every stacked layer parameter `config` has (see layer_shapes)."""
+  return LAYER_AXES | {name: BIAS_AXES[name] for name in bias_names(config)}
 
 
 def _param(rngs, shape, axes, dtype, std):
-  """A Param initialised N(0, std) (std=None: ones, for norms), tagged with its logical axes."""
+  """A Param initialised N(0, std) (std None: ones, for norms; 0: zeros, for biases as
+  transformers initialises them), tagged with its logical axes."""
   if std is None:
     value = jnp.ones(shape, dtype)
+  elif std == 0:
+    value = jnp.zeros(shape, dtype)
   else:
     value = std * jax.random.normal(rngs.params(), shape, dtype)
   return nnx.Param(value, logical_axes=axes)
 
 
 class DecoderStack(nnx.Module):
-  """All decoder layers' weights, stacked on a leading `layers` axis (see LAYER_AXES)."""
+  """All decoder layers' weights (and biases, where the config has them), stacked on a leading
+  `layers` axis (see LAYER_AXES, BIAS_AXES)."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    axes = layer_axes(config)
     for name, shape in layer_shapes(config).items():
-      std = None if name.endswith("norm") else config.initializer_range
-      setattr(self, name, _param(rngs, shape, LAYER_AXES[name], config.weight_dtype, std))
+      std = None if name.endswith("norm") else 0 if name in BIAS_AXES else config.initializer_range
+      setattr(self, name, _param(rngs, shape, axes[name], config.weight_dtype, std))
 
   def arrays(self) -> dict:
-    return {name: getattr(self, name)[...] for name in LAYER_AXES}
+    return {name: getattr(self, name)[...] for name in (*LAYER_AXES, *BIAS_AXES)
+            if hasattr(self, name)}
 
 
 class Transformer(nnx.Module):
@@ -104,6 +131,7 @@ class Transformer(nnx.Module):
     [batch, seq] int32 (0 = padding) or None. seq must be a multiple of 2 * the sequence shards.
     """
     config, mesh = self.config, self.get_mesh()
+    config.check_length(tokens.shape[1])  # padding included: a sliding window must cover it all
     x = shd.constrain(self.embed(tokens, vision_mask), mesh, ("batch", "seq", "act_embed"))
     cos, sin = layers.rope_angles(positions, config.dim_per_head, config.rope_theta,
                                   config.rope_scaling)
@@ -142,6 +170,7 @@ class Transformer(nnx.Module):
     of 2 * sp, converts to the zigzag layout and back.
     """
     batch, seq = tokens.shape
+    self.config.check_length(seq)
     sp = shd.seq_shards(self.get_mesh())
     pad = (-seq) % (2 * sp)
     if pad and segment_ids is None:
