@@ -53,9 +53,10 @@ def essay_words(text: str) -> list[str]:
 
 def split_sentences(text: str) -> list[str]:
   """Sentences of single-spaced text: a break after '.', '!' or '?' (and a closing quote or
-  bracket) followed by a space. RULER uses NLTK's punkt, which also keeps abbreviations such as
-  "Mr." whole; only where needles may go differs, the text is the same once joined by spaces."""
-  parts = re.split(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+", text.strip())
+  bracket) and a space, unless a lower-case letter follows. RULER uses NLTK's punkt, which also
+  keeps abbreviations such as "Mr." whole; only where needles may go differs, the text is the same
+  once joined by spaces."""
+  parts = re.split(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?![a-z])", text.strip())
   return [p for p in parts if p]
 
 
