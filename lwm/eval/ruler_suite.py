@@ -133,8 +133,8 @@ def summarize(scores: dict, nulls: dict, lengths: list, differs: dict, not_run: 
   if complete:
     lines.append(f"effective length: {shown} (longest length whose average is >= {THRESHOLD})")
   else:
-    counts = ", ".join(f"{len(ran[n])} at {n}" for n in lengths)
-    lines.append(f"PARTIAL: not RULER's 13-task average ({counts} of {len(TASK_NAMES)} tasks"
+    counts = ", ".join(f"{len(ran[n])} of {len(TASK_NAMES)} tasks at {n}" for n in lengths)
+    lines.append(f"PARTIAL: not RULER's 13-task average ({counts}"
                  f"{'; * differs from RULER' if differs else ''}); effective length over these "
                  f"tasks only: {shown}")
   for t, why in {**differs, **not_run}.items():
