@@ -79,13 +79,13 @@ def make_workdir(root: str, seed: int = 0, tokenizer: str | None = None) -> str:
   return workdir
 
 
-def run_script(script: str, *args) -> str:
+def run_script(script: str, *args, timeout: int = 300) -> str:
   """Runs scripts/<script> with `args` on the CPU; returns its stdout (an error fails the test)."""
   import subprocess
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   done = subprocess.run([sys.executable, os.path.join(root, "scripts", script), *args],
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-                        timeout=300, cwd=root)
+                        timeout=timeout, cwd=root)
   assert done.returncode == 0, done.stderr[-3000:]
   return done.stdout
