@@ -11,10 +11,10 @@ V-NIAH as LongVA defines it (needle images with a question and answer at depths 
 a haystack video sampled to a grid of frame counts; teacher-forced: every answer token argmax):
 
   python scripts/eval_needle.py --protocol vniah --checkpoint workdirs/vision --output out/vniah \
-      [--needles needles.jsonl] [--haystack long.mp4] [--min-frames 20 --max-frames 300 \
+      [--needle-set needles.jsonl] [--haystack long.mp4] [--min-frames 20 --max-frames 300 \
       --frame-interval 20] [--depth-interval 0.2] [--chat-template none|lwm]
 
-Without --needles / --haystack it uses the quickstart corpus's default set (5 frames showing
+Without --needle-set / --haystack it uses the quickstart corpus's default set (5 frames showing
 held-out numbers, asked in the quickstart's format) and a haystack of frames without digits.
 Writes OUT/results.json, OUT/all_accuracies.json, OUT/avg_accuracy.txt, OUT/heatmap.png.
 
@@ -70,7 +70,7 @@ def parse_args(argv=None):
   p.add_argument("--top-p", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
   v = p.add_argument_group("--protocol vniah")
-  v.add_argument("--needles", default=None,
+  v.add_argument("--needle-set", default=None,
                  help='JSONL of {"image", "question", "answer"} (default: the quickstart set)')
   v.add_argument("--min-frames", type=int, default=20)
   v.add_argument("--max-frames", type=int, default=300)
@@ -91,7 +91,7 @@ def run_vniah(args):
   if not loaded.vqgan_dir:
     sys.exit("V-NIAH needs the VQGAN the model was trained with: pass --vqgan DIR")
   size = vqgan.load_config(loaded.vqgan_dir).resolution
-  needles = args.needles or corpus.vniah_needles(f"{args.output}/default_needles", size=size)
+  needles = args.needle_set or corpus.vniah_needles(f"{args.output}/default_needles", size=size)
   if args.haystack:
     video, manifest = (None, args.haystack) if args.haystack.endswith(".jsonl") else (
         args.haystack, None)

@@ -128,3 +128,17 @@ def test_needle_files_are_longvas_jsonl(tmp_path):
   (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "a.png", "question": "Q?"}) + "\n")
   with pytest.raises(ValueError, match="line 1 lacks answer"):
     vniah.read_needles(str(tmp_path / "bad.jsonl"))
+
+
+@pytest.mark.slow  # a workdir, JAX start-up and 12 teacher-forced prompts: ~1 minute
+def test_eval_needle_protocol_vniah_runs_offline_on_the_default_set(tmp_path):
+  workdir = eval_testing.make_workdir(str(tmp_path))
+  out = tmp_path / "out"
+  stdout = eval_testing.run_script("eval_needle.py", "--protocol", "vniah", "--checkpoint",
+                                   workdir, "--output", str(out), "--min-frames", "4",
+                                   "--max-frames", "8", "--frame-interval", "4", "--mesh",
+                                   "1,1,1,2")
+  assert "V-NIAH average" in stdout and "average accuracy" in stdout
+  assert len(vniah.read_needles(str(out / "default_needles" / "needles.jsonl"))) == 5
+  assert len(json.load(open(out / "all_accuracies.json"))) == 2 * 6
+  assert len(json.load(open(out / "results.json"))) == 2 * 6 * 5

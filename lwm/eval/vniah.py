@@ -37,7 +37,7 @@ def depth_grid(interval: float) -> list[float]:
   """LongVA's np.arange(0, 1 + interval, interval), kept within [0, 1]: 0, 0.2, ... 1.0."""
   if not 0 < interval <= 1:
     raise ValueError(f"--depth-interval must be in (0, 1], got {interval}")
-  return [round(d, 6) for d in np.arange(0, 1 + interval, interval) if d <= 1 + 1e-9]
+  return [round(float(d), 6) for d in np.arange(0, 1 + interval, interval) if d <= 1 + 1e-9]
 
 
 def read_needles(path: str) -> list[dict]:
@@ -109,15 +109,8 @@ def run_vniah(loaded, *, output: str, haystack: np.ndarray, needles: list[dict],
   with 'question', 'answer' and 'image' (a path) or 'frame' (uint8 `[size, size, 3]`).
   forcer / encoder replace the model's teacher forcing and VQGAN (tests)."""
   from tqdm import tqdm
-  from lwm.data import vqgan
   from lwm.eval import teacher_forced, video_needle
-  tokenizer = loaded.tokenizer
-  if tokenizer is None:
-    raise ValueError("V-NIAH needs the model's text tokenizer: pass --tokenizer PATH")
-  if encoder is None:
-    if not loaded.vqgan_dir:
-      raise ValueError("V-NIAH needs the VQGAN the model was trained with: pass --vqgan DIR")
-    encoder = vqgan.FrameEncoder(vqgan.load(loaded.vqgan_dir))
+  tokenizer, encoder = video_needle.tokenizer_and_encoder(loaded, encoder, "V-NIAH")
   counts = sorted(frame_counts)
   if len(haystack) < counts[-1]:
     raise ValueError(f"the haystack has {len(haystack)} frames; --max-frames is {counts[-1]}")
