@@ -69,7 +69,19 @@ def parse_args(argv=None):
   ruler.add_argument("--chat-template", default="none",
                      help="none, or lwm (RULER's lwm-chat template; ruler and --protocol vniah)")
   ruler.add_argument("--batch-size", type=int, default=1, help="prompts generated together")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  # A flag of the other suite would be ignored: refused instead, by name.
+  other = RULER_ONLY if args.suite == "lwm" else LWM_ONLY
+  for name in other:
+    if getattr(args, name) != p.get_default(name):
+      p.error(f"--{name.replace('_', '-')} is not used by --suite {args.suite}; it belongs to "
+              f"--suite {'ruler' if args.suite == 'lwm' else 'lwm'}")
+  return args
+
+
+LWM_ONLY = ("depths", "scoring", "choices", "haystack", "video_haystack", "values", "text_digits",
+            "video_digits", "needles", "max_count", "threshold")
+RULER_ONLY = ("essays", "squad", "hotpotqa", "cwe_words", "chat_template", "batch_size")
 
 
 def run_ruler(args, lengths):

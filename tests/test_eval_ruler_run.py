@@ -180,3 +180,20 @@ def test_suite_ruler_end_to_end_on_a_tiny_model(tmp_path, files):
   stdout = eval_testing.run_script("eval_long.py", *common, "--output", str(tmp_path / "bare"),
                                    "--tasks", "niah_single_1,qa_1")
   assert "PARTIAL" in stdout and "qa_1: needs SQuAD v2.0 dev" in stdout
+
+
+def test_a_flag_of_the_other_suite_is_refused_by_name(capsys):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "eval_long", os.path.join(os.path.dirname(__file__), "..", "scripts", "eval_long.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  base = ["--checkpoint", "c", "--context-lengths", "4k", "--output", "o"]
+  for extra, message in ((["--suite", "ruler", "--scoring", "teacher_forced"],
+                          "--scoring is not used by --suite ruler"),
+                         (["--squad", "dev.json"], "--squad is not used by --suite lwm")):
+    with pytest.raises(SystemExit):
+      script.parse_args(base + extra)
+    assert message in capsys.readouterr().err
+  args = script.parse_args(base + ["--suite", "ruler", "--essays", "pg", "--chat-template", "lwm"])
+  assert (args.essays, args.samples, args.seed) == ("pg", None, None)  # 500 and 42 in run_ruler
