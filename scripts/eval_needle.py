@@ -7,6 +7,17 @@
       --context-lengths 8k,32k --depth-intervals 5 --output out/video_needle \
       [--haystack long.mp4 | --haystack manifest.jsonl]
 
+V-NIAH as LongVA defines it (needle images with a question and answer at depths 0, 0.2 ... 1 of
+a haystack video sampled to a grid of frame counts; teacher-forced: every answer token argmax):
+
+  python scripts/eval_needle.py --protocol vniah --checkpoint workdirs/vision --output out/vniah \
+      [--needle-set needles.jsonl] [--haystack long.mp4] [--min-frames 20 --max-frames 300 \
+      --frame-interval 20] [--depth-interval 0.2] [--chat-template none|lwm]
+
+Without --needle-set / --haystack it uses the quickstart corpus's default set (5 frames showing
+held-out numbers, asked in the quickstart's format) and a haystack of frames without digits.
+Writes OUT/results.json, OUT/all_accuracies.json, OUT/avg_accuracy.txt, OUT/heatmap.png.
+
 --checkpoint is a training workdir (its latest checkpoint; the tokenizer and VQGAN come from the
 run's dataset vocab.json unless --tokenizer/--vqgan are given) or a Hugging Face LLaMA directory.
 Writes OUT/results.json (one entry per cell, reruns skip finished cells), OUT/heatmap.png and prints
@@ -22,6 +33,8 @@ from lwm import launch
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   launch.add_model_flags(p)
+  p.add_argument("--protocol", choices=["niah", "vniah"], default="niah",
+                 help="vniah: LongVA's V-NIAH (see above); niah: lwm's grid (--mode)")
   p.add_argument("--mode", choices=["text", "video"], default="text")
   p.add_argument("--output", required=True, help="directory for results.json and heatmap.png")
   p.add_argument("--context-lengths", default=None, help="tokens, e.g. 1024,4096 or 1k,32k,1m")
@@ -51,7 +64,44 @@ def parse_args(argv=None):
   p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
   p.add_argument("--top-p", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
+  v = p.add_argument_group("--protocol vniah")
+  v.add_argument("--needle-set", default=None,
+                 help='JSONL of {"image", "question", "answer"} (default: the quickstart set)')
+  v.add_argument("--min-frames", type=int, default=20)
+  v.add_argument("--max-frames", type=int, default=300)
+  v.add_argument("--frame-interval", type=int, default=20)
+  v.add_argument("--depth-interval", type=float, default=0.2)
+  v.add_argument("--chat-template", default="none", help="none, or lwm (LWM's chat prompt)")
   return p.parse_args(argv)
+
+
+def run_vniah(args):
+  """V-NIAH: the needles and haystack (given, or the quickstart corpus's defaults), the grid."""
+  from lwm import model_dir, vqgan
+  from lwm.demo import corpus
+  from lwm.eval import chat_format, video_needle, vniah
+  counts = vniah.frame_counts(args.min_frames, args.max_frames, args.frame_interval)
+  depths = vniah.depth_grid(args.depth_interval)
+  loaded = model_dir.load_for_command(args)
+  if not loaded.vqgan_dir:
+    sys.exit("V-NIAH needs the VQGAN the model was trained with: pass --vqgan DIR")
+  size = vqgan.load_config(loaded.vqgan_dir).resolution
+  needles = args.needle_set or corpus.vniah_needles(f"{args.output}/default_needles", size=size)
+  if args.haystack:
+    video, manifest = (None, args.haystack) if args.haystack.endswith(".jsonl") else (
+        args.haystack, None)
+    frames = video_needle.haystack_frames(counts[-1], size, video=video, manifest=manifest)
+  else:
+    frames = corpus.vniah_haystack(counts[-1], size, seed=args.seed)
+  print(f"[eval_needle] V-NIAH, model {loaded.source}, frames {counts}, depths {depths}, "
+        f"needles {needles}", flush=True)
+  summary = vniah.run_vniah(loaded, output=args.output, haystack=frames,
+                            needles=vniah.read_needles(needles), frame_counts=counts,
+                            depths=depths,
+                            format_prompt=chat_format.prompt_formatter(args.chat_template))
+  print(summary["table"])
+  print(f"average accuracy {summary['average']:.4f}\nresults: {summary['results']}\n"
+        f"heatmap: {summary['heatmap']}")
 
 
 def grids(args):
@@ -75,6 +125,8 @@ def grids(args):
 def main(argv=None):
   args = parse_args(argv)
   launch.setup_devices_for_mesh(args.mesh)
+  if args.protocol == "vniah":
+    return run_vniah(args)
   from lwm import model_dir
   from lwm.eval import needle, video_needle
   lengths, depths = grids(args)

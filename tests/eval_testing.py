@@ -22,6 +22,19 @@ def make_tokenizer(root: str) -> str:
   return text_tokenizer.train_tokenizer(texts, os.path.join(root, "tok.model"), vocab_size=400)
 
 
+def make_ruler_tokenizer(root: str) -> str:
+  """A tokenizer that knows English words (RULER's word lists, templates and filler), so that
+  RULER's tasks fit lengths of 2K-4K tokens as they do with a real model's tokenizer."""
+  from lwm.eval import ruler_data, ruler_tasks
+  words = ruler_data.wonderwords_lists()
+  # One word a line (sentencepiece skips lines over 4 KB), repeated so that BPE merges them whole.
+  texts = ["\n".join(ws) for ws in words.values()] * 4 + [needle.synthetic_haystack(400, seed=1)]
+  texts += [t + p for t, p, _ in ruler_tasks.TEMPLATES.values()] + [ruler_tasks.NOISE] * 20
+  texts += ["\n".join(f"{i}. {w}" for i, w in enumerate(words["nouns"][:1000]))]
+  return text_tokenizer.train_tokenizer(texts, os.path.join(root, "ruler_tok.model"),
+                                        vocab_size=8000)
+
+
 def make_vqgan(root: str) -> str:
   path = os.path.join(root, "vq")
   vqgan.save(path, vqgan.create(vqgan.get_config("tiny"), seed=0))
@@ -35,9 +48,10 @@ def video_parts(root: str):
   return tokenizer, encoder, video_needle.vocab_for(tokenizer, encoder.config.codebook_size)
 
 
-def make_workdir(root: str, seed: int = 0) -> str:
-  """A workdir as scripts/train.py leaves it, with a random tiny model at step 3."""
-  tokenizer = text_tokenizer.load_tokenizer(make_tokenizer(root))
+def make_workdir(root: str, seed: int = 0, tokenizer: str | None = None) -> str:
+  """A workdir as scripts/train.py leaves it, with a random tiny model at step 3 (and the
+  tokenizer `tokenizer`, default `make_tokenizer`'s)."""
+  tokenizer = text_tokenizer.load_tokenizer(tokenizer or make_tokenizer(root))
   vq = make_vqgan(root)
   data = os.path.join(root, "data")
   os.makedirs(data, exist_ok=True)
@@ -66,13 +80,13 @@ def make_workdir(root: str, seed: int = 0) -> str:
   return workdir
 
 
-def run_script(script: str, *args) -> str:
+def run_script(script: str, *args, timeout: int = 300) -> str:
   """Runs scripts/<script> with `args` on the CPU; returns its stdout (an error fails the test)."""
   import subprocess
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   done = subprocess.run([sys.executable, os.path.join(root, "scripts", script), *args],
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-                        timeout=300, cwd=root)
+                        timeout=timeout, cwd=root)
   assert done.returncode == 0, done.stderr[-3000:]
   return done.stdout

@@ -59,12 +59,27 @@ class TextTokenizer:
   def eos_id(self) -> int:
     return self.processor.eos_id()
 
-  def encode(self, text: str) -> list[int]:
-    """Token ids of `text`, without BOS/EOS (the interleaver adds those once per example)."""
-    return self.processor.encode(text, out_type=int)
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of `text`; BOS first only with `add_special_tokens` (the interleaver adds BOS
+    once per example). Shim of transformers' name for the RULER suite (issue 25); the tokenizer
+    work (issue 23) replaces this class."""
+    ids = self.processor.encode(text, out_type=int)
+    return [self.bos_id] + ids if add_special_tokens and self.bos_id >= 0 else ids
 
-  def decode(self, ids) -> str:
+  def decode(self, ids, skip_special_tokens: bool = False) -> str:
+    del skip_special_tokens  # sentencepiece's decode drops BOS/EOS already
     return self.processor.decode([int(i) for i in ids])
+
+  @property
+  def bos_token_id(self) -> int | None:
+    return self.bos_id if self.bos_id >= 0 else None
+
+  @property
+  def eos_token_ids(self) -> tuple:
+    return (self.eos_id,) if self.eos_id >= 0 else ()
+
+  def __len__(self) -> int:
+    return self.vocab_size
 
   def marker(self, piece: str) -> list[int]:
     """Ids of a marker such as `<vision>`: one reserved piece in our models, several in LLaMA's."""

@@ -242,6 +242,37 @@ def plain_document(rng: np.random.Generator, sentences: Span) -> dict:
   return {"text": needle.synthetic_haystack(count, seed=int(rng.integers(1 << 30)))}
 
 
+# ------------------------------------------------------------------------------------ V-NIAH
+
+VNIAH_NEEDLES = 5  # LongVA's needle set has 5 images
+
+
+def vniah_needles(root: str, count: int = VNIAH_NEEDLES, size: int = FRAME_SIZE,
+                  seed: int = 0) -> str:
+  """The default needle set of `eval_needle.py --protocol vniah`: `count` frames showing held-out
+  numbers (values no retrieval example used), written as PNGs with ROOT/needles.jsonl in LongVA's
+  {"image", "question", "answer"} form. Question and answer are the quickstart's video needle
+  format, so its model is asked as it was trained. Returns the JSONL's path."""
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  pool = value_pool(held_out=True, digits=VIDEO_DIGITS)
+  values = [pool[i] for i in rng.choice(len(pool), count, replace=False)]
+  os.makedirs(root, exist_ok=True)
+  rows = []
+  for i, value in enumerate(values):
+    name = f"needle_{i}_{value}.png"
+    Image.fromarray(video_needle.needle_frame(value, size)).save(os.path.join(root, name))
+    rows.append({"image": name, "question": needle.question_suffix(video_needle.video_question()),
+                 "answer": needle.text_answer(value)})
+  return write_manifest(os.path.join(root, "needles.jsonl"), rows)
+
+
+def vniah_haystack(num_frames: int, size: int = FRAME_SIZE, seed: int = 0) -> np.ndarray:
+  """The default V-NIAH haystack: `num_frames` frames without digits (a moving square or shape,
+  as around the corpus's needles), uint8 `[n, size, size, 3]`."""
+  return haystack(np.random.default_rng(seed), num_frames, size)
+
+
 # ------------------------------------------------------------------------------------ Corpus
 
 def write_manifest(path: str, records: list) -> str:

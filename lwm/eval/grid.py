@@ -147,8 +147,10 @@ def table(per_cell: list[dict], accuracy: float) -> str:
   return "\n".join(lines)
 
 
-def heatmap(per_cell: list[dict], accuracy: float, path: str, title: str) -> str:
-  """Writes the depth x context-length heatmap PNG (scores 0..1, red to green); returns the path."""
+def heatmap(per_cell: list[dict], accuracy: float, path: str, title: str,
+            xlabel: str = "Token Limit") -> str:
+  """Writes the depth x context-length heatmap PNG (scores 0..1, red to green); returns the path.
+  `xlabel` names the columns (V-NIAH's are frame counts)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -163,7 +165,7 @@ def heatmap(per_cell: list[dict], accuracy: float, path: str, title: str) -> str
         ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
   ax.set_xticks(range(len(lengths)), [length_label(n) for n in lengths], rotation=45)
   ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
-  ax.set_xlabel("Token Limit")
+  ax.set_xlabel(xlabel)
   ax.set_ylabel("Depth Percent")
   ax.set_title(f"{title}: accuracy {accuracy:.1%}")
   fig.colorbar(image, ax=ax, label="score")

@@ -1,5 +1,7 @@
-"""The long-context evaluation run: RULER's text tasks and the video tasks over context lengths,
-depths and samples, scored by generation or teacher forcing; resumable like the needle grid.
+"""lwm's own long-context suite: RULER-style text tasks (`ruler.py`, on a depth grid) and the video
+tasks over context lengths, depths and samples, scored by generation or teacher forcing; resumable
+like the needle grid. Its average is not RULER's: RULER as RULER builds and scores it is
+`ruler_suite.py` (`eval_long.py --suite ruler`).
 
   summary = run_long_eval(loaded, output="out/long", tasks=["niah_single", "vt", "video_order"],
                           context_lengths=[1024, 4096], depths=[0, 50, 100], samples=2)
@@ -116,7 +118,8 @@ def summarize(cells: list[dict], threshold: float = scoring.RULER_THRESHOLD) -> 
     rows.append(f"{name:{width}} | " + " ".join(f"{by[n]:6.2f}" if n in by else "     -"
                                                 for n in lengths))
   line = (f"effective length: {effective if effective is not None else 'none'} (longest length "
-          f"whose task average is >= {threshold})")
+          f"whose task average is >= {threshold}; lwm's tasks and stricter scoring, not RULER's "
+          "average: --suite ruler gives that)")
   return {"tasks": table, "average": averages, "effective_length": effective,
           "threshold": threshold, "table": "\n".join(rows + [line])}
 

@@ -1,5 +1,7 @@
-"""RULER's synthetic text tasks (NVIDIA/RULER, scripts/data/synthetic/ and synthetic.yaml), written
-anew with lengths and depths in the model's tokens.
+"""lwm's RULER-style text tasks (after NVIDIA/RULER's synthetic tasks) on a depth grid, with lengths
+and depths in the model's tokens: lwm's own suite (`eval_long.py --tasks`), whose depth x length
+heatmaps RULER does not have. Prompts, positions and scoring differ from RULER's (docs/eval.md);
+RULER as RULER builds and scores it is `ruler_suite.py` (`eval_long.py --suite ruler`).
 
   sample = make_text_sample("niah_multikey", tokenizer, rng, context_length=4096, depth=50)
 

@@ -10,8 +10,10 @@ stricter exact rule, circular multiple choice, and RULER's effective length.
 - `sequence_match`: the items in the answer are exactly the references, in order (ordering tasks).
 - `choice_letter` / `circular_score`: a multiple-choice answer names exactly one option letter;
   a question counts as right only if it is right under every rotation of its options (VNBench).
+- `string_match_part`, `ruler_prediction`, `ruler_score`: RULER's QA metric, its reading of a
+  prediction and its per-task score on 0-100 (the `--suite ruler` scores).
 - `effective_length`: the longest context length whose task-average is at or above a threshold,
-  RULER's 85.6 (0.856 here, on a 0-1 scale).
+  RULER's 85.6 (0.856 on lwm's 0-1 scale; 85.6 for `--suite ruler`'s 0-100).
 """
 import re
 
@@ -30,6 +32,33 @@ def string_match_all(answer: str, references: list[str]) -> float:
     raise ValueError("string_match_all needs at least one reference")
   answer = answer.lower()
   return float(np.mean([ref.lower() in answer for ref in references]))
+
+
+def string_match_part(answer: str, references: list[str]) -> float:
+  """RULER's `string_match_part` (its QA metric): 1 when any reference occurs in the answer."""
+  if not references:
+    raise ValueError("string_match_part needs at least one reference")
+  answer = answer.lower()
+  return float(any(ref.lower() in answer for ref in references))
+
+
+RULER_METRICS = {"string_match_all": string_match_all, "string_match_part": string_match_part}
+
+
+def ruler_prediction(text: str) -> str:
+  """A prediction as RULER's evaluate.py reads it: control characters become newlines, stripped."""
+  return re.sub(r"[\x00-\x1f]", "\n", text.strip()).strip()
+
+
+def ruler_score(predictions: list[str], references: list[list[str]], metric: str) -> float:
+  """A task's score as RULER reports it: the metric's mean over samples x 100, rounded to 2
+  decimals, on predictions read as `ruler_prediction` reads them."""
+  if not predictions or len(predictions) != len(references):
+    raise ValueError(f"ruler_score needs as many predictions as references, got "
+                     f"{len(predictions)} and {len(references)}")
+  fn = RULER_METRICS[metric]
+  total = sum(fn(ruler_prediction(p), r) for p, r in zip(predictions, references))
+  return round(total / len(predictions) * 100, 2)
 
 
 def items(answer: str, pattern: str) -> list[str]:

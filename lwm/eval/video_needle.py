@@ -177,6 +177,19 @@ def read_image(path: str, size: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ The grid
 
+def tokenizer_and_encoder(loaded, encoder, what: str):
+  """The model's text tokenizer and frame encoder (`encoder`, or its VQGAN), or an error naming
+  the flag that gives the missing one."""
+  from lwm import vqgan
+  if loaded.tokenizer is None:
+    raise ValueError(f"{what} needs the model's text tokenizer: pass --tokenizer PATH")
+  if encoder is None:
+    if not loaded.vqgan_dir:
+      raise ValueError(f"{what} needs the VQGAN the model was trained with: pass --vqgan DIR")
+    encoder = vqgan.FrameEncoder(vqgan.load(loaded.vqgan_dir))
+  return loaded.tokenizer, encoder
+
+
 def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: int = 1,
                      video: str | None = None, manifest: str | None = None,
                      needle_image: str | None = None, needle_answer: str | None = None,
@@ -192,15 +205,8 @@ def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: in
   drawn from `values` when given), or `needle_image` with its `needle_answer`, shown for
   `needle_frames` frames.
   """
-  from lwm import vqgan
   from lwm.eval import inference
-  tokenizer = loaded.tokenizer
-  if tokenizer is None:
-    raise ValueError("the video needle needs a text tokenizer: pass --tokenizer PATH")
-  if encoder is None:
-    if not loaded.vqgan_dir:
-      raise ValueError("the video needle needs the VQGAN the model was trained with: pass --vqgan")
-    encoder = vqgan.FrameEncoder(vqgan.load(loaded.vqgan_dir))
+  tokenizer, encoder = tokenizer_and_encoder(loaded, encoder, "the video needle")
   if needle_image and not needle_answer:
     raise ValueError("--needle-image needs --needle-answer (what the image shows)")
   size, per_frame = encoder.config.resolution, encoder.config.codes_per_frame
