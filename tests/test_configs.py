@@ -72,6 +72,35 @@ def test_lwm_vision_stages_chain_from_text_1m():
       "workdirs/vision_128k"]
 
 
+@pytest.mark.parametrize("base, first, kv_heads", [("qwen25_7b", "32k", 4), ("llama31_8b", "128k", 8)])
+def test_hugging_face_bases_follow_the_paper_from_their_own_context(base, first, kv_heads):
+  """A base keeps its shipped RoPE at its first stage, then takes the paper's θ; tp stops at its kv
+  heads and sp takes the rest, so every stage still fits the paper's 256 devices."""
+  args = list(LWM_TEXT)[list(LWM_TEXT).index(first):]
+  for arg in args:
+    c, paper = load("lwm_text", f"{base}/{arg}"), load("lwm_text", arg)
+    dp, fsdp, tp, sp = stage_schema.mesh_sizes(c, 256)
+    assert c.rope_theta == (0.0 if arg == first else paper.rope_theta)
+    assert tp == min(kv_heads, stage_schema.mesh_sizes(paper, 256)[2])
+    assert tp * sp * fsdp == 256 and c.model == "init_from"
+    assert (c.seq_len, c.train.steps, c.train.batch_size) == (
+        paper.seq_len, paper.train.steps, paper.train.batch_size)
+  assert [load("lwm_text", f"{base}/{a}").init_from for a in args] == [""] + [
+      f"workdirs/{base}_{a}" for a in args[:-1]]
+  with pytest.raises(ValueError, match="unknown stage"):
+    load("lwm_text", f"{base}/16k")
+
+
+def test_a_bases_first_stage_passes_trainings_checks_from_a_hugging_face_directory(dataset_dir):
+  c = load("lwm_text", "qwen25_7b/32k")
+  c.data.path = dataset_dir
+  c.init_from = os.path.join(ROOT, "tests", "fixtures", "hf-tokenizers", "bytelevel-chatml")
+  stage_schema.validate(c, num_devices=256)
+  c.init_from = dataset_dir  # not a model: the model comes from init_from
+  with pytest.raises(ValueError, match="config.init_from: .* holds vocab.json; expected"):
+    stage_schema.validate(c, num_devices=256)
+
+
 @pytest.fixture
 def dataset_dir(tmp_path):
   with open(tmp_path / "vocab.json", "w") as f:
