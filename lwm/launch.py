@@ -38,6 +38,14 @@ def setup_devices_for_mesh(mesh: str | None) -> None:
     set_device_count(count)
 
 
+def add_chat_template_argument(parser) -> None:
+  """--chat-template of the evaluation commands (lwm.data.chat)."""
+  parser.add_argument("--chat-template", default="auto",
+                      help="auto: the model's own (tokenizer_config.json or chat_template.jinja; "
+                           "LWM's for an LWM import), else none; none: the text after BOS; lwm: "
+                           "LWM's format; or a Jinja file")
+
+
 def load_model_for_command(args):
   """The evaluation commands' model: `args.checkpoint` on the mesh `args.mesh` with `args.dtype`,
   `args.tokenizer`, `args.vqgan` (lwm.eval.inference.load_model), Orbax's read-only warning

@@ -66,6 +66,7 @@ def train(config, workdir: str) -> dict:
   """Runs (or resumes) one stage; returns the last logged metrics."""
   # ---------------------------------------------------------------- Devices and config checks
   stage.validate(config, jax.device_count())
+  model_dir.check_init_tokenizer(config)
   vocab = stage.dataset_vocab(config.data.path)
   cfg = model_config(config, vocab)
   mesh = sharding.make_mesh(*stage.mesh_sizes(config, jax.device_count()))

@@ -2,7 +2,8 @@
 
   DIR/assets/model.json       the ModelConfig (shapes, θ, dtypes)
   DIR/assets/vocab.json       the vocabulary layout (lwm.vocab.Vocab) and the frame sampling
-  DIR/assets/tokenizer.model  the sentencepiece text tokenizer
+  DIR/assets/tokenizer.model  the text tokenizer: a sentencepiece model, or
+  DIR/assets/tokenizer/       a Hugging Face tokenizer (tokenizer.json and its side files)
   DIR/assets/vqgan/           the VQGAN (config.json + params.npz), when the model sees video
   DIR/checkpoints/<step>/     Orbax checkpoints (training's, or one params-only step of an import)
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ASSETS = "assets"
 MODEL_JSON, VOCAB_JSON, TOKENIZER, VQGAN = "model.json", "vocab.json", "tokenizer.model", "vqgan"
+HF_TOKENIZER = "tokenizer"  # a directory: tokenizer.json, tokenizer_config.json, ...
 
 
 @dataclasses.dataclass
@@ -75,8 +77,10 @@ def _write_json(path: str, value: dict) -> None:
 def write_assets(directory: str, *, model_config: ModelConfig, vocab: Vocab,
                  tokenizer: str | None = None, vqgan=None, sampling: dict | None = None,
                  extra: dict | None = None) -> str:
-  """Writes DIR/assets. vqgan: a VQGAN directory (linked/copied) or a `lwm.data.vqgan.VQGAN`
-  (saved). extra: more keys for vocab.json (e.g. where the assets came from). Returns the path."""
+  """Writes DIR/assets. tokenizer: any path load_tokenizer reads (its files are linked/copied and
+  vocab.json records its content hash). vqgan: a VQGAN directory (linked/copied) or a
+  `lwm.data.vqgan.VQGAN` (saved). extra: more keys for vocab.json (e.g. where the assets came
+  from). Returns the path."""
   from lwm.data import vqgan as vqgan_lib
   out = assets_dir(directory)
   os.makedirs(out, exist_ok=True)
@@ -84,7 +88,7 @@ def write_assets(directory: str, *, model_config: ModelConfig, vocab: Vocab,
   if sampling is not None:
     record["sampling"] = sampling
   if tokenizer is not None:
-    _store(tokenizer, os.path.join(out, TOKENIZER))
+    record["tokenizer_hash"] = _store_tokenizer(tokenizer, out)
   if vqgan is not None:
     target = os.path.join(out, VQGAN)
     if isinstance(vqgan, str):
@@ -104,6 +108,28 @@ def write_assets(directory: str, *, model_config: ModelConfig, vocab: Vocab,
   return out
 
 
+def _store_tokenizer(source: str, out: str) -> str:
+  """Stores the tokenizer at `source` in assets `out` (replacing one of the other kind); returns
+  its content hash."""
+  from lwm.data import text_tokenizer
+  files = text_tokenizer.tokenizer_files(source)
+  single, folder = os.path.join(out, TOKENIZER), os.path.join(out, HF_TOKENIZER)
+  if len(files) == 1 and not files[0].endswith(".json"):
+    if os.path.isdir(folder):
+      shutil.rmtree(folder)
+    _store(files[0], single)
+    return text_tokenizer.load_tokenizer(single).content_hash
+  if os.path.isfile(single):
+    os.remove(single)
+  targets = {"tokenizer.json": files[0], **{os.path.basename(f): f for f in files[1:]}}
+  os.makedirs(folder, exist_ok=True)
+  for name in set(os.listdir(folder)) - set(targets):
+    os.remove(os.path.join(folder, name))  # a side file of an earlier tokenizer
+  for name, path in targets.items():
+    _store(path, os.path.join(folder, name))
+  return text_tokenizer.load_tokenizer(folder).content_hash
+
+
 def write_stage_assets(directory: str, model_config: ModelConfig, data_path: str) -> str:
   """The assets of a training stage, from its dataset (vocab.json, tokenizer, VQGAN, sampling)."""
   recorded = stage.dataset_vocab(data_path)
@@ -115,6 +141,32 @@ def write_stage_assets(directory: str, model_config: ModelConfig, data_path: str
   return write_assets(directory, model_config=model_config, vocab=Vocab.from_json(recorded),
                       tokenizer=recorded.get("tokenizer"), vqgan=recorded.get("vqgan"),
                       sampling=sampling, extra={"dataset": os.path.abspath(data_path)})
+
+
+def check_init_tokenizer(config) -> None:
+  """Refuses a stage whose model (config.init_from: a model directory or a Hugging Face directory
+  with a tokenizer) was made with another tokenizer than its dataset (by content hash; a dataset
+  or model directory written before hashes is not checked). Training calls it after
+  stage.validate."""
+  recorded = stage.dataset_vocab(config.data.path)
+  expected, theirs = recorded.get("tokenizer_hash"), None
+  if not expected or not config.init_from:
+    return
+  if stage.is_model_dir(config.init_from):
+    where = assets_dir(config.init_from)
+    with open(os.path.join(where, VOCAB_JSON)) as f:
+      theirs = json.load(f).get("tokenizer_hash")
+  elif stage.is_hf_dir(config.init_from) and any(
+      os.path.isfile(os.path.join(config.init_from, n)) for n in ("tokenizer.json",
+                                                                  "tokenizer.model")):
+    from lwm.data import text_tokenizer
+    tokenizer = text_tokenizer.load_tokenizer(config.init_from)
+    theirs, where = tokenizer.content_hash, tokenizer.path
+  if theirs and theirs != expected:
+    raise ValueError(f"config.data.path={config.data.path!r} was tokenized with "
+                     f"{recorded.get('tokenizer')} but config.init_from={config.init_from!r} "
+                     f"was made with the tokenizer in {where} (content hash {theirs[:12]} != "
+                     f"{expected[:12]}); preprocess the data with the model's tokenizer")
 
 
 def read_model_config(directory: str) -> ModelConfig:
@@ -131,9 +183,12 @@ def read_assets(directory: str) -> Assets:
   with open(os.path.join(out, VOCAB_JSON)) as f:
     recorded = json.load(f)
   tokenizer = os.path.join(out, TOKENIZER)
+  if not os.path.isfile(tokenizer):
+    folder = os.path.join(out, HF_TOKENIZER)
+    tokenizer = folder if os.path.isfile(os.path.join(folder, "tokenizer.json")) else None
   vqgan = os.path.join(out, VQGAN)
   return Assets(model_config=read_model_config(directory), vocab=Vocab.from_json(recorded),
-                vocab_json=recorded, tokenizer=tokenizer if os.path.isfile(tokenizer) else None,
+                vocab_json=recorded, tokenizer=tokenizer,
                 vqgan=vqgan if os.path.isfile(os.path.join(vqgan, "config.json")) else None,
                 sampling=recorded.get("sampling"))
 
@@ -163,7 +218,8 @@ def write_model_dir(directory: str, model, vocab: Vocab, *, tokenizer: str | Non
   _, params = nnx.split(model, nnx.Param)
   save_params(directory, params, meta=meta)
   write_assets(directory, model_config=model.config, vocab=vocab, tokenizer=tokenizer,
-               vqgan=vqgan, extra={"source": (meta or {}).get("source")} if meta else None)
+               vqgan=vqgan, extra={k: meta[k] for k in ("source", "chat_template") if k in meta}
+               if meta else None)
 
 
 def recorded_vision_ids(directory: str, codebook_size: int) -> dict:

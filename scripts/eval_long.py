@@ -36,7 +36,9 @@ def parse_args(argv=None):
   p.add_argument("--needles", type=int, default=3, help="video_order: needle frames")
   p.add_argument("--max-count", type=int, default=4, help="video_count: most repeats")
   p.add_argument("--threshold", type=float, default=0.856, help="effective-length threshold")
-  p.add_argument("--tokenizer", default=None, help="sentencepiece .model (default: the run's)")
+  p.add_argument("--tokenizer", default=None,
+                 help=".model, tokenizer.json or a Hugging Face directory (default: the run's)")
+  launch.add_chat_template_argument(p)
   p.add_argument("--vqgan", default=None, help="VQGAN directory (default: the run's)")
   p.add_argument("--mesh", default=None,
                  help="sp=8,fsdp=2 or dp,fsdp,tp,sp (default: all devices on sp)")
@@ -63,7 +65,8 @@ def main(argv=None):
       manifest=args.video_haystack if haystack.endswith(".jsonl") else None,
       values=needle.read_values(args.values) if args.values else None,
       text_digits=args.text_digits, video_digits=args.video_digits, needles=args.needles,
-      max_count=args.max_count, choices=args.choices, seed=args.seed, threshold=args.threshold)
+      max_count=args.max_count, choices=args.choices, seed=args.seed, threshold=args.threshold,
+      chat_template=args.chat_template)
   print(summary["table"])
   print(f"results: {summary['results']}\nplot: {summary['plot']}")
 

@@ -9,6 +9,8 @@
 
 --checkpoint is a training workdir (its latest checkpoint; the tokenizer and VQGAN come from the
 run's dataset vocab.json unless --tokenizer/--vqgan are given) or a Hugging Face LLaMA directory.
+--chat-template auto (default) wraps the prompt in the model's own chat template when it has one;
+answers get 128 new tokens (RULER's NIAH budget) unless --max-new-tokens says otherwise.
 Writes OUT/results.json (one entry per cell, reruns skip finished cells), OUT/heatmap.png and prints
 the depth x length table. Without accelerators, the CPU is split into as many devices as --mesh
 needs.
@@ -47,12 +49,15 @@ def parse_args(argv=None):
   p.add_argument("--needle-image", default=None, help="video: an image to hide instead of a number")
   p.add_argument("--needle-answer", default=None, help="video: what --needle-image shows")
   p.add_argument("--needle-frames", type=int, default=1, help="video: frames the needle lasts")
-  p.add_argument("--tokenizer", default=None, help="sentencepiece .model (default: the run's)")
+  p.add_argument("--tokenizer", default=None,
+                 help=".model, tokenizer.json or a Hugging Face directory (default: the run's)")
+  launch.add_chat_template_argument(p)
   p.add_argument("--vqgan", default=None, help="VQGAN directory (default: the run's)")
   p.add_argument("--mesh", default=None,
                  help="e.g. sp=8, fsdp=2,sp=4 or dp,fsdp,tp,sp sizes (default: all devices on sp)")
   p.add_argument("--dtype", default=None, help="activation dtype (default: the stage's)")
-  p.add_argument("--max-new-tokens", type=int, default=None)
+  p.add_argument("--max-new-tokens", type=int, default=None,
+                 help="default 128, RULER's NIAH budget (a chat model may restate the question)")
   p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
   p.add_argument("--top-p", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
@@ -88,7 +93,8 @@ def main(argv=None):
   values = needle.read_values(args.values) if args.values else None
   common = dict(output=args.output, context_lengths=lengths, depths=depths, rounds=args.rounds,
                 values=values, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature, top_p=args.top_p)
+                temperature=args.temperature, top_p=args.top_p,
+                chat_template=args.chat_template)
   if args.mode == "text":
     summary = needle.run_text_needle(loaded, needles=args.needles, retrieve=args.retrieve,
                                      haystack=args.haystack, digits=args.digits or 7,

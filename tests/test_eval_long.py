@@ -39,7 +39,7 @@ class Oracle:
         answer = v.answer
         if self.wrong and v.letter and i == len(sample.variants) - 1:
           answer = " " + ("A" if v.letter != "A" else "B")
-        self.answers[v.tokens.tobytes()] = self.tokenizer.encode(answer)
+        self.answers[v.tokens.tobytes()] = self.tokenizer.encode(answer, add_special_tokens=False)
       return sample
     return wrapped
 
@@ -124,12 +124,12 @@ def test_teacher_forcing_reads_back_the_greedy_continuation(tmp_path):
   agree on a random model's own greedy answer: its teacher-forced score is 1."""
   loaded = inference.load_model(eval_testing.make_workdir(str(tmp_path)), shd.make_mesh(1, 1, 1, 4))
   rng = np.random.default_rng(0)
-  prompt = rng.integers(3, loaded.tokenizer.vocab_size, 75).astype(np.int32)
+  prompt = rng.integers(3, len(loaded.tokenizer), 75).astype(np.int32)
   [greedy] = inference.Generator(loaded.model)([prompt], max_new_tokens=6)
   forcer = teacher_forced.TeacherForcer(loaded.model)
   assert forcer(prompt, None, greedy) == greedy
   wrong = list(greedy)
-  wrong[2] = (wrong[2] + 1) % loaded.tokenizer.vocab_size
+  wrong[2] = (wrong[2] + 1) % len(loaded.tokenizer)
   assert forcer(prompt, None, wrong)[:3] == greedy[:3]
 
 

@@ -47,7 +47,7 @@ class Pieces:
 
   def __init__(self, tokenizer, bos: bool = True):
     self.tokenizer = tokenizer
-    self.ids = [np.asarray([tokenizer.bos_id] if bos and tokenizer.bos_id >= 0 else [], np.int32)]
+    self.ids = [np.asarray(tokenizer.prefix_ids if bos else [], np.int32)]
     self.texts = []
     self.length = len(self.ids[0])
 
@@ -56,7 +56,7 @@ class Pieces:
     the index of the part's first token."""
     start = self.length
     if ids is None:
-      ids = self.tokenizer.encode(text)
+      ids = self.tokenizer.encode(text, add_special_tokens=False)
     elif text is None:
       text = self.tokenizer.decode(ids)
     self.ids.append(np.asarray(ids, np.int32))
