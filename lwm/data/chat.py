@@ -140,5 +140,8 @@ def wrap_ids(tokenizer, chat_template: str = "auto") -> tuple[list[int], list[in
     raise ChatTemplateError("the chat template does not write the user's message exactly once "
                             f"(rendered: {rendered!r})")
   before, after = rendered.split(_USER_TEXT)
+  if tokenizer.marks_word_starts:  # the user text's ids start a word themselves: one space less
+    before = before[:-1] if before.endswith(" ") else before
+    after = after[1:] if after.startswith(" ") else after
   return (tokenizer.encode(before, add_special_tokens=False),
           tokenizer.encode(after, add_special_tokens=False))

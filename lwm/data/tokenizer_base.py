@@ -7,6 +7,7 @@ records.
   tok.apply_chat_template(messages, add_generation_prompt=False) -> str
   tok.bos_token_id (None: none), tok.eos_token_ids (every id that ends a generation), len(tok)
   tok.prefix_ids                  # the ids encode() puts before the text (BOS, or none)
+  tok.encode_after_space(text)    # ids of a prompt piece that follows another after a space
   tok.vision_start, tok.vision_end, tok.path, tok.content_hash
 
 Side files of a Hugging Face directory, read as transformers reads them: `tokenizer_config.json`
@@ -198,6 +199,20 @@ class TextTokenizer:
       self._added = added_ids(self.encode("a", add_special_tokens=True),
                               self.encode("a", add_special_tokens=False))
     return self._added
+
+  @property
+  def marks_word_starts(self) -> bool:
+    """Whether a text's ids start with a word-start mark (sentencepiece's and Metaspace's `▁`):
+    then pieces encoded one by one read as if joined by spaces; byte-level ids need the space."""
+    if not hasattr(self, "_marks"):
+      ids = self.encode("a", add_special_tokens=False) + self.encode("b", add_special_tokens=False)
+      self._marks = self.decode(ids) == "a b"
+    return self._marks
+
+  def encode_after_space(self, text: str) -> list[int]:
+    """The ids of `text` as it reads after a space inside a longer text (prompts built from
+    pieces joined by single spaces); no special tokens."""
+    return self.encode(text if self.marks_word_starts else " " + text, add_special_tokens=False)
 
   def marker(self, piece: str) -> list[int]:
     """Ids of a marker such as `<vision>`: one reserved token where the tokenizer has it (ours),

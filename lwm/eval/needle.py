@@ -14,8 +14,9 @@ message and the template's text goes around it (its BOS included). Answers get R
 of 128 new tokens by default (a chat model may restate the question first); the value is found
 anywhere in the answer (lwm.eval.grid.score_answer).
 
-Parts are joined by single spaces, so a sentencepiece tokenizer gives the same ids whether the
-prompt is tokenized whole (a training document) or part by part (here). Context lengths and depths
+Parts are joined by single spaces and each is encoded as it reads after a space
+(`encode_after_space`), so the prompt's ids are those of the whole text (a training document) with a
+sentencepiece tokenizer, and nearly so with a byte-level one. Context lengths and depths
 are measured in the model's tokens: the prompt has exactly `context_length` tokens and a needle goes
 to the last sentence boundary at or before `depth`% of the haystack's tokens.
 """
@@ -177,10 +178,12 @@ def read_haystack(path: str) -> str:
 
 def haystack_tokens(tokenizer, text: str, min_tokens: int) -> np.ndarray:
   """The text's token ids, repeated (joined by a space) until there are at least `min_tokens`."""
-  ids = np.asarray(tokenizer.encode(text, add_special_tokens=False), np.int32)
-  if len(ids) == 0:
+  first = np.asarray(tokenizer.encode(text, add_special_tokens=False), np.int32)
+  if len(first) == 0:
     raise ValueError("the haystack text has no tokens")
-  return np.tile(ids, -(-min_tokens // len(ids)))[:max(min_tokens, 0)]
+  again = np.asarray(tokenizer.encode_after_space(text), np.int32)
+  return np.concatenate([first] + [again] * -(-max(min_tokens - len(first), 0) // len(again)))[
+      :max(min_tokens, 0)]
 
 
 def token_texts(tokenizer, tokens) -> list[str]:
@@ -246,9 +249,9 @@ def build_text_prompt(tokenizer, haystack: np.ndarray, needles: list[Needle], de
   asked = needles[:retrieve]
   question = text_question([n.key for n in asked])
   head, tail = wrap or (list(tokenizer.prefix_ids), [])
-  needle_ids = [tokenizer.encode(text_needle_sentence(n.key, n.value), add_special_tokens=False)
+  needle_ids = [tokenizer.encode_after_space(text_needle_sentence(n.key, n.value))
                 for n in needles]
-  suffix = tokenizer.encode(question_suffix(question), add_special_tokens=False) + list(tail)
+  suffix = tokenizer.encode_after_space(question_suffix(question)) + list(tail)
   length = context_length - len(head) - sum(map(len, needle_ids)) - len(suffix)
   if length < 1:
     raise ValueError(f"context_length={context_length} leaves no room for a haystack: BOS (or the "
@@ -260,13 +263,13 @@ def build_text_prompt(tokenizer, haystack: np.ndarray, needles: list[Needle], de
   pieces, texts, positions, previous = [head], [], [], 0
   for cut, ids, needle in zip(cuts, needle_ids, needles):
     pieces.append(hay[previous:cut])
-    texts.append(tokenizer.decode(hay[previous:cut]))
+    texts.append(tokenizer.decode(hay[previous:cut]).strip())
     positions.append(sum(map(len, pieces)))
     pieces.append(ids)
     texts.append(text_needle_sentence(needle.key, needle.value))
     previous = cut
   pieces += [hay[previous:], suffix]
-  texts.append(tokenizer.decode(hay[previous:]))
+  texts.append(tokenizer.decode(hay[previous:]).strip())
   tokens = np.concatenate([np.asarray(p, np.int32) for p in pieces])
   context = " ".join(t for t in texts if t)
   return TextPrompt(tokens, positions, [100.0 * c / length for c in cuts], length, question,

@@ -165,8 +165,7 @@ def haystack_ids(tokenizer, kind: str, min_tokens: int, *, essay: str | None, rn
     if key in exclude:
       continue
     [value] = draw(rng, vkind, 1, digits=digits)
-    piece = tokenizer.encode(NIAH_NEEDLE.format(kind=vkind, key=key, value=value),
-                             add_special_tokens=False)
+    piece = tokenizer.encode_after_space(NIAH_NEEDLE.format(kind=vkind, key=key, value=value))
     ids.append(piece)
     total += len(piece)
   return np.concatenate([np.asarray(p, np.int32) for p in ids])[:min_tokens]
@@ -189,8 +188,10 @@ def _insert(tokenizer, pieces: Pieces, hay: np.ndarray, inserts: list, depths: l
 
 
 def _hay_budget(tokenizer, context_length: int, fixed_texts: list[str], bos: bool = True) -> int:
-  used = (len(tokenizer.prefix_ids) if bos else 0) + sum(
-      len(tokenizer.encode(t, add_special_tokens=False)) for t in fixed_texts)
+  # The first text opens the prompt (encoded as it is), the others follow a space (see Pieces).
+  used = (len(tokenizer.prefix_ids) if bos else 0) + len(
+      tokenizer.encode(fixed_texts[0], add_special_tokens=False)) + sum(
+      len(tokenizer.encode_after_space(t)) for t in fixed_texts[1:])
   budget = context_length - used
   if budget < 1:
     raise ValueError(f"context_length={context_length} leaves no room for a haystack: the "
@@ -294,8 +295,8 @@ def common_words(tokenizer, rng, context_length: int, *, num_common: int = 10,
                                                    CWE_ANSWER_PREFIX, "Question: Answer:"])
   max_words = budget // 2 + num_common
   words = pseudo_words(rng, max_words)
-  cost = np.asarray([len(tokenizer.encode(w, add_special_tokens=False)) for w in words])
-  number_cost = np.cumsum([len(tokenizer.encode(f"{i}.", add_special_tokens=False))
+  cost = np.asarray([len(tokenizer.encode_after_space(w)) for w in words])
+  number_cost = np.cumsum([len(tokenizer.encode_after_space(f"{i}."))
                            for i in range(1, 2 * budget + 2)])
   per_unit = cost[:num_common].mean() + number_cost[0]
   freq_common = max(freq_uncommon + 2, min(freq_common, int(budget / 2 / num_common / per_unit)))
@@ -348,7 +349,7 @@ def frequent_words(tokenizer, rng, context_length: int, *, alpha: float = 2.0,
   vocab = [FWE_NOISE] + sorted(vocab, key=lambda _: rng.random())[:vocab_size - 1]
   suffix = f"Question: {FWE_QUESTION} Answer: {FWE_ANSWER_PREFIX}"
   budget = _hay_budget(tokenizer, context_length, [FWE_INSTRUCTION, suffix])
-  cost = np.asarray([len(tokenizer.encode(w, add_special_tokens=False)) for w in vocab])
+  cost = np.asarray([len(tokenizer.encode_after_space(w)) for w in vocab])
   n = _fit(lambda n: int(zipf_counts(n, vocab_size, alpha) @ cost), 1, budget * 4, budget)
   counts = zipf_counts(n, vocab_size, alpha)
   if not counts[3] > counts[4]:
@@ -358,8 +359,8 @@ def frequent_words(tokenizer, rng, context_length: int, *, alpha: float = 2.0,
   listed = [listed[i] for i in rng.permutation(len(listed))]
   pieces = Pieces(tokenizer)
   pieces.add(FWE_INSTRUCTION)
-  pieces.add(" ".join(listed), ids=np.concatenate(
-      [tokenizer.encode(w, add_special_tokens=False) for w in listed]))
+  pieces.add(" ".join(listed), ids=np.concatenate([tokenizer.encode_after_space(w)
+                                                   for w in listed]))
   pieces.add(suffix)
   expected = vocab[1:4]
   info = {"counts": counts[:5].tolist(), "words": len(listed), "word_length": word_length}
