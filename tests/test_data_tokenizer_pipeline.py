@@ -132,3 +132,18 @@ def test_another_tokenizer_is_refused_naming_both_files(run, tmp_path):
     train.train(tiny_stage(str(data), init_from=run["model"]), str(tmp_path / "b"))
   # The model directory's own tokenizer is its dataset's: no refusal there.
   workdir.check_init_tokenizer(tiny_stage(run["data"], init_from=run["model"]))
+
+
+def test_a_hugging_face_directory_brings_its_tokenizer_if_it_fits(tmp_path):
+  import sentencepiece as spm
+  hf = tmp_path / "hf"
+  shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "hf", "llama-rope-parameters"), hf)
+  spm.SentencePieceTrainer.train(sentence_iterator=iter([needle.synthetic_haystack(50)] * 3),
+                                 model_prefix=str(hf / "tokenizer"), vocab_size=100,
+                                 minloglevel=2, hard_vocab_limit=False)
+  loaded = inference.load_model(str(hf))  # config.json: vocab_size 256
+  assert loaded.tokenizer.path == str(hf / "tokenizer.model") and len(loaded.tokenizer) == 100
+  for name in ("tokenizer.json", "tokenizer_config.json"):  # 428 ids: more than the model's rows
+    shutil.copy(os.path.join(FIXTURES, "bytelevel-chatml", name), hf / name)
+  with pytest.raises(ValueError, match=r"has 428 ids but the model .* only 256 rows"):
+    inference.load_model(str(hf))
