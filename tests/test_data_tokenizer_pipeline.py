@@ -130,6 +130,12 @@ def test_another_tokenizer_is_refused_naming_both_files(run, tmp_path):
                                        rf"'{run['model']}' was made with the tokenizer in "
                                        rf"{run['model']}/assets"):
     train.train(tiny_stage(str(data), init_from=run["model"]), str(tmp_path / "b"))
+  # Held-out data made with another tokenizer.
+  held_out = tiny_stage(run["data"])
+  held_out.eval.every, held_out.eval.data_path = 1, str(data)
+  with pytest.raises(ValueError, match=rf"eval.data_path='{data}' was tokenized with {other} and "
+                                       rf"config.data.path='{run['data']}' with "):
+    stage.validate(held_out, 8)
   # The model directory's own tokenizer is its dataset's: no refusal there.
   workdir.check_init_tokenizer(tiny_stage(run["data"], init_from=run["model"]))
 
