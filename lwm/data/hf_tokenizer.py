@@ -20,7 +20,7 @@ from tokenizers import AddedToken, Regex, Tokenizer
 from lwm.data.tokenizer_base import (RESERVED, TextTokenizer, added_ids, clean_up_tokenization,
                                      file_sha256, read_side_files)
 
-# Special tokens of a tokenizer trained here: ids 0..3, before the byte alphabet and merges.
+# Special tokens of a tokenizer trained here: ids 0..4, before the byte alphabet and merges.
 TRAINED_SPECIAL = ("<|endoftext|>",) + RESERVED
 # Pieces: contractions, letters, digits one at a time (as LLaMA splits them), other symbols, spaces.
 SPLIT_PATTERN = (r"'(?i:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
