@@ -95,7 +95,7 @@ def test_train_then_eval_needle_and_ask(run, capsys):
                                  "--output", out, "--split", "train"])
   [cell] = json.load(open(os.path.join(out, "results.json")))
   assert cell["prompt_tokens"] == 128
-  assert json.load(open(os.path.join(out, "run.json")))["chat_template"] == "auto"
+  assert "chat_template" not in json.load(open(os.path.join(out, "run.json")))  # none applies
   doc = os.path.join(run["root"], "doc.txt")
   with open(doc, "w") as f:
     f.write(needle.synthetic_haystack(5) + " The special magic Paris number is: 123.")

@@ -107,6 +107,12 @@ def resolve(tokenizer, chat_template: str = "auto") -> str | None:
     return f.read()
 
 
+def run_setting(tokenizer, chat_template: str = "auto") -> dict:
+  """What an evaluation's run.json records: {"chat_template": ...} when a template applies, {}
+  when none does (so runs without one resume from results written before templates)."""
+  return {} if resolve(tokenizer, chat_template) is None else {"chat_template": chat_template}
+
+
 def user_turn(tokenizer, template: str, user_text: str) -> str:
   """One user message rendered with the generation prompt (the assistant's turn opened)."""
   return tokenizer.apply_chat_template([{"role": "user", "content": user_text}],

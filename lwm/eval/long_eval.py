@@ -221,13 +221,13 @@ def run_long_eval(loaded, *, output: str, tasks, context_lengths, depths=(0.0, 5
   else:
     forcer = forcer or teacher_forced.TeacherForcer(loaded.model)
   values = None if values is None else sorted(set(values))
+  templated = chat.run_setting(tokenizer, chat_template)
   settings = dict(kind="long", scoring=scoring_mode, seed=seed, values=values,
                   haystack=os.path.abspath(haystack) if haystack else "synthetic",
                   video=video, manifest=manifest, text_digits=text_digits,
                   video_digits=video_digits, needles=needles, max_count=max_count,
-                  choices=choices, source=loaded.source, chat_template=chat_template)
+                  choices=choices, source=loaded.source, **templated)
   results = grid.Results(output, settings, key=cell_key)
-  templated = chat.resolve(tokenizer, chat_template) is not None
   wrap = chat.wrap_ids(tokenizer, chat_template) if templated else None
   essay = needle.read_haystack(haystack) if haystack else None
   video_cache = {}

@@ -316,7 +316,7 @@ def run_text_needle(loaded, *, output: str, context_lengths, depths, rounds: int
                   seed=seed,
                   split=split, haystack=os.path.abspath(haystack) if haystack else "synthetic",
                   temperature=temperature, top_p=top_p, source=loaded.source,
-                  chat_template=chat_template)
+                  **chat.run_setting(tokenizer, chat_template))
   wrap = chat.wrap_ids(tokenizer, chat_template)
   results = grid.Results(output, settings)
   longest = max(context_lengths)

@@ -221,7 +221,7 @@ def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: in
                   needle_answer=needle_answer, needle_frames=needle_frames, digits=digits,
                   values=None if values is None else sorted(set(values)), seed=seed,
                   temperature=temperature, top_p=top_p, source=loaded.source,
-                  chat_template=chat_template)
+                  **chat.run_setting(tokenizer, chat_template))
   results = grid.Results(output, settings)
   wrap = chat.wrap_ids(tokenizer, chat_template)
   overhead = prompt_overhead(tokenizer, vocab, wrap=wrap)
