@@ -51,6 +51,14 @@ def add_model_flags(parser) -> None:
       help="activation dtype (default: the stage's; float32 for HF directories)")
 
 
+def add_chat_template_argument(parser) -> None:
+  """--chat-template of the evaluation commands (lwm.data.chat)."""
+  parser.add_argument("--chat-template", default="auto",
+                      help="auto: the model's own (tokenizer_config.json or chat_template.jinja; "
+                           "LWM's for an LWM import), else none; none: the text after BOS; lwm: "
+                           "LWM's format; or a Jinja file")
+
+
 def initialize_distributed(auto: bool, coordinator: str | None, num_processes: int | None,
                            process_id: int | None) -> None:
   """jax.distributed.initialize from explicit flags, or from the environment when `auto`."""

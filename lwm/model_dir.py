@@ -158,6 +158,31 @@ def _check_attention_blocks(cfg, config):
                        f"is a multiple of 2*sp*{getattr(cfg, name)}")
 
 
+def check_init_tokenizer(config) -> None:
+  """Refuses a stage whose model (config.init_from: a model directory, or a Hugging Face directory
+  with a tokenizer) was made with another tokenizer than its dataset, by content hash (a dataset
+  or model directory written before hashes is not checked)."""
+  recorded = dataset.read_vocab(config.data.path)
+  expected, theirs, where = recorded.get("tokenizer_hash"), None, None
+  source = kind(config.init_from)
+  if not expected or source not in (MODEL, HF):
+    return
+  if source == MODEL:
+    where = workdir.assets_dir(config.init_from)
+    with open(os.path.join(where, workdir.VOCAB_JSON)) as f:
+      theirs = json.load(f).get("tokenizer_hash")
+  elif any(os.path.isfile(os.path.join(config.init_from, n))
+           for n in ("tokenizer.json", "tokenizer.model")):
+    from lwm.data import text_tokenizer
+    tokenizer = text_tokenizer.load_tokenizer(config.init_from)
+    theirs, where = tokenizer.content_hash, tokenizer.path
+  if theirs and theirs != expected:
+    raise ValueError(f"config.data.path={config.data.path!r} was tokenized with "
+                     f"{recorded.get('tokenizer')} but config.init_from={config.init_from!r} "
+                     f"was made with the tokenizer in {where} (content hash {theirs[:12]} != "
+                     f"{expected[:12]}); preprocess the data with the model's tokenizer")
+
+
 # ------------------------------------------------------------------------------------ Loading
 
 @dataclasses.dataclass
@@ -189,10 +214,11 @@ def load_model(checkpoint: str, mesh=None, *, dtype: str | None = None,
   directory onto `mesh` (default: all devices on `sp`).
 
   The tokenizer and VQGAN default to those in the directory's assets/ (a legacy workdir: those its
-  dataset recorded; a HF directory: its tokenizer.model); `tokenizer`/`vqgan` override them.
-  dtype: activation dtype (default: the stage's training dtype; float32 for HF directories).
+  dataset recorded; a HF directory: its tokenizer.json or tokenizer.model); `tokenizer`/`vqgan`
+  override them, and a tokenizer other than the one the model was trained with (by content hash)
+  is refused, as is one with more ids than the model's text embedding. An LWM import gets LWM's
+  chat template. dtype: activation dtype (default: the stage's; float32 for HF directories).
   """
-  from lwm.data import text_tokenizer
   found = require(checkpoint, (MODEL, HF, LEGACY), "--checkpoint")
   mesh = mesh or default_mesh()
   if found == HF:
@@ -202,11 +228,28 @@ def load_model(checkpoint: str, mesh=None, *, dtype: str | None = None,
   else:
     model, vocab, sampling, source = _load_legacy_workdir(checkpoint, mesh, dtype)
   tokenizer = tokenizer or vocab.get("tokenizer")
-  if tokenizer is None and os.path.isfile(os.path.join(checkpoint, "tokenizer.model")):
-    tokenizer = os.path.join(checkpoint, "tokenizer.model")
+  if tokenizer is None and any(os.path.isfile(os.path.join(checkpoint, name))
+                               for name in ("tokenizer.json", "tokenizer.model")):
+    tokenizer = checkpoint
   vqgan = vqgan or vocab.get("vqgan")
-  text = text_tokenizer.load_tokenizer(tokenizer) if tokenizer else None
+  text = _checked_tokenizer(tokenizer, vocab, model.config, checkpoint) if tokenizer else None
   return LoadedModel(model, text, vocab, vqgan, sampling, source)
+
+
+def _checked_tokenizer(path: str, vocab: dict, config, checkpoint: str):
+  """The tokenizer at `path`, refused when the model was trained with another (content hash) or
+  when it has more ids than the model's text embedding; an LWM import gets LWM's chat template."""
+  from lwm.data import chat, text_tokenizer
+  text = text_tokenizer.load_tokenizer(path)
+  text_tokenizer.check_recorded(text, vocab, f"the model {checkpoint}")
+  if len(text) > config.vocab_size:
+    raise ValueError(f"the tokenizer {text.path} has {len(text)} ids but the model {checkpoint} "
+                     f"has a text embedding of only {config.vocab_size} rows; give the tokenizer "
+                     "the model was trained with")
+  lwm_import = vocab.get("chat_template") == "lwm" or str(vocab.get("source")).startswith("LWM ")
+  if lwm_import and text.chat_template is None:
+    text = text.with_chat_template(chat.LWM_TEMPLATE)
+  return text
 
 
 def load_for_command(args) -> LoadedModel:

@@ -160,8 +160,15 @@ def _validate_loop(config, rows_split: int) -> None:
   if not e.data_path or not os.path.isfile(os.path.join(e.data_path, "vocab.json")):
     raise ValueError(f"config.eval.every={e.every} needs config.eval.data_path, a held-out dataset "
                      f"written by scripts/preprocess.py; got {e.data_path!r}")
-  ids = _vocab_ids(dataset.read_vocab(config.data.path))
-  eval_ids = _vocab_ids(dataset.read_vocab(e.data_path))
+  train_vocab, eval_vocab = dataset.read_vocab(config.data.path), dataset.read_vocab(e.data_path)
+  hashes = train_vocab.get("tokenizer_hash"), eval_vocab.get("tokenizer_hash")
+  if all(hashes) and hashes[0] != hashes[1]:
+    raise ValueError(f"config.eval.data_path={e.data_path!r} was tokenized with "
+                     f"{eval_vocab.get('tokenizer')} and config.data.path={config.data.path!r} "
+                     f"with {train_vocab.get('tokenizer')}, which differ (content hashes "
+                     f"{hashes[1][:12]} and {hashes[0][:12]}); preprocess both with the same "
+                     "tokenizer")
+  ids, eval_ids = _vocab_ids(train_vocab), _vocab_ids(eval_vocab)
   if ids != eval_ids:
     raise ValueError(f"config.eval.data_path={e.data_path!r} was tokenized with other ids "
                      f"({eval_ids}) than config.data.path ({ids}); preprocess it with the same "
@@ -173,7 +180,7 @@ def _validate_loop(config, rows_split: int) -> None:
 
 
 def _vocab_ids(vocab: dict) -> dict:
-  return {k: v for k, v in vocab.items() if k not in ("tokenizer", "vqgan")}
+  return {k: v for k, v in vocab.items() if k not in ("tokenizer", "tokenizer_hash", "vqgan")}
 
 
 def eval_batch_size(config) -> int:

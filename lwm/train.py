@@ -65,6 +65,7 @@ def train(config, workdir: str) -> dict:
   """Runs (or resumes) one stage; returns the last logged metrics."""
   # ---------------------------------------------------------------- Devices and config checks
   stage_schema.validate(config, jax.device_count())
+  model_dir.check_init_tokenizer(config)
   vocab = read_vocab(config.data.path)
   cfg = model_dir.model_config(config, vocab)
   mesh = sharding.make_mesh(*stage_schema.mesh_sizes(config, jax.device_count()))

@@ -1,8 +1,16 @@
 """The vocabulary layout: which ids a model's two tables hold. The one place these numbers live.
 
 Text and vision ids live in separate tables (LWM's layout; `vision_mask` says which one a position
-indexes). Text ids are the tokenizer's (`bos`, `eos`, and `<vision>`/`</vision>` spelled in text
-ids). Vision ids are the VQGAN's codes 0..K-1, then `<eof>` = K and `<eov>` = K+1, in a table of
+indexes). Text ids are the tokenizer's, 0..len(tokenizer)-1 (added tokens included; the model's
+text embedding may have more rows, padded, never fewer): `bos` is the id the tokenizer puts before a
+text (-1 when it adds none, as ChatML tokenizers), `eos` its EOS, and `<vision>`/`</vision>` are
+text ids too. Where the markers live:
+- a tokenizer trained by scripts/train_tokenizer.py: one id each (sentencepiece: reserved pieces;
+  tokenizer.json: added special tokens `<vision>` = 1, `</vision>` = 2, after `<|endoftext|>` = 0);
+- any other tokenizer (LLaMA's tokenizer.model, Llama 3's or Qwen2's tokenizer.json): the ids of
+  the text "<vision>", several each, as LWM spells them with LLaMA's tokenizer; nothing is added to
+  the tokenizer, so its model's text table needs no new rows.
+Vision ids are the VQGAN's codes 0..K-1, then `<eof>` = K and `<eov>` = K+1, in a table of
 K + 256 rows (LWM: 8192 codes -> 8448 rows; its code hard-codes `<eof>` 8192 and `<eov>` 8193,
 which is this rule for its 8192-code VQGAN).
 
@@ -89,6 +97,11 @@ class Vocab:
   def for_tokenizer(cls, tokenizer, codebook_size: int = 0, **ids) -> "Vocab":
     """The layout of a `lwm.data.text_tokenizer.TextTokenizer` with a VQGAN of `codebook_size`
     codes (0: none); `ids` overrides eof/eov/vision_vocab_size."""
-    return cls(bos=tokenizer.bos_id, eos=tokenizer.eos_id,
+    prefix = tuple(tokenizer.prefix_ids)
+    if len(prefix) > 1:
+      raise ValueError(f"the tokenizer {tokenizer.path} puts {len(prefix)} ids {list(prefix)} "
+                       "before a text; the vocabulary layout holds one BOS")
+    eos = tokenizer.eos_token_id
+    return cls(bos=prefix[0] if prefix else -1, eos=-1 if eos is None else eos,
                vision_start=tuple(tokenizer.vision_start), vision_end=tuple(tokenizer.vision_end),
-               codebook_size=codebook_size, text_vocab_size=tokenizer.vocab_size, **ids)
+               codebook_size=codebook_size, text_vocab_size=len(tokenizer), **ids)

@@ -2,7 +2,8 @@
 
   DIR/assets/model.json       the ModelConfig (shapes, θ, dtypes)
   DIR/assets/vocab.json       the vocabulary layout (lwm.vocab.Vocab) and the frame sampling
-  DIR/assets/tokenizer.model  the sentencepiece text tokenizer
+  DIR/assets/tokenizer.model  the text tokenizer: a sentencepiece model, or
+  DIR/assets/tokenizer/       a Hugging Face tokenizer (tokenizer.json and its side files)
   DIR/assets/vqgan/           the VQGAN (config.json + params.npz), when the model sees video
   DIR/checkpoints/<step>/     Orbax checkpoints (training's, or one params-only step of an import)
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ASSETS = "assets"
 MODEL_JSON, VOCAB_JSON, TOKENIZER, VQGAN = "model.json", "vocab.json", "tokenizer.model", "vqgan"
+HF_TOKENIZER = "tokenizer"  # a directory: tokenizer.json, tokenizer_config.json, ...
 
 
 @dataclasses.dataclass
@@ -71,8 +73,10 @@ def _same_bytes(a: str, b: str, block: int = 1 << 24) -> bool:
 def write_assets(directory: str, *, model_config: ModelConfig, vocab: Vocab,
                  tokenizer: str | None = None, vqgan=None, sampling: dict | None = None,
                  extra: dict | None = None) -> str:
-  """Writes DIR/assets. vqgan: a VQGAN directory (linked/copied) or a `lwm.vqgan.VQGAN`
-  (saved). extra: more keys for vocab.json (e.g. where the assets came from). Returns the path."""
+  """Writes DIR/assets. tokenizer: any path load_tokenizer reads (its files are linked/copied and
+  vocab.json records its content hash). vqgan: a VQGAN directory (linked/copied) or a
+  `lwm.vqgan.VQGAN` (saved). extra: more keys for vocab.json (e.g. where the assets came from).
+  Returns the path."""
   from lwm import vqgan as vqgan_lib
   out = assets_dir(directory)
   os.makedirs(out, exist_ok=True)
@@ -80,7 +84,7 @@ def write_assets(directory: str, *, model_config: ModelConfig, vocab: Vocab,
   if sampling is not None:
     record["sampling"] = sampling
   if tokenizer is not None:
-    _store(tokenizer, os.path.join(out, TOKENIZER))
+    record["tokenizer_hash"] = _store_tokenizer(tokenizer, out)
   if vqgan is not None:
     target = os.path.join(out, VQGAN)
     if isinstance(vqgan, str):
@@ -98,6 +102,28 @@ def write_assets(directory: str, *, model_config: ModelConfig, vocab: Vocab,
   write_json(os.path.join(out, VOCAB_JSON), record)
   write_json(os.path.join(out, MODEL_JSON), dataclasses.asdict(model_config))
   return out
+
+
+def _store_tokenizer(source: str, out: str) -> str:
+  """Stores the tokenizer at `source` in assets `out` (replacing one of the other kind); returns
+  its content hash."""
+  from lwm.data import text_tokenizer
+  files = text_tokenizer.tokenizer_files(source)
+  single, folder = os.path.join(out, TOKENIZER), os.path.join(out, HF_TOKENIZER)
+  if len(files) == 1 and not files[0].endswith(".json"):
+    if os.path.isdir(folder):
+      shutil.rmtree(folder)
+    _store(files[0], single)
+    return text_tokenizer.load_tokenizer(single).content_hash
+  if os.path.isfile(single):
+    os.remove(single)
+  targets = {"tokenizer.json": files[0], **{os.path.basename(f): f for f in files[1:]}}
+  os.makedirs(folder, exist_ok=True)
+  for name in set(os.listdir(folder)) - set(targets):
+    os.remove(os.path.join(folder, name))  # a side file of an earlier tokenizer
+  for name, path in targets.items():
+    _store(path, os.path.join(folder, name))
+  return text_tokenizer.load_tokenizer(folder).content_hash
 
 
 def write_stage_assets(directory: str, model_config: ModelConfig, data_path: str) -> str:
@@ -123,9 +149,12 @@ def read_assets(directory: str) -> Assets:
   with open(os.path.join(out, VOCAB_JSON)) as f:
     recorded = json.load(f)
   tokenizer = os.path.join(out, TOKENIZER)
+  if not os.path.isfile(tokenizer):
+    folder = os.path.join(out, HF_TOKENIZER)
+    tokenizer = folder if os.path.isfile(os.path.join(folder, "tokenizer.json")) else None
   vqgan = os.path.join(out, VQGAN)
   return Assets(model_config=read_model_config(directory), vocab=Vocab.from_json(recorded),
-                vocab_json=recorded, tokenizer=tokenizer if os.path.isfile(tokenizer) else None,
+                vocab_json=recorded, tokenizer=tokenizer,
                 vqgan=vqgan if os.path.isfile(os.path.join(vqgan, "config.json")) else None,
                 sampling=recorded.get("sampling"))
 
@@ -155,4 +184,5 @@ def write_model_dir(directory: str, model, vocab: Vocab, *, tokenizer: str | Non
   _, params = nnx.split(model, nnx.Param)
   save_params(directory, params, meta=meta)
   write_assets(directory, model_config=model.config, vocab=vocab, tokenizer=tokenizer,
-               vqgan=vqgan, extra={"source": (meta or {}).get("source")} if meta else None)
+               vqgan=vqgan, extra={k: meta[k] for k in ("source", "chat_template") if k in meta}
+               if meta else None)

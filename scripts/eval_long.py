@@ -51,6 +51,7 @@ def parse_args(argv=None):
   p.add_argument("--needles", type=int, default=3, help="video_order: needle frames")
   p.add_argument("--max-count", type=int, default=4, help="video_count: most repeats")
   p.add_argument("--threshold", type=float, default=0.856, help="effective-length threshold")
+  launch.add_chat_template_argument(p)
   p.add_argument("--seed", type=int, default=None,
                  help="default: 42 (RULER's) for ruler, 0 for lwm")
   ruler = p.add_argument_group("--suite ruler")
@@ -61,8 +62,6 @@ def parse_args(argv=None):
   ruler.add_argument("--hotpotqa", default=None, help="HotpotQA distractor dev JSON (qa_2)")
   ruler.add_argument("--cwe-words", default=None,
                      help="cwe: words, one a line, for lengths that need more than wonderwords'")
-  ruler.add_argument("--chat-template", default="none",
-                     help="none, or lwm (RULER's lwm-chat template; ruler and --protocol vniah)")
   ruler.add_argument("--batch-size", type=int, default=1, help="prompts generated together")
   args = p.parse_args(argv)
   # A flag of the other suite would be ignored: refused instead, by name.
@@ -76,7 +75,7 @@ def parse_args(argv=None):
 
 LWM_ONLY = ("depths", "scoring", "choices", "haystack", "video_haystack", "values", "text_digits",
             "video_digits", "needles", "max_count", "threshold")
-RULER_ONLY = ("essays", "squad", "hotpotqa", "cwe_words", "chat_template", "batch_size")
+RULER_ONLY = ("essays", "squad", "hotpotqa", "cwe_words", "batch_size")
 
 
 def run_ruler(args, lengths):
@@ -123,7 +122,8 @@ def main(argv=None):
       manifest=args.video_haystack if haystack.endswith(".jsonl") else None,
       values=needle.read_values(args.values) if args.values else None,
       text_digits=args.text_digits, video_digits=args.video_digits, needles=args.needles,
-      max_count=args.max_count, choices=args.choices, seed=args.seed, threshold=args.threshold)
+      max_count=args.max_count, choices=args.choices, seed=args.seed, threshold=args.threshold,
+      chat_template=args.chat_template)
   print(summary["table"])
   print(f"results: {summary['results']}\nplot: {summary['plot']}")
 

@@ -20,6 +20,8 @@ Writes OUT/results.json, OUT/all_accuracies.json, OUT/avg_accuracy.txt, OUT/heat
 
 --checkpoint is a training workdir (its latest checkpoint; the tokenizer and VQGAN come from the
 run's dataset vocab.json unless --tokenizer/--vqgan are given) or a Hugging Face LLaMA directory.
+--chat-template auto (default) wraps the prompt in the model's own chat template when it has one;
+answers get 128 new tokens (RULER's NIAH budget) unless --max-new-tokens says otherwise.
 Writes OUT/results.json (one entry per cell, reruns skip finished cells), OUT/heatmap.png and prints
 the depth x length table. Without accelerators, the CPU is split into as many devices as --mesh
 needs.
@@ -60,7 +62,9 @@ def parse_args(argv=None):
   p.add_argument("--needle-image", default=None, help="video: an image to hide instead of a number")
   p.add_argument("--needle-answer", default=None, help="video: what --needle-image shows")
   p.add_argument("--needle-frames", type=int, default=1, help="video: frames the needle lasts")
-  p.add_argument("--max-new-tokens", type=int, default=None)
+  launch.add_chat_template_argument(p)
+  p.add_argument("--max-new-tokens", type=int, default=None,
+                 help="default 128, RULER's NIAH budget (a chat model may restate the question)")
   p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
   p.add_argument("--top-p", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
@@ -71,7 +75,6 @@ def parse_args(argv=None):
   v.add_argument("--max-frames", type=int, default=300)
   v.add_argument("--frame-interval", type=int, default=20)
   v.add_argument("--depth-interval", type=float, default=0.2)
-  v.add_argument("--chat-template", default="none", help="none, or lwm (LWM's chat prompt)")
   return p.parse_args(argv)
 
 
@@ -95,10 +98,10 @@ def run_vniah(args):
     frames = corpus.vniah_haystack(counts[-1], size, seed=args.seed)
   print(f"[eval_needle] V-NIAH, model {loaded.source}, frames {counts}, depths {depths}, "
         f"needles {needles}", flush=True)
+  format_prompt = chat_format.prompt_formatter(args.chat_template, loaded.tokenizer)
   summary = vniah.run_vniah(loaded, output=args.output, haystack=frames,
                             needles=vniah.read_needles(needles), frame_counts=counts,
-                            depths=depths,
-                            format_prompt=chat_format.prompt_formatter(args.chat_template))
+                            depths=depths, format_prompt=format_prompt)
   print(summary["table"])
   print(f"average accuracy {summary['average']:.4f}\nresults: {summary['results']}\n"
         f"heatmap: {summary['heatmap']}")
@@ -136,7 +139,8 @@ def main(argv=None):
   values = needle.read_values(args.values) if args.values else None
   common = dict(output=args.output, context_lengths=lengths, depths=depths, rounds=args.rounds,
                 values=values, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature, top_p=args.top_p)
+                temperature=args.temperature, top_p=args.top_p,
+                chat_template=args.chat_template)
   if args.mode == "text":
     summary = needle.run_text_needle(loaded, needles=args.needles, retrieve=args.retrieve,
                                      haystack=args.haystack, digits=args.digits or 7,

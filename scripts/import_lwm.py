@@ -54,7 +54,8 @@ def main(argv=None):
     vocab = Vocab(bos=1, eos=2, vision_start=(), vision_end=(), codebook_size=codebook,
                   text_vocab_size=config.vocab_size, **ids)
   workdir.write_model_dir(args.output, model, vocab, tokenizer=args.tokenizer, vqgan=encoder,
-                          meta={"step": 0, "source": f"LWM params {args.params}"})
+                          meta={"step": 0, "source": f"LWM params {args.params}",
+                                "chat_template": "lwm"})
   print(f"wrote {args.output}: {config.num_layers} layers, vocab {config.vocab_size} text + "
         f"{config.vision_vocab_size} vision ids, theta {config.rope_theta:g}"
         f"{', VQGAN ' + str(codebook) + ' codes' if codebook else ''}"

@@ -19,7 +19,8 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--manifest", required=True, help="JSONL, one example per line")
   parser.add_argument("--output", required=True, help="dataset directory to write (or resume)")
-  parser.add_argument("--tokenizer", required=True, help="sentencepiece .model file")
+  parser.add_argument("--tokenizer", required=True,
+                      help="a sentencepiece .model, a tokenizer.json or a Hugging Face directory")
   parser.add_argument("--vqgan", default=None, help="VQGAN directory (config.json + params.npz)")
   parser.add_argument("--max-frames", type=int, default=None,
                       help="frames per video, spread uniformly (with --fps: at most this many)")

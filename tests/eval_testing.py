@@ -56,9 +56,10 @@ def make_workdir(root: str, seed: int = 0, tokenizer: str | None = None) -> str:
   data = os.path.join(root, "data")
   os.makedirs(data, exist_ok=True)
   codebook = vqgan.get_config("tiny").codebook_size
-  vocab = {"text_vocab_size": tokenizer.vocab_size, "bos": tokenizer.bos_id,
-           "eos": tokenizer.eos_id, "vision_start": tokenizer.vision_start,
+  vocab = {"text_vocab_size": len(tokenizer), "bos": tokenizer.bos_token_id,
+           "eos": tokenizer.eos_token_id, "vision_start": tokenizer.vision_start,
            "vision_end": tokenizer.vision_end, "tokenizer": tokenizer.path,
+           "tokenizer_hash": tokenizer.content_hash,
            "codebook_size": codebook, "eof": codebook, "eov": codebook + 1,
            "vision_vocab_size": codebook + 256,
            "codes_per_frame": vqgan.get_config("tiny").codes_per_frame, "vqgan": vq}

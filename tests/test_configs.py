@@ -72,7 +72,8 @@ def test_lwm_vision_stages_chain_from_text_1m():
       "workdirs/vision_128k"]
 
 
-@pytest.mark.parametrize("base, first, kv_heads", [("qwen25_7b", "32k", 4), ("llama31_8b", "128k", 8)])
+@pytest.mark.parametrize("base, first, kv_heads",
+                         [("qwen25_7b", "32k", 4), ("llama31_8b", "128k", 8)])
 def test_hugging_face_bases_follow_the_paper_from_their_own_context(base, first, kv_heads):
   """A base keeps its shipped RoPE at its first stage, then takes the paper's θ; tp stops at its kv
   heads and sp takes the rest, so every stage still fits the paper's 256 devices."""

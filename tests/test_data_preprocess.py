@@ -64,8 +64,8 @@ def test_examples_match_their_input(corpus):
       continue
     ex = examples[i + 1]
     tokens, vision, loss = ex["tokens"], ex["vision_mask"], ex["loss_mask"]
-    text_ids = tok.encode(e["text"])
-    assert tokens[0] == tok.bos_id and tokens[-1] == tok.eos_id
+    text_ids = tok.encode(e["text"], add_special_tokens=False)
+    assert tokens[0] == tok.bos_token_id and tokens[-1] == tok.eos_token_id
     if e["video"] is None:
       assert ex["num_frames"] == 0 and not vision.any()
       np.testing.assert_array_equal(tokens[1:-1], text_ids)

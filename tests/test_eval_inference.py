@@ -66,6 +66,20 @@ def test_cached_decoding_gives_the_tokens_of_recomputation(mesh_sizes):
   assert cached == reference
 
 
+def test_generation_stops_at_the_first_of_several_eos_ids():
+  gen = inference.Generator(tiny_model(initializer_range=0.2))
+  prompts = [prompt(37, seed=3), prompt(20, seed=6)]
+  free = gen(prompts, max_new_tokens=12)  # the reference: no EOS
+  assert min(map(len, free)) == 12
+  # EOS ids drawn from the free runs (Llama 3.1 stops on any of three): each row stops before the
+  # first of them, and an EOS the model never gives stops nothing.
+  eos = (free[0][8], free[1][4], 10 ** 6)
+  first = lambda row: min([row.index(e) for e in eos if e in row] + [len(row)])
+  stopped = gen(prompts, max_new_tokens=12, eos_ids=eos)
+  assert stopped == [row[:first(row)] for row in free]
+  assert len(stopped[1]) <= 4 and gen(prompts, max_new_tokens=12, eos_ids=10 ** 6) == free
+
+
 @pytest.mark.parametrize("mesh_sizes", [None, (1, 2, 2, 2)])
 def test_cached_decode_logits_match_the_full_forward(mesh_sizes):
   """Prefill + decode steps (the decoder layer's "prefill" and "decode" modes) give the logits of

@@ -41,7 +41,7 @@ class Oracle:
         answer = v.answer
         if self.wrong and v.letter and i == len(sample.variants) - 1:
           answer = " " + ("A" if v.letter != "A" else "B")
-        self.answers[v.tokens.tobytes()] = self.tokenizer.encode(answer)
+        self.answers[v.tokens.tobytes()] = self.tokenizer.encode(answer, add_special_tokens=False)
       return sample
     return wrapped
 
@@ -77,6 +77,32 @@ def test_right_answers_score_one_under_both_scorings(kit, monkeypatch, tmp_path)
     assert 0 < c["prompt_tokens"] <= 768 and c["score"] == 1.0 and c["expected"]
     if c["task"].startswith("video"):
       assert c["variants"] == 4 and c["rotations_right"] == 4
+
+
+def test_a_chat_template_wraps_every_prompt_and_moves_the_positions(kit, monkeypatch, tmp_path):
+  from lwm.data import chat
+  tokenizer = kit[0].tokenizer
+  oracle = Oracle(monkeypatch, tokenizer)
+  head, tail = chat.wrap_ids(tokenizer, "lwm")  # BOS "You are a helpful assistant. USER:" ...
+  prefix, seen = list(tokenizer.prefix_ids), []
+
+  def generate(prompts, masks=None, **kwargs):  # the oracle, asked with the unwrapped prompt
+    p = list(prompts[0])
+    seen.append(p)
+    assert p[:len(head)] == head and p[len(p) - len(tail):] == tail
+    return oracle.generate([prefix + p[len(head):len(p) - len(tail)]])
+
+  tasks = ["niah_single", "video_retrieve"]
+  wrapped = run(kit, oracle, str(tmp_path / "lwm"), "generate", tasks=tasks, generator=generate,
+                chat_template="lwm")
+  plain = run(kit, oracle, str(tmp_path / "none"), "generate", tasks=tasks)
+  assert all(by == {768: 1.0} for s in (wrapped, plain) for by in s["tasks"].values())
+  assert len(seen) == 2 * (1 + 4)  # two depths; video: four rotations
+  shift = len(head) - len(prefix)
+  infos = [json.load(open(tmp_path / d / "results.json")) for d in ("lwm", "none")]
+  for w, p in zip(*infos):
+    assert w["info"]["needle_positions"] == [x + shift for x in p["info"]["needle_positions"]]
+    assert w["prompt_tokens"] == p["prompt_tokens"] + len(head) + len(tail) - len(prefix)
 
 
 def test_one_wrong_rotation_fails_the_question(kit, monkeypatch, tmp_path):
@@ -126,12 +152,12 @@ def test_teacher_forcing_reads_back_the_greedy_continuation(tmp_path):
   agree on a random model's own greedy answer: its teacher-forced score is 1."""
   loaded = model_dir.load_model(eval_testing.make_workdir(str(tmp_path)), shd.make_mesh(1, 1, 1, 4))
   rng = np.random.default_rng(0)
-  prompt = rng.integers(3, loaded.tokenizer.vocab_size, 75).astype(np.int32)
+  prompt = rng.integers(3, len(loaded.tokenizer), 75).astype(np.int32)
   [greedy] = inference.Generator(loaded.model)([prompt], max_new_tokens=6)
   forcer = teacher_forced.TeacherForcer(loaded.model)
   assert forcer(prompt, None, greedy) == greedy
   wrong = list(greedy)
-  wrong[2] = (wrong[2] + 1) % loaded.tokenizer.vocab_size
+  wrong[2] = (wrong[2] + 1) % len(loaded.tokenizer)
   assert forcer(prompt, None, wrong)[:3] == greedy[:3]
 
 

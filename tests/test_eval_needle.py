@@ -32,7 +32,7 @@ def test_prompt_has_the_length_and_the_needle_sits_at_the_depth(tokenizer, conte
   [n] = needle.draw_needles(np.random.default_rng(3), 1)
   prompt = needle.build_text_prompt(tokenizer, hay, [n], depth, context_length)
   assert len(prompt.tokens) == context_length
-  ids = tokenizer.encode(needle.text_needle_sentence(n.key, n.value))
+  ids = tokenizer.encode(needle.text_needle_sentence(n.key, n.value), add_special_tokens=False)
   [pos] = prompt.needle_positions
   np.testing.assert_array_equal(prompt.tokens[pos:pos + len(ids)], ids)
   # The needle starts the last sentence that starts at or before depth% of the haystack's tokens.
@@ -47,9 +47,10 @@ def test_prompt_has_the_length_and_the_needle_sits_at_the_depth(tokenizer, conte
   after = min(5, prompt.haystack_length - cut)
   np.testing.assert_array_equal(prompt.tokens[pos + len(ids):pos + len(ids) + after],
                                 hay[cut:cut + after])
-  suffix = tokenizer.encode(needle.question_suffix(needle.text_question(n.key)))
+  suffix = tokenizer.encode(needle.question_suffix(needle.text_question(n.key)),
+                            add_special_tokens=False)
   np.testing.assert_array_equal(prompt.tokens[-len(suffix):], suffix)
-  assert prompt.tokens[0] == tokenizer.bos_id
+  assert prompt.tokens[0] == tokenizer.bos_token_id
 
 
 def test_string_form_tokenizes_to_the_same_prompt(tokenizer):
@@ -57,13 +58,13 @@ def test_string_form_tokenizes_to_the_same_prompt(tokenizer):
   hay = haystack(tokenizer, 600)
   found = needle.draw_needles(np.random.default_rng(4), 3)
   prompt = needle.build_text_prompt(tokenizer, hay, found, 40, 600, retrieve=2)
-  assert [tokenizer.bos_id] + tokenizer.encode(prompt.text) == list(prompt.tokens)
+  assert tokenizer.encode(prompt.text) == list(prompt.tokens)  # BOS added by the tokenizer
   assert prompt.text.endswith("Question: What are the special magic numbers for "
                               f"{found[0].key} and {found[1].key}? Answer:")
   document = needle.training_document(prompt)
   assert document.endswith(f"Answer: {found[0].value}, {found[1].value}")
-  answer = tokenizer.encode(needle.text_answer(prompt.expected))
-  assert tokenizer.encode(document) == list(prompt.tokens[1:]) + answer
+  answer = tokenizer.encode(needle.text_answer(prompt.expected), add_special_tokens=False)
+  assert tokenizer.encode(document, add_special_tokens=False) == list(prompt.tokens[1:]) + answer
 
 
 def test_multi_needles_are_spread_after_the_first(tokenizer):
@@ -95,6 +96,8 @@ def test_needles_use_keys_of_their_split_and_configurable_digits():
     ("482591", ["4825913"], 0.0),                       # a digit short
     ("48259130", ["4825913"], 0.0),                     # contains it, but is another number
     ("4825913, 1111111, 2222222", ["4825913"], 0.0),    # every number of the haystack
+    ("Sure! The special magic number for Paris in the text is 4825913. Anything else?",
+     ["4825913"], 1.0),                                 # a chat model's answer
     ("", ["4825913"], 0.0),
     (" 12, 34", ["12", "34"], 1.0),
     (" 34", ["12", "34"], 0.5),
@@ -110,7 +113,7 @@ class OracleGenerator:
   def __init__(self, tokenizer):
     self.tokenizer, self.calls = tokenizer, 0
 
-  def __call__(self, prompts, max_new_tokens, eos_id, **kwargs):
+  def __call__(self, prompts, max_new_tokens, eos_ids, **kwargs):
     self.calls += 1
     text = self.tokenizer.decode(prompts[0])
     question = text[text.rindex("Question:"):]
@@ -118,7 +121,7 @@ class OracleGenerator:
                      question).group(1)
     values = [re.search(rf"magic {re.escape(k)} number is: (\d+)", text).group(1)
               for k in re.split(r", | and ", keys)]
-    return [self.tokenizer.encode(needle.text_answer(values))]
+    return [self.tokenizer.encode(needle.text_answer(values), add_special_tokens=False)]
 
 
 def test_grid_writes_results_and_heatmap_and_resumes(tokenizer, tmp_path):

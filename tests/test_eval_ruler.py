@@ -55,14 +55,17 @@ def test_niah_needle_sits_at_the_depth_in_tokens(tokenizer, depth):
   s = sample("niah_single_1", tokenizer, length=1024, depth=depth)
   [v] = s.variants
   key, value = needles_in(s.text)[0]
-  ids = tokenizer.encode(f"One of the special magic numbers for {key} is: {value}.")
+  ids = tokenizer.encode(f"One of the special magic numbers for {key} is: {value}.",
+                         add_special_tokens=False)
   position = s.info["needle_positions"][0]
   assert list(v.tokens[position:position + len(ids)]) == ids
   # The needle's depth in the haystack's tokens, measured from the prompt: the tokens before it
   # minus BOS and the instruction, over the haystack's tokens (all but the needle and the fixed
   # text).
-  head = 1 + len(tokenizer.encode(ruler.NIAH_INSTRUCTION.format(kind="numbers")))
-  suffix = len(v.tokens) - v.tokens.tolist().index(tokenizer.encode("Question:")[0], position)
+  head = 1 + len(tokenizer.encode(ruler.NIAH_INSTRUCTION.format(kind="numbers"),
+                                  add_special_tokens=False))
+  question = tokenizer.encode("Question:", add_special_tokens=False)[0]
+  suffix = len(v.tokens) - v.tokens.tolist().index(question, position)
   hay = len(v.tokens) - head - len(ids) - suffix
   measured = 100.0 * (position - head) / hay
   noise_sentence = 100.0 * 12 / hay  # no noise sentence is longer than 12 tokens
@@ -178,4 +181,4 @@ def test_training_examples_share_the_evaluation_format(tokenizer):
     assert text.startswith(ruler.NIAH_INSTRUCTION.format(kind="numbers"))
     assert text.endswith(ruler.niah_suffix("numbers", asked))
   # The prompt as one string tokenizes to the prompt's ids (after BOS): a training document.
-  assert tokenizer.encode(s.text) == s.variants[0].tokens[1:].tolist()
+  assert tokenizer.encode(s.text, add_special_tokens=False) == s.variants[0].tokens[1:].tolist()

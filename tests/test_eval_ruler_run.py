@@ -52,7 +52,7 @@ class Oracle:
       return s
     monkeypatch.setattr(ruler_build.RulerTask, "sample", sample)
 
-  def __call__(self, prompts, masks=None, *, max_new_tokens, eos_id, seed):
+  def __call__(self, prompts, masks=None, *, max_new_tokens, eos_ids, seed):
     self.calls += len(prompts)
     return [self.answers[tuple(p)][:max_new_tokens] for p in prompts]
 

@@ -57,7 +57,7 @@ def test_frames_fill_the_context_and_the_needle_sits_at_the_depth(parts, context
   # Layout: BOS <vision> frames <eov> </vision> question; frames end with <eof>, the last <eov>.
   video = prompt.tokens[prompt.vision_mask].reshape(frames, per_frame)
   assert np.all(video[:-1, -1] == vocab.eof) and video[-1, -1] == vocab.eov
-  assert prompt.tokens[0] == tokenizer.bos_id
+  assert prompt.tokens[0] == tokenizer.bos_token_id
   assert list(prompt.tokens[1:video_start]) == list(vocab.vision_start)
   assert tokenizer.decode(prompt.tokens[video_start + frames * per_frame:]).endswith(
       "Question: What number is shown in the video? Answer:")
@@ -87,7 +87,7 @@ class WrongGenerator:
   def __call__(self, prompts, vision_masks, **kwargs):
     self.lengths.append(len(prompts[0]))
     assert vision_masks[0].sum() > 0
-    return [self.tokenizer.encode(" 0")]
+    return [self.tokenizer.encode(" 0", add_special_tokens=False)]
 
 
 def test_video_grid_records_every_cell_and_resumes(parts, tmp_path):
@@ -112,7 +112,7 @@ def test_a_given_needle_image_is_scored_against_its_answer(parts, tmp_path):
   _, tokenizer, encoder, _ = parts
   Image.fromarray(video_needle.needle_frame("77", 32)).save(tmp_path / "needle.png")
   loaded = LoadedModel(None, tokenizer, {}, None, None, "fake")
-  right = lambda prompts, masks, **kw: [tokenizer.encode(" 77")]
+  right = lambda prompts, masks, **kw: [tokenizer.encode(" 77", add_special_tokens=False)]
   summary = video_needle.run_video_needle(
       loaded, output=str(tmp_path / "out"), context_lengths=[400], depths=[50], encoder=encoder,
       needle_image=str(tmp_path / "needle.png"), needle_answer="77", needle_frames=2,
@@ -123,6 +123,7 @@ def test_a_given_needle_image_is_scored_against_its_answer(parts, tmp_path):
 def test_training_text_continues_the_prompt_with_the_answer(parts):
   _, tokenizer, _, _ = parts
   from lwm.eval import needle
-  suffix = tokenizer.encode(needle.question_suffix(video_needle.VIDEO_QUESTION))
-  assert tokenizer.encode(video_needle.video_example_text("481")) == (
-      suffix + tokenizer.encode(needle.text_answer("481")))
+  suffix = tokenizer.encode(needle.question_suffix(video_needle.VIDEO_QUESTION),
+                            add_special_tokens=False)
+  assert tokenizer.encode(video_needle.video_example_text("481"), add_special_tokens=False) == (
+      suffix + tokenizer.encode(needle.text_answer("481"), add_special_tokens=False))

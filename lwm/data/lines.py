@@ -195,8 +195,9 @@ def encode_chunk(options, index: int, num_chunks: int, decoded: dict, run_id: st
       failures.append(failure)
       continue
     video_codes = next(codes) if frames is not None else None
-    example = interleave(text.encode(record["text"]), video_codes, record["order"], vocab,
-                         text.encode(record["prompt"]))
+    example = interleave(text.encode(record["text"], add_special_tokens=False), video_codes,
+                         record["order"], vocab,
+                         text.encode(record["prompt"], add_special_tokens=False))
     example.update(line=line, num_frames=0 if video_codes is None else len(video_codes))
     examples.append(example)
   work_dir = os.path.join(options.output, "work")

@@ -185,7 +185,8 @@ def finish(options: PreprocessOptions, num_lines: int, num_chunks: int, run: dic
 
 
 def _write_vocab(options: PreprocessOptions) -> None:
-  """vocab.json records the ids."""
+  """vocab.json records the ids, the tokenizer and its content hash (training and evaluation
+  refuse another tokenizer)."""
   from lwm import vqgan
   from lwm.data import text_tokenizer
   from lwm.vocab import Vocab
@@ -195,6 +196,7 @@ def _write_vocab(options: PreprocessOptions) -> None:
   ids = vqgan.recorded_vision_ids(options.vqgan, codebook_size) if config else {}
   vocab = Vocab.for_tokenizer(text, codebook_size, **ids).to_json()
   vocab["tokenizer"] = os.path.abspath(options.tokenizer)
+  vocab["tokenizer_hash"] = text.content_hash
   if config is not None:
     vocab.update(codes_per_frame=config.codes_per_frame, vqgan=os.path.abspath(options.vqgan))
   with open(os.path.join(options.output, "vocab.json"), "w") as f:

@@ -11,9 +11,9 @@ between the template's two halves, see `split_template`).
 - none: the text as it is (RULER's `base`).
 - lwm: RULER's `lwm-chat` row of scripts/data/template.py, verbatim (its trailing space
   included), the template of RULER's published LWM-Text-Chat-1M scores.
-
-The tokenizer work (issue 23) adds the model's own chat template (`apply_chat_template`); that is
-the one function to re-point: `prompt_formatter(name, tokenizer)`.
+- auto, or a Jinja file: the model's own chat template (`lwm.data.chat`; auto without one is
+  none), one user turn with the generation prompt. RULER encodes the whole input with the
+  tokenizer's special tokens, so a BOS the template writes itself is left to the tokenizer.
 """
 from typing import Callable
 
@@ -25,13 +25,23 @@ _SENTINEL = "\x00TASK\x00"
 
 
 def prompt_formatter(name: str, tokenizer=None) -> Callable[[str], str]:
-  """The formatter of `--chat-template NAME` (`tokenizer`: for the model's own template, later)."""
-  del tokenizer  # the model's own chat template arrives with the tokenizer work (issue 23)
-  if name not in CHAT_TEMPLATES:
-    raise ValueError(f"--chat-template {name!r} is not known; choose from "
-                     f"{', '.join(CHAT_TEMPLATES)}")
-  template = CHAT_TEMPLATES[name]
-  return lambda task: template.replace("{task}", task)
+  """The formatter of `--chat-template NAME`: RULER's rows by name, else the model's template."""
+  if name in CHAT_TEMPLATES:
+    template = CHAT_TEMPLATES[name]
+    return lambda task: template.replace("{task}", task)
+  from lwm.data import chat
+  if tokenizer is None:
+    raise ValueError(f"--chat-template {name!r} needs the model's tokenizer")
+  source = chat.resolve(tokenizer, name)
+  if source is None:
+    return lambda task: task
+  bos = tokenizer.special_tokens_map.get("bos_token") if tokenizer.prefix_ids else None
+
+  def format_prompt(task: str) -> str:
+    text = chat.user_turn(tokenizer, source, task)
+    return text[len(bos):] if bos and text.startswith(bos) else text  # the tokenizer adds it
+
+  return format_prompt
 
 
 def split_template(format_prompt: Callable[[str], str]) -> tuple[str, str]:

@@ -60,9 +60,10 @@ def numbers_in(answer: str) -> list[str]:
 
 
 def score_answer(answer: str, expected: list[str]) -> float:
-  """Exact match of numbers: the fraction of `expected` values that appear as whole numbers in the
-  answer, and 0 when the answer holds more distinct numbers than were asked (a list of guesses,
-  e.g. every number of the haystack, is not an answer). One digit off is simply another number.
+  """Exact match of numbers: the fraction of `expected` values that appear as whole numbers anywhere
+  in the answer (a chat model may restate the question first), and 0 when the answer holds more
+  distinct numbers than were asked (a list of guesses, e.g. every number of the haystack, is not an
+  answer). One digit off is simply another number.
   Expected values that are not numbers (a given needle image showing a word) must be the whole
   answer, ignoring case and punctuation."""
   if not all(v.isdigit() for v in expected):

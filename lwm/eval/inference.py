@@ -2,7 +2,7 @@
 
   loaded = lwm.model_dir.load_model("workdirs/stage2")   # latest checkpoint; tokenizer, VQGAN
   generate = Generator(loaded.model)
-  [answer] = generate([prompt_ids], max_new_tokens=16, eos_id=loaded.tokenizer.eos_id)
+  [answer] = generate([prompt_ids], max_new_tokens=16, eos_ids=loaded.tokenizer.eos_token_ids)
 
 The prompt is prefilled with ring attention over the mesh's `sp` axis (`lwm.model.decode.prefill`),
 then decoded one token at a time against the key/value cache; greedy by default, temperature and
@@ -83,9 +83,10 @@ def lower_prefill(config, mesh, seq_len: int, batch: int = 1, max_new_tokens: in
 class Generator:
   """Prefill + cached decoding for one model; jitted functions are kept per shape.
 
-  `generator(prompts, vision_masks=None, max_new_tokens=32, eos_id=-1, temperature=0.0, top_p=1.0,
-  seed=0)` takes a list of token-id sequences (and optional bool masks of the same lengths: True
-  for vision ids) and returns, per prompt, the generated ids up to (without) EOS.
+  `generator(prompts, vision_masks=None, max_new_tokens=32, eos_ids=(), temperature=0.0,
+  top_p=1.0, seed=0)` takes a list of token-id sequences (and optional bool masks of the same
+  lengths: True for vision ids) and returns, per prompt, the generated ids up to (without) the
+  first of `eos_ids` (an id or a collection: Llama 3.1 ends a turn on any of three).
   """
 
   def __init__(self, model):
@@ -122,7 +123,7 @@ class Generator:
           lambda logits, key: decode.sample_token(logits, key, temperature, top_p))
     return self._sample[fn_key](logits, key)
 
-  def __call__(self, prompts, vision_masks=None, *, max_new_tokens: int = 32, eos_id: int = -1,
+  def __call__(self, prompts, vision_masks=None, *, max_new_tokens: int = 32, eos_ids=(),
                temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list:
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -137,6 +138,7 @@ class Generator:
           raise ValueError(f"vision mask {i} has {len(vision_masks[i])} entries for a prompt of "
                            f"{lengths[i]} tokens")
         mask[i, :lengths[i]] = vision_masks[i]
+    eos_ids = np.unique(np.asarray(eos_ids, np.int64).reshape(-1))
     logits, cache = self.prefill(tokens, mask, lengths, max_new_tokens)
     key = jax.random.key(seed)
     generated, done = [], np.zeros(len(prompts), bool)
@@ -144,17 +146,18 @@ class Generator:
       key, subkey = jax.random.split(key)
       token = self.sample(logits, subkey, temperature, top_p)
       generated.append(np.asarray(token))
-      done |= generated[-1] == eos_id
+      done |= np.isin(generated[-1], eos_ids)
       if done.all() or step == max_new_tokens - 1:
         break
       logits, cache = self.decode(cache, token, step)
     out = np.stack(generated, axis=1)
-    return [_until(row, eos_id) for row in out]
+    return [_until(row, eos_ids) for row in out]
 
 
-def _until(row, eos_id: int) -> list:
-  ids = [int(t) for t in row]
-  return ids[:ids.index(eos_id)] if eos_id in ids else ids
+def _until(row, eos_ids) -> list:
+  """The ids before the first EOS of `eos_ids`."""
+  ends = np.flatnonzero(np.isin(row, eos_ids))
+  return [int(t) for t in row[:ends[0] if len(ends) else len(row)]]
 
 
 # ------------------------------------------------------------------------------------ Memory

@@ -58,6 +58,24 @@ def cell_rng(seed: int, cell: dict) -> np.random.Generator:
                                 cell["sample"]])
 
 
+def with_chat_template(sample, prefix: list, wrap: tuple):
+  """`sample` with each prompt made the user's message of a chat template: `wrap` (ids before,
+  ids after; lwm.data.chat.wrap_ids) replaces the `prefix` (BOS) the prompts start with; the
+  recorded positions (info `*_positions`) move with it."""
+  head, tail = (np.asarray(ids, np.int32) for ids in wrap)
+  for v in sample.variants:
+    if v.tokens[:len(prefix)].tolist() != list(prefix):
+      raise ValueError(f"a {sample.task} prompt starts with {v.tokens[:len(prefix)].tolist()}, "
+                       f"not the tokenizer's prefix {list(prefix)}")
+    v.tokens = np.concatenate([head, v.tokens[len(prefix):], tail])
+    if v.vision_mask is not None:
+      v.vision_mask = np.concatenate([np.zeros(len(head), bool), v.vision_mask[len(prefix):],
+                                      np.zeros(len(tail), bool)])
+  for key in [k for k in sample.info if k.endswith("_positions")]:
+    sample.info[key] = [p + len(head) - len(prefix) for p in sample.info[key]]
+  return sample
+
+
 # ------------------------------------------------------------------------------------ Scoring
 
 def score_variant(variant, answer: str, pattern: str, ordered: bool, options: int) -> dict:
@@ -72,7 +90,8 @@ def score_variant(variant, answer: str, pattern: str, ordered: bool, options: in
 def generation_budget(tokenizer, sample) -> int:
   """Room for the right answer and 8 tokens more, rounded up to a power of two (>= 16) so that a
   run compiles few decode shapes."""
-  need = max(len(tokenizer.encode(v.answer)) for v in sample.variants) + 8
+  need = max(len(tokenizer.encode(v.answer, add_special_tokens=False))
+             for v in sample.variants) + 8
   return max(16, 1 << (need - 1).bit_length())
 
 
@@ -81,17 +100,17 @@ def answer_sample(sample, tokenizer, mode: str, generator, forcer, seed: int) ->
   answers, scores, matches = [], [], []
   for v in sample.variants:
     if mode == "teacher_forced":
-      target = tokenizer.encode(v.answer)
+      target = tokenizer.encode(v.answer, add_special_tokens=False)
       predicted = forcer(v.tokens, v.vision_mask, target)
-      answers.append(tokenizer.decode(predicted))
+      answers.append(tokenizer.decode(predicted, skip_special_tokens=True))
       right = float(predicted == target)
       scores.append(right)
       matches.append(float(np.mean(np.equal(predicted, target))))
     else:
       budget = generation_budget(tokenizer, sample)
       [ids] = generator([v.tokens], None if v.vision_mask is None else [v.vision_mask],
-                        max_new_tokens=budget, eos_id=tokenizer.eos_id, seed=seed)
-      answers.append(tokenizer.decode(ids))
+                        max_new_tokens=budget, eos_ids=tokenizer.eos_token_ids, seed=seed)
+      answers.append(tokenizer.decode(ids, skip_special_tokens=True))
       result = score_variant(v, answers[-1], sample.pattern, sample.ordered, len(sample.variants))
       scores.append(result["score"])
       matches.append(result["string_match_all"])
@@ -174,14 +193,17 @@ def run_long_eval(loaded, *, output: str, tasks, context_lengths, depths=(0.0, 5
                   text_digits: int = 7, video_digits: int = 3, needles: int = 3,
                   max_count: int = 4, choices: int = 0, seed: int = 0,
                   threshold: float = scoring.RULER_THRESHOLD, progress: bool = True,
-                  generator=None, forcer=None, encoder=None) -> dict:
+                  generator=None, forcer=None, encoder=None, chat_template: str = "none") -> dict:
   """Runs (or resumes) every (task, length, depth, sample) cell; returns the summary.
 
   loaded: a `lwm.model_dir.LoadedModel`. haystack: a .txt/.jsonl essay for the NIAH tasks
   (default: the built-in filler). video/manifest: the video haystack (default: generated frames).
   values: a pool for needle values (text and video). choices > 1: video questions are multiple
-  choice, scored circularly. generator / forcer / encoder replace the model's (tests).
+  choice, scored circularly. chat_template: auto, none, lwm or a Jinja file (lwm.data.chat): the
+  prompts become the user's message of that template (they grow by its tokens beyond the context
+  length). generator / forcer / encoder replace the model's (tests).
   """
+  from lwm.data import chat
   from lwm.eval import inference, needle, teacher_forced, video_needle
   if scoring_mode not in SCORING:
     raise ValueError(f"scoring must be one of {SCORING}, got {scoring_mode!r}")
@@ -203,12 +225,14 @@ def run_long_eval(loaded, *, output: str, tasks, context_lengths, depths=(0.0, 5
   else:
     forcer = forcer or teacher_forced.TeacherForcer(loaded.model)
   values = None if values is None else sorted(set(values))
+  templated = chat.run_setting(tokenizer, chat_template)
   settings = dict(kind="long", scoring=scoring_mode, seed=seed, values=values,
                   haystack=os.path.abspath(haystack) if haystack else "synthetic",
                   video=video, manifest=manifest, text_digits=text_digits,
                   video_digits=video_digits, needles=needles, max_count=max_count,
-                  choices=choices, source=loaded.source)
+                  choices=choices, source=loaded.source, **templated)
   results = grid.Results(output, settings, key=cell_key)
+  wrap = chat.wrap_ids(tokenizer, chat_template) if templated else None
   essay = needle.read_haystack(haystack) if haystack else None
   video_cache = {}
 
@@ -237,6 +261,8 @@ def run_long_eval(loaded, *, output: str, tasks, context_lengths, depths=(0.0, 5
 
   def evaluate(cell):
     sample = build(cell)
+    if wrap is not None:
+      sample = with_chat_template(sample, tokenizer.prefix_ids, wrap)
     out = answer_sample(sample, tokenizer, scoring_mode, generator, forcer, seed)
     first = sample.variants[0]
     expected = (sample.info["options"][scoring.LETTERS.index(first.letter)] if first.letter

@@ -9,8 +9,14 @@ Format (one place, used by evaluation and by the demo's training examples):
   prompt:   BOS {haystack with needles} Question: {question} Answer:
   answer:   " {value}" (several: " {v1}, {v2}, {v3}") then EOS
 
-Parts are joined by single spaces, so a sentencepiece tokenizer gives the same ids whether the
-prompt is tokenized whole (a training document) or part by part (here). Context lengths and depths
+With a chat template (`--chat-template`, lwm.data.chat) the prompt without BOS is the user's
+message and the template's text goes around it (its BOS included). Answers get RULER's NIAH budget
+of 128 new tokens by default (a chat model may restate the question first); the value is found
+anywhere in the answer (lwm.eval.grid.score_answer).
+
+Parts are joined by single spaces and each is encoded as it reads after a space
+(`encode_after_space`), so the prompt's ids are those of the whole text (a training document) with a
+sentencepiece tokenizer, and nearly so with a byte-level one. Context lengths and depths
 are measured in the model's tokens: the prompt has exactly `context_length` tokens and a needle goes
 to the last sentence boundary at or before `depth`% of the haystack's tokens.
 """
@@ -19,8 +25,10 @@ import os
 
 import numpy as np
 
+from lwm.data import chat
 from lwm.eval import grid
 
+MAX_NEW_TOKENS = 128  # RULER's tokens_to_generate for NIAH
 NEEDLE_TEMPLATE = "The special magic {key} number is: {value}."
 QUESTION_TEMPLATE = "What is the special magic {key} number?"
 QUESTIONS_TEMPLATE = "What are the special magic numbers for {keys}?"
@@ -123,11 +131,12 @@ def question_suffix(question: str) -> str:
   return format_prompt("", question).lstrip()
 
 
-def text_prompt_tokens(tokenizer, document: str, question: str) -> np.ndarray:
-  """A question about a whole document: BOS {document} Question: {question} Answer:."""
-  bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
-  return np.asarray(bos + tokenizer.encode(format_prompt(" ".join(document.split()), question)),
-                    np.int32)
+def text_prompt_tokens(tokenizer, document: str, question: str,
+                       chat_template: str = "none") -> np.ndarray:
+  """A question about a whole document: BOS {document} Question: {question} Answer:, or that
+  text (without BOS) as the user's message of `chat_template` (see lwm.data.chat)."""
+  text = format_prompt(" ".join(document.split()), question)
+  return np.asarray(chat.prompt_ids(tokenizer, text, chat_template), np.int32)
 
 
 # ------------------------------------------------------------------------------------ Haystacks
@@ -169,18 +178,29 @@ def read_haystack(path: str) -> str:
 
 def haystack_tokens(tokenizer, text: str, min_tokens: int) -> np.ndarray:
   """The text's token ids, repeated (joined by a space) until there are at least `min_tokens`."""
-  ids = np.asarray(tokenizer.encode(text), np.int32)
-  if len(ids) == 0:
+  first = np.asarray(tokenizer.encode(text, add_special_tokens=False), np.int32)
+  if len(first) == 0:
     raise ValueError("the haystack text has no tokens")
-  return np.tile(ids, -(-min_tokens // len(ids)))[:max(min_tokens, 0)]
+  again = np.asarray(tokenizer.encode_after_space(text), np.int32)
+  return np.concatenate([first] + [again] * -(-max(min_tokens - len(first), 0) // len(again)))[
+      :max(min_tokens, 0)]
+
+
+def token_texts(tokenizer, tokens) -> list[str]:
+  """The text each token adds after another token, its leading space kept (a decoder drops the
+  space of a text's first token: each is decoded after an anchor token)."""
+  anchor = tokenizer.encode("x", add_special_tokens=False)
+  start = len(tokenizer.decode(anchor))
+  texts = {t: tokenizer.decode(anchor + [t])[start:] for t in set(np.asarray(tokens).tolist())}
+  return [texts[int(t)] for t in tokens]
 
 
 def sentence_starts(tokenizer, tokens: np.ndarray) -> np.ndarray:
-  """Indices i where a sentence starts: token i-1 ends with . ! or ? and token i starts a word.
-  0 and len(tokens) are always included."""
-  pieces = [tokenizer.processor.id_to_piece(int(t)) for t in tokens]
+  """Indices i where a sentence starts: token i-1 ends with . ! or ? and token i starts with a
+  space. 0 and len(tokens) are always included."""
+  pieces = token_texts(tokenizer, tokens)
   starts = [i for i in range(1, len(pieces))
-            if pieces[i - 1].rstrip().endswith((".", "!", "?")) and pieces[i].startswith("\u2581")]
+            if pieces[i - 1].rstrip().endswith((".", "!", "?")) and pieces[i][:1].isspace()]
   return np.asarray([0] + starts + [len(tokens)], np.int64)
 
 
@@ -213,11 +233,14 @@ def needle_depths(depth: float, count: int) -> list[float]:
 
 
 def build_text_prompt(tokenizer, haystack: np.ndarray, needles: list[Needle], depth: float,
-                      context_length: int, retrieve: int | None = None) -> TextPrompt:
+                      context_length: int, retrieve: int | None = None,
+                      wrap: tuple | None = None) -> TextPrompt:
   """A prompt of exactly `context_length` tokens: BOS, the first haystack tokens with the needles
   inserted at sentence boundaries (needle i at `needle_depths(depth, len(needles))[i]`% of the
   haystack, moved back to the sentence start before it), then the question about the first
-  `retrieve` needles (all by default). `haystack` must have enough tokens (see haystack_tokens)."""
+  `retrieve` needles (all by default). `haystack` must have enough tokens (see haystack_tokens).
+  wrap: (ids before, ids after) the prompt from `lwm.data.chat.wrap_ids` (default: the tokenizer's
+  BOS before, nothing after)."""
   retrieve = len(needles) if retrieve is None else retrieve
   if not 1 <= retrieve <= len(needles):
     raise ValueError(f"retrieve={retrieve} must be between 1 and the {len(needles)} needles")
@@ -225,27 +248,28 @@ def build_text_prompt(tokenizer, haystack: np.ndarray, needles: list[Needle], de
     raise ValueError(f"depth={depth} must be a percentage in [0, 100]")
   asked = needles[:retrieve]
   question = text_question([n.key for n in asked])
-  bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
-  needle_ids = [tokenizer.encode(text_needle_sentence(n.key, n.value)) for n in needles]
-  suffix = tokenizer.encode(question_suffix(question))
-  length = context_length - len(bos) - sum(map(len, needle_ids)) - len(suffix)
+  head, tail = wrap or (list(tokenizer.prefix_ids), [])
+  needle_ids = [tokenizer.encode_after_space(text_needle_sentence(n.key, n.value))
+                for n in needles]
+  suffix = tokenizer.encode_after_space(question_suffix(question)) + list(tail)
+  length = context_length - len(head) - sum(map(len, needle_ids)) - len(suffix)
   if length < 1:
-    raise ValueError(f"context_length={context_length} leaves no room for a haystack: BOS, needles "
-                     f"and question take {context_length - length} tokens")
+    raise ValueError(f"context_length={context_length} leaves no room for a haystack: BOS (or the "
+                     f"chat template), needles and question take {context_length - length} tokens")
   if len(haystack) < length:
     raise ValueError(f"the haystack has {len(haystack)} tokens, {length} are needed")
   hay = np.asarray(haystack[:length], np.int32)
   cuts = sentence_cuts(tokenizer, hay, needle_depths(depth, len(needles)))
-  pieces, texts, positions, previous = [bos], [], [], 0
+  pieces, texts, positions, previous = [head], [], [], 0
   for cut, ids, needle in zip(cuts, needle_ids, needles):
     pieces.append(hay[previous:cut])
-    texts.append(tokenizer.decode(hay[previous:cut]))
+    texts.append(tokenizer.decode(hay[previous:cut]).strip())
     positions.append(sum(map(len, pieces)))
     pieces.append(ids)
     texts.append(text_needle_sentence(needle.key, needle.value))
     previous = cut
   pieces += [hay[previous:], suffix]
-  texts.append(tokenizer.decode(hay[previous:]))
+  texts.append(tokenizer.decode(hay[previous:]).strip())
   tokens = np.concatenate([np.asarray(p, np.int32) for p in pieces])
   context = " ".join(t for t in texts if t)
   return TextPrompt(tokens, positions, [100.0 * c / length for c in cuts], length, question,
@@ -273,12 +297,14 @@ def run_text_needle(loaded, *, output: str, context_lengths, depths, rounds: int
                     needles: int = 1, retrieve: int = 1, haystack: str | None = None,
                     digits: int = 7, values=None, seed: int = 0, split: str = "eval",
                     max_new_tokens: int | None = None, temperature: float = 0.0,
-                    top_p: float = 1.0, progress: bool = True, generator=None) -> dict:
+                    top_p: float = 1.0, progress: bool = True, generator=None,
+                    chat_template: str = "auto") -> dict:
   """Runs (or resumes) the text needle grid; writes OUT/results.json, OUT/heatmap.png.
 
   loaded: a `lwm.model_dir.LoadedModel` (model + tokenizer). haystack: a .txt or .jsonl file,
   or None for the built-in filler. values: a pool to draw needle values from (default: any
-  `digits`-digit number). Returns the summary: accuracy, per-cell scores, the table.
+  `digits`-digit number). max_new_tokens: default MAX_NEW_TOKENS. chat_template: auto, none, lwm
+  or a Jinja file (lwm.data.chat). Returns the summary: accuracy, per-cell scores, the table.
   """
   from lwm.eval import inference
   tokenizer = loaded.tokenizer
@@ -289,7 +315,9 @@ def run_text_needle(loaded, *, output: str, context_lengths, depths, rounds: int
   settings = dict(mode="text", needles=needles, retrieve=retrieve, digits=digits, values=values,
                   seed=seed,
                   split=split, haystack=os.path.abspath(haystack) if haystack else "synthetic",
-                  temperature=temperature, top_p=top_p, source=loaded.source)
+                  temperature=temperature, top_p=top_p, source=loaded.source,
+                  **chat.run_setting(tokenizer, chat_template))
+  wrap = chat.wrap_ids(tokenizer, chat_template)
   results = grid.Results(output, settings)
   longest = max(context_lengths)
   if haystack:
@@ -297,16 +325,16 @@ def run_text_needle(loaded, *, output: str, context_lengths, depths, rounds: int
   else:  # ~12 tokens a sentence with a small tokenizer; the tiling below covers any shortfall
     text = synthetic_haystack(max(64, longest // 8), seed)
   hay = haystack_tokens(tokenizer, text, longest)
-  longest_value = max(map(len, values)) if values else digits
-  max_new_tokens = max_new_tokens or 8 + retrieve * (longest_value + 2)
+  max_new_tokens = max_new_tokens or MAX_NEW_TOKENS
 
   def evaluate(cell):
     drawn = draw_needles(cell_rng(seed, cell), needles, digits=digits, split=split, values=values)
     prompt = build_text_prompt(tokenizer, hay, drawn, cell["depth"], cell["context_length"],
-                               retrieve)
-    [ids] = generator([prompt.tokens], max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
-                      temperature=temperature, top_p=top_p, seed=seed + cell["round"])
-    answer = tokenizer.decode(ids)
+                               retrieve, wrap)
+    [ids] = generator([prompt.tokens], max_new_tokens=max_new_tokens,
+                      eos_ids=tokenizer.eos_token_ids, temperature=temperature, top_p=top_p,
+                      seed=seed + cell["round"])
+    answer = tokenizer.decode(ids, skip_special_tokens=True)
     return {"prompt_tokens": len(prompt.tokens), "needle_positions": prompt.needle_positions,
             "needle_depths": prompt.needle_depths, "keys": [n.key for n in drawn],
             "values": [n.value for n in drawn], "question": prompt.question,

@@ -167,7 +167,7 @@ def haystack_ids(tokenizer, kind: str, min_tokens: int, *, essay: str | None, rn
     if key in exclude:
       continue
     [value] = draw(rng, vkind, 1, digits=digits)
-    piece = tokenizer.encode(NIAH_NEEDLE.format(kind=vkind, key=key, value=value))
+    piece = tokenizer.encode_after_space(NIAH_NEEDLE.format(kind=vkind, key=key, value=value))
     ids.append(piece)
     total += len(piece)
   return np.concatenate([np.asarray(p, np.int32) for p in ids])[:min_tokens]
@@ -190,8 +190,10 @@ def _insert(tokenizer, pieces: Pieces, hay: np.ndarray, inserts: list, depths: l
 
 
 def _hay_budget(tokenizer, context_length: int, fixed_texts: list[str], bos: bool = True) -> int:
-  used = (1 if bos and tokenizer.bos_id >= 0 else 0) + sum(len(tokenizer.encode(t))
-                                                           for t in fixed_texts)
+  # The first text opens the prompt (encoded as it is), the others follow a space (see Pieces).
+  used = (len(tokenizer.prefix_ids) if bos else 0) + len(
+      tokenizer.encode(fixed_texts[0], add_special_tokens=False)) + sum(
+      len(tokenizer.encode_after_space(t)) for t in fixed_texts[1:])
   budget = context_length - used
   if budget < 1:
     raise ValueError(f"context_length={context_length} leaves no room for a haystack: the "
@@ -295,8 +297,9 @@ def common_words(tokenizer, rng, context_length: int, *, num_common: int = 10,
                                                    CWE_ANSWER_PREFIX, "Question: Answer:"])
   max_words = budget // 2 + num_common
   words = pseudo_words(rng, max_words)
-  cost = np.asarray([len(tokenizer.encode(w)) for w in words])
-  number_cost = np.cumsum([len(tokenizer.encode(f"{i}.")) for i in range(1, 2 * budget + 2)])
+  cost = np.asarray([len(tokenizer.encode_after_space(w)) for w in words])
+  number_cost = np.cumsum([len(tokenizer.encode_after_space(f"{i}."))
+                           for i in range(1, 2 * budget + 2)])
   per_unit = cost[:num_common].mean() + number_cost[0]
   freq_common = max(freq_uncommon + 2, min(freq_common, int(budget / 2 / num_common / per_unit)))
   num_common = max(1, min(num_common, int(budget / 2 / freq_common / per_unit)))
@@ -348,7 +351,7 @@ def frequent_words(tokenizer, rng, context_length: int, *, alpha: float = 2.0,
   vocab = [FWE_NOISE] + sorted(vocab, key=lambda _: rng.random())[:vocab_size - 1]
   suffix = f"Question: {FWE_QUESTION} Answer: {FWE_ANSWER_PREFIX}"
   budget = _hay_budget(tokenizer, context_length, [FWE_INSTRUCTION, suffix])
-  cost = np.asarray([len(tokenizer.encode(w)) for w in vocab])
+  cost = np.asarray([len(tokenizer.encode_after_space(w)) for w in vocab])
   n = _fit(lambda n: int(zipf_counts(n, vocab_size, alpha) @ cost), 1, budget * 4, budget)
   counts = zipf_counts(n, vocab_size, alpha)
   if not counts[3] > counts[4]:
@@ -358,7 +361,8 @@ def frequent_words(tokenizer, rng, context_length: int, *, alpha: float = 2.0,
   listed = [listed[i] for i in rng.permutation(len(listed))]
   pieces = Pieces(tokenizer)
   pieces.add(FWE_INSTRUCTION)
-  pieces.add(" ".join(listed), ids=np.concatenate([tokenizer.encode(w) for w in listed]))
+  pieces.add(" ".join(listed), ids=np.concatenate([tokenizer.encode_after_space(w)
+                                                   for w in listed]))
   pieces.add(suffix)
   expected = vocab[1:4]
   info = {"counts": counts[:5].tolist(), "words": len(listed), "word_length": word_length}

@@ -152,8 +152,7 @@ def generate(generator, tokenizer, prompts: list[list[int]], max_new_tokens: int
   """Greedy answers of up to `max_new_tokens`, cut at any of the tokenizer's EOS ids, decoded
   without special tokens (as RULER's servers return them)."""
   eos = tuple(tokenizer.eos_token_ids)
-  outs = generator(prompts, None, max_new_tokens=max_new_tokens, eos_id=eos[0] if eos else -1,
-                   seed=seed)
+  outs = generator(prompts, None, max_new_tokens=max_new_tokens, eos_ids=eos, seed=seed)
   texts = []
   for ids in outs:
     ids = list(ids)

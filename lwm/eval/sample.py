@@ -2,8 +2,9 @@
 more `Variant`s (a multiple-choice question has one per rotation of its options), and `Pieces`, the
 prompt assembled from text and token ids so that positions are known in tokens.
 
-Parts are joined by single spaces and tokenized one by one; a sentencepiece tokenizer gives the same
-ids for the joined string (so `Sample.text + answer` is a training document in the same format).
+Parts are joined by single spaces and tokenized one by one, each as it reads after a space
+(`encode_after_space`); a sentencepiece tokenizer gives the same ids for the joined string (so
+`Sample.text + answer` is a training document in the same format).
 """
 import dataclasses
 
@@ -47,7 +48,7 @@ class Pieces:
 
   def __init__(self, tokenizer, bos: bool = True):
     self.tokenizer = tokenizer
-    self.ids = [np.asarray([tokenizer.bos_id] if bos and tokenizer.bos_id >= 0 else [], np.int32)]
+    self.ids = [np.asarray(tokenizer.prefix_ids if bos else [], np.int32)]
     self.texts = []
     self.length = len(self.ids[0])
 
@@ -56,7 +57,8 @@ class Pieces:
     the index of the part's first token."""
     start = self.length
     if ids is None:
-      ids = self.tokenizer.encode(text)
+      ids = (self.tokenizer.encode_after_space(text) if self.texts else
+             self.tokenizer.encode(text, add_special_tokens=False))
     elif text is None:
       text = self.tokenizer.decode(ids)
     self.ids.append(np.asarray(ids, np.int32))

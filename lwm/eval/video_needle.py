@@ -4,6 +4,9 @@ about in text. The format is shared with training (the data stage's `video_text`
   prompt:  BOS <vision> f1 <eof> f2 <eof> ... fN <eov> </vision> Question: {question} Answer:
   answer:  " {value}" then EOS        (training text: video_example_text(value))
 
+With a chat template (lwm.data.chat) the prompt without BOS is the user's message, the template's
+text around it.
+
 Context lengths are in tokens like text: a frame is `codes_per_frame + 1` tokens (its codes and
 <eof>/<eov>), so a context of C tokens holds (C - BOS, markers and question) // tokens_per_frame
 frames, the needle's included. The needle goes before haystack frame round(depth% x frames): its
@@ -15,6 +18,7 @@ import os
 
 import numpy as np
 
+from lwm.data import chat
 from lwm.data.interleave import Vocab, vision_tokens
 from lwm.eval import grid, needle
 
@@ -84,11 +88,13 @@ class VideoPrompt:
   question: str
 
 
-def prompt_overhead(tokenizer, vocab: Vocab, question: str = VIDEO_QUESTION) -> int:
-  """Tokens of a video prompt that are not frames: BOS, <vision>, </vision> and the question."""
-  bos = 1 if vocab.bos >= 0 else 0
-  return (bos + len(vocab.vision_start) + len(vocab.vision_end) +
-          len(tokenizer.encode(needle.question_suffix(question))))
+def prompt_overhead(tokenizer, vocab: Vocab, question: str = VIDEO_QUESTION,
+                    wrap: tuple | None = None) -> int:
+  """Tokens of a video prompt that are not frames: BOS (or the chat template's `wrap`, see
+  lwm.data.chat.wrap_ids), <vision>, </vision> and the question."""
+  head, tail = wrap or ([vocab.bos] if vocab.bos >= 0 else [], [])
+  return (len(head) + len(vocab.vision_start) + len(vocab.vision_end) + len(tail) +
+          len(tokenizer.encode(needle.question_suffix(question), add_special_tokens=False)))
 
 
 def frames_in_context(context_length: int, codes_per_frame: int, overhead: int) -> int:
@@ -101,13 +107,17 @@ def frames_in_context(context_length: int, codes_per_frame: int, overhead: int) 
   return frames
 
 
-def video_prompt_tokens(tokenizer, vocab: Vocab, codes: np.ndarray,
-                        question: str = VIDEO_QUESTION) -> tuple[np.ndarray, np.ndarray, int]:
+def video_prompt_tokens(tokenizer, vocab: Vocab, codes: np.ndarray, question: str = VIDEO_QUESTION,
+                        wrap: tuple | None = None) -> tuple[np.ndarray, np.ndarray, int]:
   """(tokens, vision_mask, index of the first frame's first code) of a question about a video
-  whose frames are `codes` `[frames, codes_per_frame]`."""
+  whose frames are `codes` `[frames, codes_per_frame]`; wrap: (ids before, ids after) of a chat
+  template (lwm.data.chat.wrap_ids; default: BOS before, nothing after)."""
   video = vision_tokens(codes, vocab)
-  head = ([vocab.bos] if vocab.bos >= 0 else []) + list(vocab.vision_start)
-  tail = list(vocab.vision_end) + tokenizer.encode(needle.question_suffix(question))
+  before, after = wrap or ([vocab.bos] if vocab.bos >= 0 else [], [])
+  head = list(before) + list(vocab.vision_start)
+  tail = (list(vocab.vision_end) +
+          tokenizer.encode(needle.question_suffix(question), add_special_tokens=False) +
+          list(after))
   tokens = np.concatenate([np.asarray(head, np.int32), video, np.asarray(tail, np.int32)])
   mask = np.zeros(len(tokens), bool)
   mask[len(head):len(head) + len(video)] = True
@@ -115,10 +125,10 @@ def video_prompt_tokens(tokenizer, vocab: Vocab, codes: np.ndarray,
 
 
 def build_video_prompt(tokenizer, vocab: Vocab, haystack_codes: np.ndarray,
-                       needle_codes: np.ndarray, depth: float,
-                       question: str = VIDEO_QUESTION) -> VideoPrompt:
+                       needle_codes: np.ndarray, depth: float, question: str = VIDEO_QUESTION,
+                       wrap: tuple | None = None) -> VideoPrompt:
   """haystack_codes `[frames, codes_per_frame]`, needle_codes `[needle_frames, codes_per_frame]`:
-  the needle goes before haystack frame round(depth% x frames)."""
+  the needle goes before haystack frame round(depth% x frames). wrap: see video_prompt_tokens."""
   if not 0 <= depth <= 100:
     raise ValueError(f"depth={depth} must be a percentage in [0, 100]")
   if haystack_codes.shape[1:] != needle_codes.shape[1:]:
@@ -127,7 +137,7 @@ def build_video_prompt(tokenizer, vocab: Vocab, haystack_codes: np.ndarray,
   frames = len(haystack_codes)
   index = int(round(depth / 100.0 * frames))
   codes = np.concatenate([haystack_codes[:index], needle_codes, haystack_codes[index:]])
-  tokens, mask, start = video_prompt_tokens(tokenizer, vocab, codes, question)
+  tokens, mask, start = video_prompt_tokens(tokenizer, vocab, codes, question, wrap)
   per_frame = codes.shape[1] + 1
   return VideoPrompt(tokens, mask, start + index * per_frame, index, 100.0 * index / frames,
                      frames, question)
@@ -196,14 +206,15 @@ def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: in
                      needle_frames: int = 1, digits: int = 3, values=None, seed: int = 0,
                      max_new_tokens: int | None = None, temperature: float = 0.0,
                      top_p: float = 1.0, progress: bool = True, generator=None,
-                     encoder=None) -> dict:
+                     encoder=None, chat_template: str = "auto") -> dict:
   """Runs (or resumes) the video needle grid; writes OUT/results.json and OUT/heatmap.png.
 
   loaded: a `lwm.model_dir.LoadedModel` with a tokenizer and a VQGAN directory (or pass a
   `lwm.vqgan.FrameEncoder` as `encoder`). The haystack is `video`, the clips of `manifest`, or
   generated frames. The needle is a frame showing a random `digits`-digit number (new each round;
   drawn from `values` when given), or `needle_image` with its `needle_answer`, shown for
-  `needle_frames` frames.
+  `needle_frames` frames. max_new_tokens: default needle.MAX_NEW_TOKENS. chat_template: auto,
+  none, lwm or a Jinja file (lwm.data.chat).
   """
   from lwm.eval import inference
   tokenizer, encoder = tokenizer_and_encoder(loaded, encoder, "the video needle")
@@ -215,15 +226,16 @@ def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: in
   settings = dict(mode="video", video=video, manifest=manifest, needle_image=needle_image,
                   needle_answer=needle_answer, needle_frames=needle_frames, digits=digits,
                   values=None if values is None else sorted(set(values)), seed=seed,
-                  temperature=temperature, top_p=top_p, source=loaded.source)
+                  temperature=temperature, top_p=top_p, source=loaded.source,
+                  **chat.run_setting(tokenizer, chat_template))
   results = grid.Results(output, settings)
-  overhead = prompt_overhead(tokenizer, vocab)
+  wrap = chat.wrap_ids(tokenizer, chat_template)
+  overhead = prompt_overhead(tokenizer, vocab, wrap=wrap)
   haystacks = {}
   fixed_needle = None
   if needle_image:
     fixed_needle = encoder(np.repeat(read_image(needle_image, size), needle_frames, 0))
-  longest_value = max(map(len, values)) if values else digits
-  max_new_tokens = max_new_tokens or 8 + len(needle_answer or "") + longest_value + 2
+  max_new_tokens = max_new_tokens or needle.MAX_NEW_TOKENS
 
   def haystack_codes(context_length):
     if context_length not in haystacks:
@@ -239,11 +251,11 @@ def run_video_needle(loaded, *, output: str, context_lengths, depths, rounds: in
       [expected] = needle.draw_values(needle.cell_rng(seed, cell), 1, digits=digits, values=values)
       needle_codes = encoder(np.repeat(needle_frame(expected, size)[None], needle_frames, 0))
     prompt = build_video_prompt(tokenizer, vocab, haystack_codes(cell["context_length"]),
-                                needle_codes, cell["depth"])
+                                needle_codes, cell["depth"], wrap=wrap)
     [ids] = generator([prompt.tokens], [prompt.vision_mask], max_new_tokens=max_new_tokens,
-                      eos_id=tokenizer.eos_id, temperature=temperature, top_p=top_p,
+                      eos_ids=tokenizer.eos_token_ids, temperature=temperature, top_p=top_p,
                       seed=seed + cell["round"])
-    answer = tokenizer.decode(ids)
+    answer = tokenizer.decode(ids, skip_special_tokens=True)
     return {"prompt_tokens": len(prompt.tokens), "frames": prompt.haystack_frames + needle_frames,
             "needle_position": prompt.needle_position, "needle_frame": prompt.needle_frame_index,
             "needle_depth": prompt.needle_depth, "question": prompt.question,
