@@ -1,7 +1,7 @@
 """The pipeline with a tokenizer.json tokenizer: a byte-level BPE trained with --format hf
 tokenizes a corpus, a tiny model trains on it, eval_needle and ask run on the model directory
-(slow: ~60 s on 2 busy cores); a dataset, a model and a tokenizer that do not belong together are
-refused naming both files."""
+(slow); a dataset, a model and a tokenizer that do not belong together are refused naming both
+files."""
 import importlib.util
 import json
 import os

@@ -146,7 +146,7 @@ def test_summary_table_and_effective_length():
   assert summary["effective_length"] == 2048 and "effective length: 2048" in summary["table"]
 
 
-@pytest.mark.slow  # a workdir and two compilations: ~40 s on a busy 2-core machine
+@pytest.mark.slow  # a workdir and two compilations (time: docs/eval.md)
 def test_teacher_forcing_reads_back_the_greedy_continuation(tmp_path):
   """Two code paths (cached decoding vs one forward over prompt + answer, on a 4-device ring)
   agree on a random model's own greedy answer: its teacher-forced score is 1."""

@@ -1,6 +1,8 @@
 """The import map of lwm/ runs one way (docs/architecture.md): no module imports a layer above its
-own, and no two modules import each other, lazy imports inside functions included."""
+own, and no two modules import each other, lazy imports inside functions included; test files are
+named by the layer they check."""
 import ast
+import re
 import os
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lwm")
@@ -57,7 +59,7 @@ def imports(module: str, path: str, known: dict) -> set:
 def layer(module: str) -> int:
   best = max(((len(p), i) for i, (_, prefixes) in enumerate(LAYERS) for p in prefixes
               if module == p or module.startswith(p + ".")), default=None)
-  assert best is not None, f"{module} has no layer in LAYERS (tests/test_layering.py)"
+  assert best is not None, f"{module} has no layer in LAYERS (tests/test_project_layering.py)"
   return best[1]
 
 
@@ -88,3 +90,12 @@ def test_no_module_cycle():
   cycles = sorted({" <-> ".join(sorted((m, t))) for m in graph for t in graph[m]
                    if m in reachable(t)})
   assert not cycles, "\n".join(cycles)
+
+
+def test_test_files_are_named_by_layer():
+  # docs/architecture.md, "Tests": tests/test_<layer>_<topic>.py.
+  named = re.compile(r"test_(ops|model|vqgan|data|eval|train|bench|project)_\w+\.py")
+  tests = os.path.dirname(os.path.abspath(__file__))
+  odd = sorted(f for f in os.listdir(tests) if f.startswith("test_") and f.endswith(".py")
+               and not named.fullmatch(f))
+  assert not odd, odd

@@ -145,7 +145,7 @@ def untie_without_head(config):
   config["tie_word_embeddings"] = False
 
 
-# Biases, head_dim, qwen2 and mistral are read (tests/test_hf_families.py); these are not.
+# Biases, head_dim, qwen2 and mistral are read (tests/test_model_hf_families.py); these are not.
 REFUSED = [
     ("hidden_act", "gelu"), ("partial_rotary_factor", 0.5), ("model_type", "gemma2"),
     ("quantization_config", {"quant_method": "gptq", "bits": 4}), ("attention_bias", "yes"),

@@ -1,5 +1,5 @@
 """The quickstart command end to end at its smallest settings (`--small`, about a minute): every
-artefact exists and is readable. Run with `pytest -m slow tests/test_quickstart.py`."""
+artefact exists and is readable. Run with `pytest -m slow tests/test_project_quickstart.py`."""
 import json
 import os
 import re

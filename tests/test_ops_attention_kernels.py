@@ -15,7 +15,7 @@ import pytest
 import attention_reference as ref
 from lwm.model import config as model_config
 from lwm.ops import block_contract, block_pallas, impls
-from test_ring_attention import check_against_reference, packed_segments, random_qkv, run_ring
+from test_ops_ring_attention import check_against_reference, packed_segments, random_qkv, run_ring
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
