@@ -26,7 +26,8 @@ MODES = {
     "none": [],
     "profiled": [],
     "verbose": ["--config.train.profile_python_tracer_level=1",
-                "--config.train.profile_host_tracer_level=2", "--config.train.profile_perfetto=True"],
+                "--config.train.profile_host_tracer_level=2",
+                "--config.train.profile_perfetto=True"],
 }
 
 
