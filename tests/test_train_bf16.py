@@ -7,7 +7,7 @@ import training_data
 from lwm import stage_schema, train
 from lwm.metrics import read_metrics
 
-BAND = 0.05  # |loss_bf16 - loss_f32| <= BAND * loss_f32 at every step (measured max in docs)
+BAND = 0.01  # |loss_bf16 - loss_f32| <= BAND * loss_f32 at every step (measured max in docs)
 
 
 @pytest.fixture(scope="module")
