@@ -58,6 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.peak_tflops_per_device = 0.0  # for the MFU estimate; 0 guesses from the device kind
   c.train.profile_steps = ""  # "START,END": a jax.profiler trace of those steps in workdir/profile
+  c.train.profile_host_tracer_level = -1   # -1: 0 on CPU (its runtime records every op, GBs
+                                           # per step), 1 on accelerators; 2, 3: more, larger
+  c.train.profile_python_tracer_level = 0  # 1 records every Python call of every thread (large)
+  c.train.profile_perfetto = False         # also write perfetto_trace.json.gz (ui.perfetto.dev)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 0            # steps between held-out evaluations (0: off)
@@ -152,6 +156,10 @@ def _validate_loop(config, rows_split: int) -> None:
   if config.data.prefetch < 0:
     raise ValueError(f"config.data.prefetch={config.data.prefetch} must be >= 0 (0: no prefetch)")
   parse_profile_steps(config.train.profile_steps)
+  for key, low, top in (("profile_host_tracer_level", -1, 3),
+                        ("profile_python_tracer_level", 0, 1)):
+    if not low <= config.train[key] <= top:
+      raise ValueError(f"config.train.{key}={config.train[key]} must be in {low}..{top}")
   e = config.eval
   if e.every < 0:
     raise ValueError(f"config.eval.every={e.every} must be >= 0 (0: no evaluation)")

@@ -128,7 +128,7 @@ def train(config, workdir: str) -> dict:
   # ---------------------------------------------------------------- Train loop
   # Metrics stay on the devices until a log or checkpoint step, so the host runs ahead of them.
   preemption = train_hooks.Preemption(mngr)
-  profile = train_hooks.Profile(t.profile_steps, workdir, enabled=is_main)
+  profile = train_hooks.Profile(t, workdir, enabled=is_main)
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)
   meta = lambda step: {"step": step, "seed": config.seed, "stage_config": config.to_dict()}
   last, pending = {}, []

@@ -192,7 +192,7 @@ def test_profile_steps_write_a_trace_into_the_workdir(evaluated_run):
   _, workdir = evaluated_run
   traces = os.path.join(workdir, "profile", "plugins", "profile", "*")
   assert glob.glob(os.path.join(traces, "*.xplane.pb"))  # TensorBoard profile plugin
-  assert glob.glob(os.path.join(traces, "perfetto_trace.json.gz"))  # ui.perfetto.dev
+  assert not glob.glob(os.path.join(traces, "perfetto_trace.json.gz"))  # only when asked
 
 
 @pytest.mark.parametrize("changes, message", [
