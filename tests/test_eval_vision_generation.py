@@ -126,3 +126,18 @@ def test_generation_writes_a_png_and_an_mp4_of_the_right_shape(model, vqgan, tmp
 def test_a_unconditional_prompt_of_one_token_is_refused(model):
   with pytest.raises(ValueError, match="BOS"):
     vg.generate_codes(model, COND[:1], [[7]], VOCAB, GREEDY, codes_per_frame=CODES)
+
+
+def test_generate_script_on_a_model_trained_here(tmp_path):
+  import eval_testing
+  workdir = eval_testing.make_workdir(str(tmp_path))
+  png, mp4 = str(tmp_path / "g.png"), str(tmp_path / "g.mp4")
+  common = ("--checkpoint", workdir, "--prompt", "the number 7", "--top-k-image", "5",
+            "--top-k-video", "5")
+  eval_testing.run_script("generate.py", *common, "--output", png)
+  eval_testing.run_script("generate.py", *common, "--output", mp4, "--frames", "2")
+  with av.open(png) as f:
+    assert next(f.decode(video=0)).to_ndarray(format="rgb24").shape == (16, 16, 3)
+  with av.open(mp4) as f:
+    read = [frame.to_ndarray(format="rgb24") for frame in f.decode(video=0)]
+  assert len(read) == 2 and read[0].shape == (16, 16, 3)
