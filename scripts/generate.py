@@ -53,10 +53,10 @@ def main(argv=None):
   vocab = video_needle.vocab_for(loaded.tokenizer, decoder.config.codebook_size, loaded.vocab)
   settings = vg.Settings(args.cfg_scale_image, args.cfg_scale_video, args.top_k_image,
                          args.top_k_video, args.temperature_image, args.temperature_video)
-  cond, uncond = vg.prompt_ids(loaded.tokenizer, vocab, args.prompt, frames)
-  codes = vg.generate_codes(loaded.model, [cond], [uncond], vocab, settings, frames=frames,
-                            codes_per_frame=decoder.config.codes_per_frame, seed=args.seed,
-                            progress=True)
+  image, video, uncond = vg.prompt_ids(loaded.tokenizer, vocab, args.prompt)
+  codes = vg.generate_codes(loaded.model, [image], [uncond], vocab, settings, frames=frames,
+                            video_prompts=[video], codes_per_frame=decoder.config.codes_per_frame,
+                            seed=args.seed, progress=True)
   pixels = vg.decode_frames(decoder, codes[0])
   if kind == ".png":
     vg.write_png(args.output, pixels[0])

@@ -18,6 +18,7 @@ K, CODES = 128, 64
 VOCAB = Vocab(bos=1, eos=2, vision_start=(7,), vision_end=(8,), codebook_size=K)
 COND = [[1, 20, 33, 41, 52, 7], [1, 90, 7]]   # prompts of different lengths
 UNCOND = [[1, 7], [1, 7]]
+VIDEO = [[1, 20, 34, 41, 52, 60, 7], [1, 91, 7]]   # the second pass's "Generate a video of" prompts
 GREEDY = vg.Settings(cfg_scale_image=3.0, cfg_scale_video=1.5, top_k_image=1, top_k_video=1)
 
 
@@ -52,10 +53,12 @@ def test_only_codes_are_sampled_and_top_k_keeps_the_k_best():
     assert all(d in row for d, row in zip(drawn, top3))
 
 
-def full_recompute_codes(model, cond, uncond, scale, count):
+def full_recompute_codes(model, cond, uncond, scale, count, vision_tail=0):
   """The first `count` codes by greedy guided decoding with the model's full forward pass on the
-  growing sequences (no cache), a causal model padded at the end to one length."""
-  rows, masks = [list(cond), list(uncond)], [[False] * len(cond), [False] * len(uncond)]
+  growing sequences (no cache), a causal model padded at the end to one length; the last
+  `vision_tail` ids of each prompt are vision ids."""
+  rows = [list(cond), list(uncond)]
+  masks = [[False] * (len(r) - vision_tail) + [True] * vision_tail for r in rows]
   total = max(len(cond), len(uncond)) + count
   codes = []
   forward = jax.jit(lambda t, m: model(t, m, head="vision"))
@@ -85,16 +88,28 @@ def test_greedy_first_frame_equals_full_recomputation_without_a_cache(model):
 
 
 def test_greedy_video_is_deterministic_with_markers_by_rule(model):
-  first = vg.generate_codes(model, COND, UNCOND, VOCAB, GREEDY, frames=2, codes_per_frame=CODES,
-                            seed=0)
-  again = vg.generate_codes(model, COND, UNCOND, VOCAB, GREEDY, frames=2, codes_per_frame=CODES,
-                            seed=123)
+  first = vg.generate_codes(model, COND, UNCOND, VOCAB, GREEDY, frames=3, codes_per_frame=CODES,
+                            video_prompts=VIDEO, seed=0)
+  again = vg.generate_codes(model, COND, UNCOND, VOCAB, GREEDY, frames=3, codes_per_frame=CODES,
+                            video_prompts=VIDEO, seed=123)
   np.testing.assert_array_equal(first, again)
   assert first.min() >= 0 and first.max() < K  # no marker and no other vision id inside a frame
   seq = vg.vision_sequence(first[0], VOCAB)
-  assert seq.shape == (2 * (CODES + 1),)
-  assert seq[CODES] == VOCAB.eof and seq[-1] == VOCAB.eov
-  assert not np.isin(seq[:CODES], [VOCAB.eof, VOCAB.eov]).any()
+  assert seq.shape == (3 * (CODES + 1),)
+  assert seq[CODES] == seq[2 * CODES + 1] == VOCAB.eof and seq[-1] == VOCAB.eov
+  assert np.isin(seq, [VOCAB.eof, VOCAB.eov]).sum() == 3
+
+
+def test_second_frame_follows_lwms_video_pass_without_a_cache(model):
+  # LWM's second pass: the video prompt (and <vision> alone) followed by frame 1's codes and <eof>.
+  settings = vg.Settings(cfg_scale_image=3.0, cfg_scale_video=2.0, top_k_image=1, top_k_video=1)
+  got = vg.generate_codes(model, COND, UNCOND, VOCAB, settings, frames=2, codes_per_frame=CODES,
+                          video_prompts=VIDEO)
+  for row in range(2):
+    tail = got[row, 0].tolist() + [VOCAB.eof]
+    want = full_recompute_codes(model, VIDEO[row] + tail, UNCOND[row] + tail, 2.0, 8,
+                                vision_tail=len(tail))
+    assert got[row, 1, :8].tolist() == want
 
 
 def test_scale_one_is_plain_greedy_decoding_of_the_conditional_prompt(model):
@@ -110,7 +125,8 @@ def test_scale_one_is_plain_greedy_decoding_of_the_conditional_prompt(model):
 def test_generation_writes_a_png_and_an_mp4_of_the_right_shape(model, vqgan, tmp_path):
   assert vqgan.config.codes_per_frame == CODES
   codes = vg.generate_codes(model, COND[:1], UNCOND[:1], VOCAB, vg.Settings(top_k_image=20,
-                            top_k_video=20), frames=3, codes_per_frame=CODES, seed=4)
+                            top_k_video=20), frames=3, codes_per_frame=CODES,
+                            video_prompts=VIDEO[:1], seed=4)
   frames = vg.decode_frames(vqgan, codes[0])
   assert frames.shape == (3, 32, 32, 3) and frames.dtype == np.uint8
   vg.write_png(str(tmp_path / "a.png"), frames[0])
@@ -128,6 +144,7 @@ def test_a_unconditional_prompt_of_one_token_is_refused(model):
     vg.generate_codes(model, COND[:1], [[7]], VOCAB, GREEDY, codes_per_frame=CODES)
 
 
+@pytest.mark.slow  # two subprocesses, each loading JAX and compiling (~25 s)
 def test_generate_script_on_a_model_trained_here(tmp_path):
   import eval_testing
   workdir = eval_testing.make_workdir(str(tmp_path))

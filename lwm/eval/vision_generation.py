@@ -1,20 +1,24 @@
 """Text -> image and text -> video generation as LWM does it (`lwm/vision_generation.py`, f45d2b7).
 
-The prompt is `You are a helpful assistant. USER: Generate an image of {prompt} ASSISTANT: <vision>`
-("Generate a video of" for a video); classifier-free guidance runs it against the unconditional
-prompt `<vision>` alone: `logits = uncond + scale * (cond - uncond)`, with a scale, top-k and
-temperature for the first frame and another set for the frames after it. Inside a frame only the
-VQGAN's codes are sampled (the vision head's other ids are masked); every frame's
-`codes_per_frame` codes are followed by `<eof>`, the last by `<eov>`, placed by rule.
+The prompt is `You are a helpful assistant. USER: Generate an image of {prompt} ASSISTANT:
+<vision>`; classifier-free guidance runs it against the unconditional prompt `<vision>` alone:
+`logits = uncond + scale * (cond - uncond)`, with a scale, top-k and temperature for the first
+frame and another set for the frames after it. A video is made in LWM's two passes: the first frame
+from that image prompt, then the other frames after a new prompt, `...Generate a video of {prompt}
+ASSISTANT: <vision>` followed by the first frame's codes and `<eof>` (the unconditional prompt gets
+the same frame). Inside a frame only the VQGAN's codes are sampled (the vision head's other ids are
+masked); every frame's `codes_per_frame` codes are followed by `<eof>`, the last by `<eov>`,
+placed by rule.
 
 Both streams run as one batch `[cond_0..cond_{n-1}, uncond_0..uncond_{n-1}]` with their own rows
 of the KV cache. Prompts of different lengths need no left padding: the prefill keeps each row's
 length, and generated token t of a row sits at position length + t, so every row's slot t is
 filled in the same step.
 
-  cond, uncond = prompt_ids(tokenizer, vocab, "a red ball", frames=1)
-  codes = generate_codes(model, [cond], [uncond], vocab, Settings(), frames=1)  # [1, 1, codes]
-  frames = decode_frames(vqgan, codes[0])                                       # uint8 [1, R, R, 3]
+  image, video, uncond = prompt_ids(tokenizer, vocab, "a red ball")
+  codes = generate_codes(model, [image], [uncond], vocab, Settings(), codes_per_frame=256,
+                         frames=8, video_prompts=[video])      # [1, 8, 256]
+  frames = decode_frames(vqgan, codes[0])                      # uint8 [8, R, R, 3]
 """
 import dataclasses
 import fractions
@@ -34,8 +38,9 @@ VIDEO_PROMPT = "You are a helpful assistant. USER: Generate a video of {} ASSIST
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """Sampling of the first frame (`*_image`) and of the frames after it (`*_video`); LWM's
-  defaults. temperature 0 or top_k 1 is greedy; top_k 0 keeps every code."""
+  """Sampling of the first frame (`*_image`) and of the frames after it (`*_video`); the defaults
+  are those of LWM's scripts/run_sample_video.sh. temperature 0 or top_k 1 is greedy; top_k 0
+  keeps every code."""
   cfg_scale_image: float = 5.0
   cfg_scale_video: float = 1.0
   top_k_image: int = 8192
@@ -52,17 +57,18 @@ class Settings:
 
 # ------------------------------------------------------------------------------------ Prompts
 
-def prompt_ids(tokenizer, vocab, text: str, frames: int = 1) -> tuple:
-  """(conditional, unconditional) prompt ids: LWM's sentence ending in `<vision>`, and `<vision>`
-  alone, each after the tokenizer's BOS where it has one."""
+def prompt_ids(tokenizer, vocab, text: str) -> tuple:
+  """(image, video, unconditional) prompt ids: LWM's two sentences ending in `<vision>`, and
+  `<vision>` alone, each after the tokenizer's BOS where it has one."""
   if not text.strip():
     raise ValueError("the prompt is empty; say what to generate")
   if not vocab.vision_start:
     raise ValueError("the vocabulary has no <vision> ids; this model cannot generate vision")
-  template = IMAGE_PROMPT if frames == 1 else VIDEO_PROMPT
   bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-  sentence = tokenizer.encode(template.format(text), add_special_tokens=False)
-  return bos + sentence + list(vocab.vision_start), bos + list(vocab.vision_start)
+  sentence = lambda template: (bos + tokenizer.encode(template.format(text),
+                                                      add_special_tokens=False) +
+                               list(vocab.vision_start))
+  return sentence(IMAGE_PROMPT), sentence(VIDEO_PROMPT), bos + list(vocab.vision_start)
 
 
 # ------------------------------------------------------------------------------------ Math
@@ -122,55 +128,86 @@ def vision_step(model, cache: decode.KVCache, tokens, is_vision, step):
   return model.logits(hidden, "vision")[:, 0], cache._replace(k=k, v=v)
 
 
-def generate_codes(model, cond_prompts, uncond_prompts, vocab, settings: Settings, *,
-                   frames: int = 1, codes_per_frame: int, seed: int = 0, progress: bool = False,
-                   generator=None) -> np.ndarray:
-  """Codes int32 `[n, frames, codes_per_frame]` for n (conditional, unconditional) prompt pairs.
+def generate_codes(model, image_prompts, uncond_prompts, vocab, settings: Settings, *,
+                   codes_per_frame: int, frames: int = 1, video_prompts=None, seed: int = 0,
+                   progress: bool = False, generator=None) -> np.ndarray:
+  """Codes int32 `[n, frames, codes_per_frame]` for n prompts, in LWM's two passes.
 
-  The prompts but their last token are prefilled; the last (`<vision>`'s last id) is fed as the
-  first decode step, whose vision logits choose the first code. Markers follow each frame.
+  The first frame comes from `image_prompts` guided by `uncond_prompts`; the frames after it (when
+  frames > 1) from a second prefill of `video_prompts` and `uncond_prompts`, each followed by the
+  first frame's codes and `<eof>`, guided with the video settings (LWM's `generate_video_pred`).
   `generator`: an `lwm.eval.inference.Generator` of `model` to reuse its jitted prefill.
   """
-  from lwm import sharding as shd
   from lwm.eval import inference
-  if len(cond_prompts) != len(uncond_prompts) or not cond_prompts:
-    raise ValueError(f"need as many conditional as unconditional prompts (at least one), got "
-                     f"{len(cond_prompts)} and {len(uncond_prompts)}")
+  n = len(image_prompts)
+  if len(uncond_prompts) != n or not n:
+    raise ValueError(f"need as many unconditional as conditional prompts (at least one), got "
+                     f"{n} and {len(uncond_prompts)}")
   if frames < 1:
     raise ValueError(f"frames must be >= 1, got {frames}")
+  if frames > 1 and (video_prompts is None or len(video_prompts) != n):
+    raise ValueError(f"a video of {frames} frames needs {n} video prompts (LWM's 'Generate a "
+                     "video of' sentence) for the frames after the first")
   if model.head_vision is None:
     raise ValueError("this model has no vision head (vision_vocab_size=0); it cannot generate")
   K = vocab.codebook_size
-  if not K or K > model.config.vision_vocab_size or vocab.eov >= model.config.vision_vocab_size:
+  if not K or vocab.eov >= model.config.vision_vocab_size:
     raise ValueError(f"codebook_size={K} (eof {vocab.eof}, eov {vocab.eov}) does not fit the "
                      f"model's vision head of {model.config.vision_vocab_size} ids")
-  prompts = [list(p) for p in cond_prompts] + [list(p) for p in uncond_prompts]
-  if min(len(p) for p in prompts) < 2:
+  generator = generator or inference.Generator(model)
+  key = jax.random.key(seed)
+  bar = _progress(frames * codes_per_frame, progress)
+  text = lambda prompts: [(list(p), [False] * len(p)) for p in prompts]
+  first = _guided_frames(generator, text(image_prompts) + text(uncond_prompts), vocab,
+                         [settings.for_frame(0)], codes_per_frame, key, bar)
+  if frames == 1:
+    bar.close()
+    return first
+  key = jax.random.fold_in(key, 1)
+  rows = []
+  for prompts in (video_prompts, uncond_prompts):
+    for p, codes in zip(prompts, first[:, 0]):
+      tail = [int(c) for c in codes] + [vocab.eof]
+      rows.append((list(p) + tail, [False] * len(p) + [True] * len(tail)))
+  rest = _guided_frames(generator, rows, vocab, [settings.for_frame(f) for f in range(1, frames)],
+                        codes_per_frame, key, bar)
+  bar.close()
+  return np.concatenate([first, rest], axis=1)
+
+
+def _guided_frames(generator, rows, vocab, frame_settings, codes_per_frame: int, key, bar):
+  """Codes `[n, len(frame_settings), codes_per_frame]` after 2n prompts `rows` [(ids, vision
+  mask)]: n conditional then n unconditional, decoded as one batch.
+
+  The prompts but their last token are prefilled; the last is fed as the first decode step, whose
+  vision logits choose the first code. `<eof>` follows every frame but the last, by rule.
+  """
+  from lwm import sharding as shd
+  from lwm.eval import inference
+  if min(len(ids) for ids, _ in rows) < 2:
     raise ValueError("every prompt needs a token before its last (<vision>'s last id is fed as "
                      "the first decode step); the unconditional prompt has none: give the "
                      "tokenizer a BOS")
-  n = len(cond_prompts)
-  generator = generator or inference.Generator(model)
-  heads = [p[:-1] for p in prompts]
-  lengths = [len(h) for h in heads]
+  n, frames, K = len(rows) // 2, len(frame_settings), vocab.codebook_size
+  lengths = [len(ids) - 1 for ids, _ in rows]
   seq = inference.padded_length(max(lengths), shd.seq_shards(generator.mesh))
   tokens = np.zeros((2 * n, seq), np.int32)
-  for i, head in enumerate(heads):
-    tokens[i, :len(head)] = head
+  mask = np.zeros((2 * n, seq), bool)
+  for i, (ids, vision) in enumerate(rows):
+    tokens[i, :lengths[i]], mask[i, :lengths[i]] = ids[:-1], vision[:-1]
   steps = frames * (codes_per_frame + 1)  # the last prompt token, each code, each <eof>
-  _, cache = generator.prefill(tokens, np.zeros_like(tokens, bool), lengths, steps)
+  _, cache = generator.prefill(tokens, mask, lengths, steps)
   graphdef = generator.graphdef
   step_fn = jax.jit(lambda params, cache, tokens, is_vision, step: vision_step(
       nnx.merge(graphdef, params), cache, tokens, is_vision, step), donate_argnums=(1,))
   pick = jax.jit(next_codes, static_argnums=(3, 4, 5))
-  key = jax.random.key(seed)
-  token = jnp.asarray([p[-1] for p in prompts], jnp.int32)
-  logits, cache = step_fn(generator.params, cache, token, False, jnp.int32(0))
+  feed = lambda ids, is_vision, step: step_fn(generator.params, cache, ids, is_vision,
+                                              jnp.int32(step))
+  last = jnp.asarray([ids[-1] for ids, _ in rows], jnp.int32)
+  logits, cache = feed(last, jnp.asarray([v[-1] for _, v in rows]), 0)
   out = np.zeros((n, frames, codes_per_frame), np.int32)
-  bar = _progress(frames * codes_per_frame, progress)
   step = 1
-  for f in range(frames):
-    scale, top_k, temperature = settings.for_frame(f)
+  for f, (scale, top_k, temperature) in enumerate(frame_settings):
     for c in range(codes_per_frame):
       key, subkey = jax.random.split(key)
       code = pick(logits, subkey, jnp.float32(scale), K, float(temperature), int(top_k))
@@ -178,14 +215,11 @@ def generate_codes(model, cond_prompts, uncond_prompts, vocab, settings: Setting
       bar.update(1)
       if f == frames - 1 and c == codes_per_frame - 1:
         break
-      logits, cache = step_fn(generator.params, cache, jnp.concatenate([code, code]), True,
-                              jnp.int32(step))
+      logits, cache = feed(jnp.concatenate([code, code]), True, step)
       step += 1
     if f < frames - 1:  # the frame is complete: its marker, placed by rule, not sampled
-      logits, cache = step_fn(generator.params, cache, jnp.full((2 * n,), vocab.eof, jnp.int32),
-                              True, jnp.int32(step))
+      logits, cache = feed(jnp.full((2 * n,), vocab.eof, jnp.int32), True, step)
       step += 1
-  bar.close()
   return out
 
 
