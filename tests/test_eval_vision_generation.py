@@ -158,3 +158,12 @@ def test_generate_script_on_a_model_trained_here(tmp_path):
   with av.open(mp4) as f:
     read = [frame.to_ndarray(format="rgb24") for frame in f.decode(video=0)]
   assert len(read) == 2 and read[0].shape == (16, 16, 3)
+
+
+def test_a_sharded_mesh_generates_the_same_greedy_codes(model):
+  from lwm import sharding as shd
+  sharded = from_lwm(os.path.join(FIXTURE, "params"), os.path.join(FIXTURE, "config.json"),
+                     mesh=shd.make_mesh(1, 1, 2, 4))
+  want = vg.generate_codes(model, COND, UNCOND, VOCAB, GREEDY, codes_per_frame=CODES)
+  got = vg.generate_codes(sharded, COND, UNCOND, VOCAB, GREEDY, codes_per_frame=CODES)
+  np.testing.assert_array_equal(got, want)
