@@ -33,3 +33,27 @@ def test_a_turn_that_would_overflow_the_cache_is_refused():
   session = chat_session.ChatSession(inference.Generator(tiny_model()), capacity=32)
   with pytest.raises(ValueError, match="needs 30 prompt tokens \\+ up to 8 new ones"):
     session.ask_ids(prompt(30), max_new_tokens=8)
+
+
+@pytest.mark.slow
+def test_ask_answers_several_questions_and_continues_a_saved_cache(tmp_path):
+  import os
+  import subprocess
+  import sys
+  import eval_testing
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = eval_testing.make_workdir(str(tmp_path))
+  (tmp_path / "doc.txt").write_text("The old farmer waits. The special magic Paris number is: 12.")
+  run = lambda *a, stdin="": subprocess.run(
+      [sys.executable, os.path.join(root, "scripts", "ask.py"), "--checkpoint", workdir,
+       "--max-new-tokens", "4", "--prefill-chunk", "8", *a], input=stdin, capture_output=True,
+      text=True, timeout=300, cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  cache = str(tmp_path / "c.npz")
+  done = run("--text-file", str(tmp_path / "doc.txt"), "--question", "What number?",
+             "--question", "Which city?", "--save-cache", cache)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert len(done.stdout.splitlines()) == 2 and os.path.isfile(cache)
+  done = run("--load-cache", cache, "--interactive", stdin="Who waits?\n\n")
+  assert done.returncode == 0 and len(done.stdout.splitlines()) == 1, done.stderr[-2000:]
+  done = run("--load-cache", cache, "--max-cache", "2", "--question", "Who waits?")
+  assert done.returncode != 0 and "larger --max-cache" in done.stderr
