@@ -48,8 +48,10 @@ class ChatSession:
   def _feed(self, ids, mask):
     ids = np.asarray(ids, np.int32)[None]
     mask = np.zeros(ids.shape, bool) if mask is None else np.asarray(mask, bool)[None]
+    # A short turn runs in a chunk of its own size (a power of two: few shapes to compile).
+    chunk = min(self.prefill_chunk, 1 << max(0, (ids.shape[1] - 1).bit_length()))
     logits, self.cache = self.generator.prefill_chunked(self.cache, ids, mask, [ids.shape[1]],
-                                                        self.prefill_chunk)
+                                                        chunk)
     self.tokens += [int(t) for t in ids[0]]
     return logits
 
