@@ -40,6 +40,8 @@ def parse_args(argv=None):
   parser.add_argument("--loss-chunk", type=int, default=None)
   parser.add_argument("--attention-block", type=int, default=None)
   parser.add_argument("--max-new-tokens", type=int, default=64, help="prefill: generated slots")
+  parser.add_argument("--prefill-chunk", type=int, default=0,
+                      help="prefill: plan one step of chunked prefill (this many tokens a chunk)")
   parser.add_argument("--cpu-licm", action="store_true",
                       help="keep XLA's while-loop-invariant code motion (see CPU_FLAGS)")
   return parser.parse_args(argv)
@@ -114,8 +116,11 @@ def main(argv=None):
     compiled = lower_train_step(config, mesh, batch, seq_len).compile()
     what = ("params, optimizer state, batch", "updated state, donated", "activations, gradients")
   else:
-    compiled = inference.lower_prefill(config, mesh, seq_len, batch, args.max_new_tokens).compile()
+    compiled = inference.lower_prefill(config, mesh, seq_len, batch, args.max_new_tokens,
+                                       chunk=args.prefill_chunk).compile()
     what = ("parameters, prompt", "KV cache, logits", "activations, ring buffers")
+    if args.prefill_chunk:
+      what = ("parameters, KV cache, chunk", "KV cache (donated), logits", "chunk activations")
   print(f"compiled in {time.time() - start:.0f} s")
   figures = inference.memory_figures(compiled)
   print(f"arguments per device: {figures['arguments']:.2f} GiB ({what[0]})")

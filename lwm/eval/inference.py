@@ -62,14 +62,64 @@ def jit_prefill(graphdef, abstract_params, config, mesh, batch: int, seq: int,
                                 cache_shardings(config, mesh, batch, seq, max_new_tokens)))
 
 
-def lower_prefill(config, mesh, seq_len: int, batch: int = 1, max_new_tokens: int = 64):
-  """Lowers a prefill of `batch` x `seq_len` tokens from abstract values only (memory planning):
-  `lower_prefill(get_config("1b"), mesh, 1 << 20).compile().memory_analysis()`."""
+def chat_cache_shardings(config, mesh, batch: int, capacity: int) -> decode.ChatCache:
+  """Shardings of a ChatCache: slots over the `seq` rule's axes, kv heads over tp, rows by batch."""
+  kv = (config.num_layers, batch, capacity, config.num_kv_heads, config.dim_per_head)
+  slots = shd.named_sharding(mesh, (None, "batch", "seq", "kv_heads", None), kv)
+  return decode.ChatCache(slots, slots, shd.named_sharding(mesh, ("batch",), (batch,)))
+
+
+def cache_capacity(tokens: int, sp: int) -> int:
+  """`tokens` rounded up to a multiple of the sequence shards (each holds an equal piece)."""
+  return -(-tokens // sp) * sp
+
+
+def jit_extend(graphdef, abstract_params, config, mesh, batch: int, chunk: int, capacity: int):
+  """`jax.jit` of `extend(params, cache, tokens, vision_mask, counts) -> (logits, cache)` for
+  chunks of `chunk` tokens on a ChatCache of `capacity` slots; the cache is donated."""
+  def run(params, cache, tokens, vision_mask, counts):
+    return decode.extend(nnx.merge(graphdef, params), cache, tokens, vision_mask, counts)
+
+  replicated = NamedSharding(mesh, P())
+  rows = shd.named_sharding(mesh, ("batch", None), (batch, chunk))
+  cache = chat_cache_shardings(config, mesh, batch, capacity)
+  return jax.jit(run, in_shardings=(shd.param_shardings(abstract_params, mesh), cache, rows, rows,
+                                    cache.lengths),
+                 out_shardings=(replicated, cache), donate_argnums=(1,))
+
+
+def _abstract_params(config, mesh):
   from lwm.model.step import abstract_model
   graphdef, abstract = nnx.split(abstract_model(config, mesh), nnx.Param)
   p_shard = shd.param_shardings(abstract, mesh)
   params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, p_shard)
+  return graphdef, abstract, params
+
+
+def lower_prefill(config, mesh, seq_len: int, batch: int = 1, max_new_tokens: int = 64,
+                  chunk: int = 0):
+  """Lowers a prefill of `batch` x `seq_len` tokens from abstract values only (memory planning):
+  `lower_prefill(get_config("1b"), mesh, 1 << 20).compile().memory_analysis()`.
+
+  chunk > 0: lowers one step of chunked prefill instead, `chunk` tokens into a cache with room for
+  the prompt and `max_new_tokens` (the step every chunk runs: its peak is the prefill's).
+  """
+  graphdef, abstract, params = _abstract_params(config, mesh)
+  if chunk:
+    capacity = cache_capacity(seq_len + max_new_tokens, shd.seq_shards(mesh))
+    shardings = chat_cache_shardings(config, mesh, batch, capacity)
+    kv = (config.num_layers, batch, capacity, config.num_kv_heads, config.dim_per_head)
+    dtype = jnp.dtype(config.compute_dtype)
+    cache = decode.ChatCache(jax.ShapeDtypeStruct(kv, dtype, sharding=shardings.k),
+                             jax.ShapeDtypeStruct(kv, dtype, sharding=shardings.v),
+                             jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=shardings.lengths))
+    rows = shd.named_sharding(mesh, ("batch", None), (batch, chunk))
+    tokens = jax.ShapeDtypeStruct((batch, chunk), jnp.int32, sharding=rows)
+    vision = jax.ShapeDtypeStruct((batch, chunk), jnp.bool_, sharding=rows)
+    counts = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=shardings.lengths)
+    step = jit_extend(graphdef, abstract, config, mesh, batch, chunk, capacity)
+    return step.lower(params, cache, tokens, vision, counts)
   inputs = _input_sharding(mesh, batch, seq_len)
   tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32, sharding=inputs)
   vision = jax.ShapeDtypeStruct((batch, seq_len), jnp.bool_, sharding=inputs)
@@ -105,6 +155,42 @@ class Generator:
     put = lambda a, dtype: jax.device_put(np.asarray(a, dtype), sharding)
     return self._prefill[key](self.params, put(tokens, np.int32), put(vision_mask, bool),
                               jnp.asarray(lengths, jnp.int32))
+
+  def extend(self, cache: decode.ChatCache, tokens, vision_mask, counts):
+    """Feeds a chunk `[batch, chunk]` to a ChatCache (donated): `decode.extend`, jitted."""
+    batch, chunk = np.shape(tokens)
+    key = ("extend", batch, chunk, cache.k.shape[2])
+    if key not in self._prefill:
+      self._prefill[key] = jit_extend(self.graphdef, self.abstract, self.config, self.mesh,
+                                      *key[1:])
+    rows = shd.named_sharding(self.mesh, ("batch", None), (batch, chunk))
+    put = lambda a, dtype: jax.device_put(np.asarray(a, dtype), rows)
+    return self._prefill[key](self.params, cache, put(tokens, np.int32), put(vision_mask, bool),
+                              jnp.asarray(counts, jnp.int32))
+
+  def empty_cache(self, batch: int, tokens: int) -> decode.ChatCache:
+    """A ChatCache with room for at least `tokens` per row, placed on the mesh."""
+    capacity = cache_capacity(tokens, shd.seq_shards(self.mesh))
+    return jax.device_put(decode.empty_cache(self.config, batch, capacity),
+                          chat_cache_shardings(self.config, self.mesh, batch, capacity))
+
+  def prefill_chunked(self, cache: decode.ChatCache, tokens, vision_mask, lengths, chunk: int):
+    """Feeds prompts `[batch, seq]` (row b's first lengths[b] tokens) to `cache` in chunks of
+    `chunk` tokens; returns (logits `[batch, vocab]` after each row's last token, cache)."""
+    if chunk < 1:
+      raise ValueError(f"prefill chunk must be >= 1 token, got {chunk}")
+    tokens, vision_mask = np.asarray(tokens), np.asarray(vision_mask, bool)
+    lengths = np.asarray(lengths, np.int32)
+    held = int(np.max(np.asarray(cache.lengths)))
+    decode.check_room(cache.k.shape[2], held, int(lengths.max()), "the prompt")
+    logits = None
+    for start in range(0, int(lengths.max()), chunk):
+      piece = lambda a: _pad_to(a[:, start:start + chunk], chunk)
+      counts = np.clip(lengths - start, 0, chunk)
+      step_logits, cache = self.extend(cache, piece(tokens), piece(vision_mask), counts)
+      ends_here = (counts > 0) & (lengths - start <= chunk)
+      logits = step_logits if logits is None else jnp.where(ends_here[:, None], step_logits, logits)
+    return logits, cache
 
   def decode(self, cache, tokens, step: int):
     """Feeds generated tokens `[batch]` as number `step`; the cache is donated."""
@@ -152,6 +238,11 @@ class Generator:
       logits, cache = self.decode(cache, token, step)
     out = np.stack(generated, axis=1)
     return [_until(row, eos_ids) for row in out]
+
+
+def _pad_to(a, width: int):
+  """`a` `[batch, n]` padded with zeros to `[batch, width]`."""
+  return np.pad(a, ((0, 0), (0, width - a.shape[1])))
 
 
 def _until(row, eos_ids) -> list:

@@ -11,6 +11,11 @@ does not matter: each slot's validity travels with it.
   for step in range(16):
     token = sample_token(logits, key, temperature, top_p)
     logits, cache = decode_step(model, cache, token, step)
+
+Chunked prefill and conversations use a second cache, `ChatCache`: natural order, room for a fixed
+number of tokens, filled by `extend` one chunk at a time (each chunk attends to the cache so far,
+the cache's pieces merged over the mesh by lwm.ops.cache_attention); a decode step is a chunk of
+one token. Peak memory is then set by the chunk and the cache, not by the prompt.
 """
 from typing import NamedTuple
 
@@ -96,6 +101,65 @@ def decode_step(model, cache: KVCache, tokens, step):
                                      cache.k, cache.v))
   hidden = layers.rms_norm(x, model.final_norm[...], config.rms_norm_eps)
   return model.logits(hidden)[:, 0], cache._replace(k=k, v=v)
+
+
+class ChatCache(NamedTuple):
+  """A natural-order cache that grows chunk by chunk (chunked prefill, chat turns, decoding).
+
+  k, v: `[layers, batch, capacity, kv_heads, head_dim]`, slot s = the token at position s, sharded
+  over the `seq` rule's mesh axes (contiguous pieces); lengths: `[batch]` int32 tokens held.
+  """
+  k: jax.Array
+  v: jax.Array
+  lengths: jax.Array
+
+
+def empty_cache(config, batch: int, capacity: int) -> ChatCache:
+  """A ChatCache with room for `capacity` tokens per row, none held, in the compute dtype."""
+  shape = (config.num_layers, batch, capacity, config.num_kv_heads, config.dim_per_head)
+  zeros = lambda: jnp.zeros(shape, config.compute_dtype)  # two buffers: both are donated
+  return ChatCache(zeros(), zeros(), jnp.zeros((batch,), jnp.int32))
+
+
+def extend(model, cache: ChatCache, tokens, vision_mask, counts):
+  """Feeds a chunk: row b's first counts[b] tokens of `tokens` `[batch, chunk]` (vision_mask alike,
+  or None) enter the cache at positions lengths[b]..; each attends to the cache so far.
+
+  Returns (float32 text logits `[batch, vocab]` after each row's last fed token, the cache). A row
+  with counts 0 is left as it is (its logits are meaningless). The caller keeps lengths + chunk
+  within the capacity (`check_room`).
+  """
+  config, mesh = model.config, model.get_mesh()
+  counts = jnp.asarray(counts, jnp.int32)
+  positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
+  x = model.embed(tokens, vision_mask)
+  cos, sin = layers.rope_angles(positions, config.dim_per_head, config.rope_theta,
+                                config.rope_scaling)
+
+  def body(x, inputs):
+    params, k, v = inputs
+    params = jax.tree.map(lambda w: w.astype(config.compute_dtype), params)
+    layer_cache = layers.ChunkCache(k, v, cache.lengths, counts)
+    return layers.decoder_layer(params, x, cos=cos, sin=sin, config=config, mesh=mesh,
+                                mode="chunk", cache=layer_cache)
+
+  x, (k, v) = jax.lax.scan(body, x, (model.layers.arrays(), cache.k, cache.v))
+  last = jnp.maximum(counts - 1, 0)
+  hidden = jnp.take_along_axis(x, last[:, None, None], axis=1)
+  hidden = layers.rms_norm(hidden, model.final_norm[...], config.rms_norm_eps)
+  return model.logits(hidden)[:, 0], ChatCache(k, v, cache.lengths + counts)
+
+
+def check_room(capacity: int, held: int, adding: int, what: str = "the turn") -> None:
+  """Refuses to feed `adding` tokens to a cache of `capacity` slots that holds `held`."""
+  if held + adding > capacity:
+    raise ValueError(f"{what} needs {adding} more tokens but the cache holds {held} of "
+                     f"{capacity}: start with a larger cache (--max-cache) or a shorter prompt")
+
+
+def chunk_counts(lengths, start: int, chunk: int):
+  """Tokens of each row that fall in the chunk [start, start + chunk) of prompts of `lengths`."""
+  return jnp.clip(jnp.asarray(lengths, jnp.int32) - start, 0, chunk)
 
 
 def sample_token(logits, key, temperature: float = 0.0, top_p: float = 1.0):

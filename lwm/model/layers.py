@@ -15,6 +15,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from lwm import ops
 from lwm import sharding as shd
 from lwm.model import rope
+from lwm.ops import cache_attention
 
 
 def rms_norm(x, weight, eps: float):
@@ -167,8 +168,9 @@ def cached_attention(q, prompt_k, prompt_v, prompt_valid, k, v, step):
 
 # How a layer runs (MaxText's model_mode): "train" is the forward of training (and the model's
 # __call__); "prefill" is the same computation that also returns the layer's keys and values;
-# "decode" feeds one token per row against a `DecodeCache` and returns its updated slots.
-MODES = ("train", "prefill", "decode")
+# "decode" feeds one token per row against a `DecodeCache` and returns its updated slots; "chunk"
+# feeds a chunk of tokens per row into a `ChunkCache` (chunked prefill, chat turns, decoding).
+MODES = ("train", "prefill", "decode", "chunk")
 
 
 class DecodeCache(NamedTuple):
@@ -184,6 +186,31 @@ class DecodeCache(NamedTuple):
   k: jax.Array
   v: jax.Array
   step: jax.Array
+
+
+class ChunkCache(NamedTuple):
+  """One layer's natural-order cache for a chunk (a slice of `lwm.model.decode.ChatCache`).
+
+  k, v: `[batch, capacity, kv_heads, hd]`, slot s = position s, sharded over the `seq` rule's
+  axes; lengths: `[batch]` int32 tokens already held; counts: `[batch]` int32 tokens of the chunk
+  that are real (the rest is padding and is neither written nor seen).
+  """
+  k: jax.Array
+  v: jax.Array
+  lengths: jax.Array
+  counts: jax.Array
+
+
+def chunk_attention(q, k, v, cache: ChunkCache, mesh: Mesh):
+  """Writes the chunk's k, v into the cache and attends its queries to the cache so far (causal
+  within the chunk), the cache's pieces merged over the sequence axes (lwm.ops.cache_attention).
+  Returns (o `[batch, chunk, heads, hd]`, (k_cache, v_cache))."""
+  spec = shd.logical_to_spec(("batch", "seq", "kv_heads", None), cache.k.shape, mesh)
+  axes = lambda entry: shd.spec_axes(P(entry))
+  o, k_cache, v_cache = cache_attention.sharded_write_and_attend(
+      q, k, v, cache.k, cache.v, cache.lengths, cache.counts, mesh=mesh,
+      batch_axes=axes(spec[0]), seq_axes=axes(spec[1]), head_axes=axes(spec[2]))
+  return o, (k_cache, v_cache)
 
 
 def qkv_projections(params: dict, h, cos, sin, config):
@@ -211,6 +238,9 @@ def self_attention(params: dict, h, *, cos, sin, segment_ids, config, mesh: Mesh
     o = cached_attention(q, cache.prompt_k, cache.prompt_v, cache.prompt_valid, k_slots, v_slots,
                          cache.step)
     return dense(o.reshape(batch, seq, -1), params, "wo", "bo"), (k_slots, v_slots)
+  if mode == "chunk":
+    o, kv = chunk_attention(q, k, v, cache, mesh)
+    return dense(o.reshape(batch, seq, -1), params, "wo", "bo"), kv
   q, k, v = (shd.constrain(t, mesh, ("batch", "seq", "act_heads", None)) for t in (q, k, v))
   attend = functools.partial(ring_self_attention, mesh=mesh, block_q=config.attention_block_q,
                              block_kv=config.attention_block_kv, impl=config.attention_impl)
@@ -230,9 +260,9 @@ def self_attention(params: dict, h, *, cos, sin, segment_ids, config, mesh: Mesh
 
 def feed_forward(params: dict, h, *, config, mesh: Mesh, mode: str):
   """SwiGLU on normalised input h `[batch, seq, embed]`: blockwise over the sharded sequence, or
-  directly for a decode step's single token."""
+  directly for a decode step's single token and a chunk (held whole by every device)."""
   ffn = {name: params[name] for name in FFN_PARAMS if name in params}
-  if mode == "decode":
+  if mode in ("decode", "chunk"):
     return swiglu(h, ffn)
   return blockwise_ffn(h, ffn, chunk=config.ffn_chunk, mesh=mesh)
 
@@ -244,14 +274,17 @@ def decoder_layer(params: dict, x, *, cos, sin, config, mesh: Mesh | None, segme
   params: this layer's weights (see `Transformer`), in compute dtype. x: [batch, seq, embed]
   (seq = 1 in "decode"); cos, sin: [batch, seq, head_dim // 2]; segment_ids: [batch, seq] int32
   or None; layer_index: int32 scalar, traced from the layer scan; cache: this layer's DecodeCache
-  ("decode" only). Returns (x [batch, seq, embed], kv) with kv as `self_attention` says.
+  ("decode") or ChunkCache ("chunk"). Returns (x [batch, seq, embed], kv) with kv as
+  `self_attention` says.
   """
   if mode not in MODES:
     raise ValueError(f"mode={mode!r}; expected one of {MODES}")
-  if (cache is not None) != (mode == "decode"):
-    raise ValueError(f"mode={mode!r} takes {'a' if mode == 'decode' else 'no'} DecodeCache")
-  # Decode steps hold one token per row: nothing to place along the sequence.
-  place = (lambda t: t) if mode == "decode" else (
+  cached = mode in ("decode", "chunk")
+  if (cache is not None) != cached:
+    kind = "ChunkCache" if mode == "chunk" else "DecodeCache"
+    raise ValueError(f"mode={mode!r} takes {'a' if cached else 'no'} {kind}")
+  # Decode steps and chunks are held whole by every device: nothing to place along the sequence.
+  place = (lambda t: t) if cached else (
       lambda t: shd.constrain(t, mesh, ("batch", "seq", "act_embed")))
   h = rms_norm(x, params["attn_norm"], config.rms_norm_eps)
   attn_out, kv = self_attention(params, h, cos=cos, sin=sin, segment_ids=segment_ids,

@@ -1,0 +1,105 @@
+"""Attention of a chunk of new tokens to a key/value cache sharded over the sequence axis.
+
+The cache is in natural order with room for `capacity` tokens per row; row b holds `lengths[b]`
+tokens in slots 0..lengths[b]-1 and slot s is the token at position s. A chunk's keys and values
+are written at slots lengths[b] + j, then each of its queries attends to every slot at or before
+its own position (causal within the chunk, all of the cache before it; slots past a row's tokens
+are never seen). Sharded, each device holds a contiguous piece of the cache and the chunk's
+queries; its partial softmax (o, lse) is merged with the other devices' by a log-sum-exp psum.
+
+  o, lse = attend_cache(q, k_cache, v_cache, q_positions, limits)          # one device
+  o, k_cache, v_cache = sharded_write_and_attend(q, k, v, k_cache, v_cache, lengths, counts,
+                                                 mesh=mesh, seq_axes=("sp",), head_axes=("tp",))
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+MASK_VALUE = -1e30  # finite: a row that sees no key weighs nothing in the merge
+
+
+def write_chunk(cache, new, starts, counts, offset=0):
+  """`cache` `[batch, slots, ...]` with row b's first counts[b] entries of `new` `[batch, chunk,
+  ...]` at global slots starts[b] + j; `offset` is the global slot of local slot 0 (a shard's).
+  Entries outside this piece of the cache are dropped."""
+  slots, chunk = cache.shape[1], new.shape[1]
+  j = jnp.arange(chunk)
+  local = starts[:, None] + j[None] - offset
+  keep = (j[None] < counts[:, None]) & (local >= 0) & (local < slots)
+  local = jnp.where(keep, local, slots)  # out of bounds: dropped
+  rows = jnp.broadcast_to(jnp.arange(cache.shape[0])[:, None], local.shape)
+  return cache.at[rows, local].set(new.astype(cache.dtype), mode="drop")
+
+
+def attend_cache(q, k_cache, v_cache, q_positions, limits, offset=0):
+  """Partial attention of queries to one piece of the cache, as (o, lse) in float32.
+
+  q: `[batch, n, heads, hd]`; k_cache, v_cache: `[batch, slots, kv_heads, hd]`, local slot s
+  being global slot offset + s; q_positions: `[batch, n]` int32, a query sees slots <= its
+  position; limits: `[batch]` int32, slots >= limit hold no token. Returns o `[batch, n, heads,
+  hd]` normalised over the visible slots (0 where none) and lse `[batch, n, heads]` (MASK_VALUE
+  where none).
+  """
+  batch, n, heads, hd = q.shape
+  kv_heads = k_cache.shape[2]
+  qg = q.astype(jnp.float32).reshape(batch, n, kv_heads, heads // kv_heads, hd) * hd ** -0.5
+  s = jnp.einsum("bnkgd,bskd->bkgns", qg, k_cache.astype(jnp.float32),
+                 precision=lax.Precision.HIGHEST)
+  slots = offset + jnp.arange(k_cache.shape[1])
+  visible = (slots[None, None, :] <= q_positions[:, :, None]) & (
+      slots[None, None, :] < limits[:, None, None])
+  s = jnp.where(visible[:, None, None], s, MASK_VALUE)
+  m = s.max(-1, keepdims=True)
+  p = jnp.where(visible[:, None, None], jnp.exp(s - m), 0.0)
+  total = p.sum(-1)
+  o = jnp.einsum("bkgns,bskd->bnkgd", p, v_cache.astype(jnp.float32),
+                 precision=lax.Precision.HIGHEST)
+  seen = total > 0
+  o = o / jnp.where(seen, total, 1.0).transpose(0, 3, 1, 2)[..., None]
+  lse = jnp.where(seen, m[..., 0] + jnp.log(jnp.where(seen, total, 1.0)), MASK_VALUE)
+  return o.reshape(batch, n, heads, hd), lse.transpose(0, 3, 1, 2).reshape(batch, n, heads)
+
+
+def merge_over(o, lse, axes):
+  """The softmax over the union of every device's keys along mesh `axes`, from each device's
+  (o, lse): weights exp(lse - max lse), summed by psum."""
+  if not axes:
+    return o, lse
+  top = lax.pmax(lse, axes)
+  weight = jnp.where(lse > MASK_VALUE / 2, jnp.exp(lse - top), 0.0)
+  total = lax.psum(weight, axes)
+  o = lax.psum(o * weight[..., None], axes) / jnp.where(total > 0, total, 1.0)[..., None]
+  return o, jnp.where(total > 0, top + jnp.log(jnp.where(total > 0, total, 1.0)), MASK_VALUE)
+
+
+def write_and_attend(q, k, v, k_cache, v_cache, lengths, counts, *, seq_axes=()):
+  """Per-device body: writes the chunk's k, v `[batch, chunk, kv_heads, hd]` at slots lengths[b]..
+  (counts[b] of them), then attends the chunk's queries to the whole cache along `seq_axes`.
+  Returns (o `[batch, chunk, heads, hd]` in q's dtype, k_cache, v_cache)."""
+  slots = k_cache.shape[1]
+  offset = lax.axis_index(seq_axes) * slots if seq_axes else 0
+  k_cache = write_chunk(k_cache, k, lengths, counts, offset)
+  v_cache = write_chunk(v_cache, v, lengths, counts, offset)
+  positions = lengths[:, None] + jnp.arange(q.shape[1])[None]
+  o, lse = attend_cache(q, k_cache, v_cache, positions, lengths + counts, offset)
+  o, _ = merge_over(o, lse, seq_axes)
+  return o.astype(q.dtype), k_cache, v_cache
+
+
+def sharded_write_and_attend(q, k, v, k_cache, v_cache, lengths, counts, *, mesh, seq_axes=(),
+                             head_axes=(), batch_axes=()):
+  """`write_and_attend` on global arrays under `jax.shard_map`: the cache's slots sharded over
+  mesh `seq_axes`, heads (of q, k, v and the cache alike) over `head_axes`, rows over
+  `batch_axes`; the chunk is held whole along the sequence by every device."""
+  seq_axes, head_axes, batch_axes = (tuple(a) for a in (seq_axes, head_axes, batch_axes))
+  name = lambda axes: axes if len(axes) > 1 else (axes[0] if axes else None)
+  b, s, h = name(batch_axes), name(seq_axes), name(head_axes)
+  chunk_spec, cache_spec, row_spec = P(b, None, h, None), P(b, s, h, None), P(b)
+  fn = functools.partial(write_and_attend, seq_axes=seq_axes)
+  return jax.shard_map(fn, mesh=mesh,
+                       in_specs=(chunk_spec,) * 3 + (cache_spec,) * 2 + (row_spec,) * 2,
+                       out_specs=(chunk_spec, cache_spec, cache_spec), check_vma=False)(
+                           q, k, v, k_cache, v_cache, lengths, counts)
