@@ -107,8 +107,6 @@ def plan_auto(args, c):
     raise SystemExit(str(e)) from e
   os.environ["JAX_PLATFORMS"] = "cpu"
   launch.set_device_count(args.devices, replace=True)
-  if not args.cpu_licm:
-    os.environ["XLA_FLAGS"] = f"{os.environ['XLA_FLAGS']} {CPU_FLAGS}"
   from lwm.bench import mesh_plan  # pylint: disable=import-outside-toplevel
 
   config = mesh_plan.model_config(c).replace(**planning_overrides(args))
@@ -118,12 +116,14 @@ def plan_auto(args, c):
   print(f"plan: {args.devices} devices, batch {batch} x {c.seq_len} tokens, params "
         f"{config.param_dtype}, activations {config.dtype}, budget {budget:g} GiB"
         + (f", topology {args.topology}" if topology else ""))
-  print("MiB each device sends per step, by collective (compiled HLO, loops counted)")
+  print("MiB each device sends per step, by collective (compiled HLO, loops counted); peak memory "
+        f"{'with' if args.cpu_licm else 'without'} loop-invariant code motion (see CPU_FLAGS)")
   print(mesh_plan.format_header(topology))
   start = time.time()
   rows, pruned, choice, reason = mesh_plan.plan(
       config, args.devices, batch, c.seq_len, budget_gib=budget, topology=topology,
-      max_candidates=args.max_candidates, log=print)
+      max_candidates=args.max_candidates, log=print,
+      memory_options=None if args.cpu_licm else mesh_plan.CPU_MEMORY_OPTIONS)
   print(f"{len(rows)} meshes compiled in {time.time() - start:.0f} s; {len(pruned)} left out:")
   for sizes, why in pruned:
     print(f"  {mesh_spec.format_mesh(sizes)}: {why}")

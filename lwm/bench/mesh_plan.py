@@ -16,6 +16,7 @@ from lwm.bench import collectives
 
 # The axes that split attention heads (hp appears with the head-parallel axis).
 HEAD_AXES = tuple(a for a in ("tp", "hp") if a in mesh_spec.MESH_AXES)
+AUTO = "auto"  # config.mesh that asks for the planner's choice at stage start
 DEFAULT_BUDGET_GIB = 80.0
 # Compiles a training stage with mesh "auto" may spend at its start.
 AUTO_MAX_CANDIDATES = 8
@@ -86,9 +87,20 @@ def candidates(num_devices: int, **model) -> tuple[list[tuple], list[tuple[tuple
   return valid, pruned
 
 
+# The CPU compiler's memory plan without loop-invariant code motion (see scripts/plan_memory.py's
+# CPU_FLAGS); the bytes come from a compile with it, as GPU and TPU compilers hoist loop-invariant
+# all-gathers of weights out of loops.
+CPU_MEMORY_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+
+
 def measure(config, sizes: tuple, batch: int, seq_len: int, *, budget_gib: float,
-            topology: collectives.Topology | None = None) -> Row:
-  """Compiles the training step of ModelConfig `config` on mesh `sizes` and measures it."""
+            topology: collectives.Topology | None = None,
+            memory_options: dict | None = None) -> Row:
+  """Compiles the training step of ModelConfig `config` on mesh `sizes` and measures it.
+
+  memory_options: XLA options of a second compile whose memory analysis is taken (None: one
+  compile for both).
+  """
   # pylint: disable=import-outside-toplevel
   from lwm import sharding as shd
   from lwm.model import lower_train_step
@@ -96,12 +108,14 @@ def measure(config, sizes: tuple, batch: int, seq_len: int, *, budget_gib: float
   start = time.time()
   try:
     mesh = shd.make_mesh(*sizes)
-    compiled = lower_train_step(config, mesh, batch, seq_len).compile()
+    lowered = lower_train_step(config, mesh, batch, seq_len)
+    compiled = lowered.compile()
+    for_memory = lowered.compile(compiler_options=memory_options) if memory_options else compiled
   except Exception as e:  # pylint: disable=broad-except
     row.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
     return row
   row.compile_seconds = time.time() - start
-  stats = compiled.memory_analysis()
+  stats = for_memory.memory_analysis()
   row.peak_gib = (stats.argument_size_in_bytes + stats.output_size_in_bytes -
                   stats.alias_size_in_bytes + stats.temp_size_in_bytes) / GIB
   found = collectives.transfers(compiled.as_text(), mesh)
@@ -145,7 +159,7 @@ def _comm(row: Row) -> str:
 
 
 def plan(config, num_devices: int, batch: int, seq_len: int, *, budget_gib: float,
-         topology=None, max_candidates: int = 32, log=None):
+         topology=None, max_candidates: int = 32, memory_options: dict | None = None, log=None):
   """Enumerates, prunes, compiles at most `max_candidates` meshes and chooses one.
 
   config: the ModelConfig to train. Returns (rows, pruned [(sizes, why)], choice Row or None,
@@ -158,7 +172,8 @@ def plan(config, num_devices: int, batch: int, seq_len: int, *, budget_gib: floa
              for s in valid[max_candidates:]]
   rows = []
   for sizes in valid[:max_candidates]:
-    rows.append(measure(config, sizes, batch, seq_len, budget_gib=budget_gib, topology=topology))
+    rows.append(measure(config, sizes, batch, seq_len, budget_gib=budget_gib, topology=topology,
+                        memory_options=memory_options))
     if log:
       log(format_row(rows[-1]))
   choice, reason = choose(rows, budget_gib)
@@ -199,19 +214,22 @@ def model_config(config, vocab: dict | None = None):
   return model_dir.model_config(placeholder, vocab or {"text_vocab_size": 0})
 
 
-def resolve_auto_mesh(config, model_config, num_devices: int, log=None):
+def resolve_auto_mesh(config, num_devices: int, log=None):
   """A copy of stage config `config` whose mesh "auto" is the planner's choice on `num_devices`
-  (budget: the device's memory); ValueError when no mesh fits."""
+  (budget: the device's memory; at most AUTO_MAX_CANDIDATES compiles); ValueError when no mesh
+  fits."""
+  import os  # pylint: disable=import-outside-toplevel
+  from lwm.data.dataset import read_vocab  # pylint: disable=import-outside-toplevel
+  has_vocab = config.data.path and os.path.isfile(os.path.join(config.data.path, "vocab.json"))
+  cfg = model_config(config, read_vocab(config.data.path) if has_vocab else None)
   t = config.train
-  batch = t.batch_size // t.grad_accum
   budget = device_budget_gib()
-  _, _, choice, reason = plan(model_config, num_devices, batch, config.seq_len,
-                              budget_gib=budget, max_candidates=AUTO_MAX_CANDIDATES)
+  rows, _, choice, reason = plan(cfg, num_devices, t.batch_size // t.grad_accum, config.seq_len,
+                                 budget_gib=budget, max_candidates=AUTO_MAX_CANDIDATES)
   if choice is None:
     raise ValueError(f"config.mesh='auto': {reason}")
   if log:
-    log(f"mesh auto -> {choice.mesh} ({reason})")
+    log("mesh auto -> %s (%d meshes compiled): %s", choice.mesh, len(rows), reason)
   resolved = config.copy_and_resolve_references()
   resolved.mesh = choice.mesh
   return resolved
-
