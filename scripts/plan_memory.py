@@ -125,8 +125,8 @@ def plan_auto(args, c):
       max_candidates=args.max_candidates, log=print,
       memory_options=None if args.cpu_licm else mesh_plan.CPU_MEMORY_OPTIONS)
   print(f"{len(rows)} meshes compiled in {time.time() - start:.0f} s; {len(pruned)} left out:")
-  for sizes, why in pruned:
-    print(f"  {mesh_spec.format_mesh(sizes)}: {why}")
+  for why, meshes in mesh_plan.group_pruned(pruned):
+    print(f"  {why}: {meshes[0]}" + (f" and {len(meshes) - 1} more" if len(meshes) > 1 else ""))
   if choice is None:
     raise SystemExit(f"no choice: {reason}")
   print(f"choice: {reason}")

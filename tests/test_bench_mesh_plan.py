@@ -44,6 +44,15 @@ def test_prune_sequence_and_blocks():
   assert mesh_plan.prune(sizes(tp=2, sp=4), **TINY) == ""
 
 
+def test_pruned_meshes_are_grouped_by_constraint():
+  pruned = [(sizes(fsdp=2, sp=4), "batch 1 is not divisible by dp*fsdp = 2"),
+            (sizes(tp=8), "4 heads are not divisible by tp = 8"),
+            (sizes(fsdp=4, sp=2), "batch 1 is not divisible by dp*fsdp = 4")]
+  assert mesh_plan.group_pruned(pruned) == [
+      ("batch N is not divisible by dp*fsdp = N", ["fsdp=2,sp=4", "fsdp=4,sp=2"]),
+      ("N heads are not divisible by tp = N", ["tp=8"])]
+
+
 def test_candidates_split_valid_from_pruned_longest_ring_first():
   valid, pruned = mesh_plan.candidates(8, **TINY)
   assert len(valid) + len(pruned) == len(mesh_plan.factorizations(8, len(mesh_spec.MESH_AXES)))
@@ -94,7 +103,7 @@ def test_plan_memory_mesh_auto_on_the_tiny_model():
   assert all(float(line.split()[-3].replace(",", "")) > 0 for line in table)
   choice = [line for line in lines if line.startswith("choice: ")]
   assert choice and "the least estimated communication time" in choice[0], out.stdout
-  assert "fsdp=2,sp=4: batch 1 is not divisible by dp*fsdp = 2" in out.stdout
+  assert "batch N is not divisible by dp*fsdp = N: fsdp=2,sp=4 and" in out.stdout
 
 
 def auto_stage():

@@ -9,6 +9,7 @@ when a topology is given, else the bytes per device per step; ties go to the sma
 """
 import dataclasses
 import math
+import re
 import time
 
 from lwm import mesh_spec
@@ -85,6 +86,14 @@ def candidates(num_devices: int, **model) -> tuple[list[tuple], list[tuple[tuple
            if a in mesh_spec.MESH_AXES]
   valid.sort(key=lambda s: tuple(-s[i] for i in order))
   return valid, pruned
+
+
+def group_pruned(pruned: list[tuple[tuple, str]]) -> list[tuple[str, list[str]]]:
+  """[(reason with its numbers as N, [meshes])], in first-seen order: one line per constraint."""
+  groups = {}
+  for sizes, why in pruned:
+    groups.setdefault(re.sub(r"\d+", "N", why), []).append(mesh_spec.format_mesh(sizes))
+  return list(groups.items())
 
 
 # The CPU compiler's memory plan without loop-invariant code motion (see scripts/plan_memory.py's
