@@ -130,6 +130,9 @@ def plan_auto(args, c):
   if choice is None:
     raise SystemExit(f"no choice: {reason}")
   print(f"choice: {reason}")
+  by_axes = sorted(choice.bytes_by_axes.items(), key=lambda kv: -kv[1])
+  print("  its MiB per device per step by mesh axis: " +
+        ", ".join(f"{axes} {sent / mesh_plan.MIB:,.1f}" for axes, sent in by_axes))
 
 
 def main(argv=None):

@@ -129,3 +129,28 @@ def test_ring_attention_forward_sends_seven_eighths_of_k_and_v(causal, layout):
   assert sent["collective-permute"] == pytest.approx((8 - 1) / 8 * full_kv, rel=0.05)
   assert set(sent) == {"collective-permute"}
   assert {t.axes for t in found} == {"sp"}
+
+
+def test_bfloat16_is_counted_at_its_width_though_the_cpu_sends_float32():
+  mesh = jax.make_mesh((8,), ("b",), axis_types=(AxisType.Explicit,))
+  x = jax.ShapeDtypeStruct((64, 32), jnp.bfloat16, sharding=NamedSharding(mesh, P("b")))
+  fn = jax.shard_map(lambda x: (jax.lax.ppermute(x, "b", [(i, (i + 1) % 8) for i in range(8)]),
+                                jax.lax.all_gather(x, "b", tiled=True)),
+                     mesh=mesh, in_specs=P("b"), out_specs=(P("b"), P()), check_vma=False)
+  text = jax.jit(fn).lower(x).compile().as_text()
+  assert re.search(r"f32\[8,32\]\S* collective-permute", text)  # what the CPU compiler sends
+  sent = collectives.bytes_by(collectives.transfers(text, mesh))
+  local = 8 * 32 * 2  # one device's [8, 32] bfloat16 rows
+  assert sent["collective-permute"] == pytest.approx(local, rel=0.05)
+  assert sent["all-gather"] == pytest.approx(7 / 8 * 8 * local, rel=0.05)
+
+
+def test_replica_groups_over_named_device_axes():
+  line = "replica_groups=mesh['axis_0'=2,'axis_1'=4] {'axis_0'}, use_global_device_ids=true"
+  assert collectives.parse_groups(line, 8) == ((0, 4), (1, 5), (2, 6), (3, 7))
+  line = ("replica_groups=mesh['axis_0'=1,'axis_1'=4,'axis_2'=2], device_ids=([2,4]T(1,0)) "
+          "{'axis_2'}")
+  # Devices in mesh order: 0 4 1 5 2 6 3 7; axis_2 pairs neighbours in that order.
+  assert collectives.parse_groups(line, 8) == ((0, 4), (1, 5), (2, 6), (3, 7))
+  with pytest.raises(ValueError, match="cannot read"):
+    collectives.parse_groups("replica_groups=<weird>", 8)

@@ -8,6 +8,9 @@ sends each time, by the usual formulas on the full buffer B of a group of g devi
   all-gather, reduce-scatter, all-to-all: (g-1)/g * B     all-reduce: 2(g-1)/g * B
   collective-permute: the operand
 
+A collective whose operand is only an upcast of narrower data (the CPU compiler's
+float-normalization-bf16 sends bfloat16 as float32) is counted at the narrower width.
+
 With a mesh, each collective is named by the mesh axes its replica groups (or source-target pairs)
 span, e.g. "sp" or "fsdp+sp". Device ids in the HLO are positions in the mesh's flattened devices.
 A `Topology` ("8x900GBps,50GBps": devices per fast-link group x that bandwidth, the bandwidth
@@ -102,7 +105,28 @@ def array_bytes(type_text: str) -> list[int]:
 
 def parse_groups(line: str, num_devices: int) -> tuple:
   """Replica groups of an op line: explicit {{0,1},{2,3}}, iota [2,4]<=[8] / [4,2]<=[2,4]T(1,0),
-  or empty (one group of every device)."""
+  over named axes of the devices (mesh['axis_0'=2,'axis_1'=4] {'axis_1'}, in order or as
+  device_ids=([4,2]T(1,0)) gives them), or none (one group of every device). ValueError for a
+  form it cannot read."""
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\(\[([0-9,]+)\]"
+                r"(?:T\(([0-9,]+)\))?\))?\s*\{([^}]*)\}", line)
+  if m:
+    axes = re.findall(r"'([^']+)'=(\d+)", m.group(1))
+    chosen = re.findall(r"'([^']+)'", m.group(4))
+    names, shape = [a for a, _ in axes], [int(n) for _, n in axes]
+    if not set(chosen) <= set(names) or re.search(r"[():]", m.group(4)):
+      raise ValueError(f"cannot read replica groups {m.group(0)!r}")
+    ids = np.arange(math.prod(shape))
+    if m.group(2):  # the devices in mesh order: an iota reshaped and transposed
+      ids = ids.reshape([int(x) for x in m.group(2).split(",")])
+      ids = ids.transpose([int(x) for x in m.group(3).split(",")]) if m.group(3) else ids
+    ids = ids.reshape(shape)
+    inner = [names.index(a) for a in chosen]
+    outer = [i for i in range(len(names)) if i not in inner]
+    ids = ids.transpose(outer + inner).reshape(-1, math.prod(shape[i] for i in inner))
+    return tuple(tuple(int(d) for d in row) for row in ids)
+  if re.search(r"replica_groups=[^\[{]", line):
+    raise ValueError(f"cannot read the replica groups of {line.strip()[:200]!r}")
   m = re.search(r"replica_groups=\[([0-9,]+)\]<=\[([0-9,]+)\](?:T\(([0-9,]+)\))?", line)
   if m:
     shape = [int(x) for x in m.group(1).split(",")]
@@ -189,6 +213,56 @@ def _callees(line: str, comps: dict) -> list[tuple[str, int]]:
   return found
 
 
+# Ops that move or convert data without computing on it.
+_MOVES = {"parameter", "constant", "convert", "copy", "bitcast", "transpose", "reshape", "slice",
+          "dynamic-slice", "get-tuple-element"}
+_FLOATS = {"f16", "bf16", "f32", "f64"}
+
+
+def _opcode(line: str) -> str:
+  m = re.search(r"\s([a-z][\w\-]*)\(", line.split("=", 1)[1]) if "=" in line else None
+  return m.group(1) if m else ""
+
+
+def _float_width(line: str) -> float | None:
+  found = [d for d, _ in _ARRAY.findall(line.split("=", 1)[1].split("(", 1)[0]) if d in _FLOATS]
+  return _DTYPE_BYTES[found[0]] if found else None
+
+
+def _narrowest(name: str, instructions: dict, comps: dict, depth: int = 0) -> float | None:
+  """The narrowest float width the value `name` passed through on its way from computed data,
+  following only moves and converts (None: not a float)."""
+  line = instructions.get(name)
+  if line is None:
+    return None
+  width, op = _float_width(line), _opcode(line)
+  if op in _MOVES - {"parameter", "constant", "get-tuple-element"} and depth < 8:
+    operand = re.search(re.escape(op) + r"\(%?([\w.\-]+)", line)
+    inner = _narrowest(operand.group(1), instructions, comps, depth + 1) if operand else None
+    return min(w for w in (width, inner) if w) if width else None
+  called = re.search(r"calls=%?([\w.\-]+)", line) if op == "fusion" else None
+  body = comps.get(called.group(1), []) if called else []
+  if body and all(_opcode(b) in _MOVES for b in body if b.strip()):
+    widths = [w for b in body if b.strip() and (w := _float_width(b))]
+    return min(widths + [width]) if width and widths else width
+  return width
+
+
+def _upcast_ratio(line: str, op: str, instructions: dict, comps: dict) -> float:
+  """narrowest width / sent width when the collective's first operand is only moved or converted
+  from narrower data, else 1.
+
+  The CPU compiler (pass float-normalization-bf16) sends bfloat16 collectives as float32,
+  converting before and after; GPU and TPU compilers send the bfloat16.
+  """
+  m = re.search(re.escape(op) + r"\(%?([\w.\-]+)", line)
+  if not m or m.group(1) not in instructions:
+    return 1.0
+  sent = _float_width(instructions[m.group(1)])
+  narrow = _narrowest(m.group(1), instructions, comps)
+  return narrow / sent if narrow and sent and narrow < sent else 1.0
+
+
 def transfers(hlo_text: str, mesh=None, num_devices: int | None = None) -> list[Transfer]:
   """Every collective of a compiled module, with its runs per step and bytes per device per run.
 
@@ -199,6 +273,8 @@ def transfers(hlo_text: str, mesh=None, num_devices: int | None = None) -> list[
     m = re.search(r"num_partitions=(\d+)", hlo_text)
     num_devices = math.prod(mesh_shape.values()) if mesh_shape else int(m.group(1)) if m else 1
   comps = _computations(hlo_text)
+  instructions = {m.group("name"): line for name, lines in comps.items() if name is not None
+                  for line in lines if (m := _INSTR.match(line))}
   counts = defaultdict(int)
 
   def visit(name, times, depth=0):
@@ -232,6 +308,7 @@ def transfers(hlo_text: str, mesh=None, num_devices: int | None = None) -> list[
           sizes = [max(sizes)] if kind == "all-gather" else sizes
         buffer = sum(sizes) * (group_size if kind == "reduce-scatter" else 1)
         sent = _FACTOR[kind] * (group_size - 1) / group_size * buffer
+      sent *= _upcast_ratio(line, m.group("op"), instructions, comps)
       found.append(Transfer(kind, _INSTR.match(line).group("name"), sent, times, group_size,
                             group_axes(groups, mesh_shape), groups))
   return found
