@@ -131,3 +131,17 @@ def test_resolve_auto_mesh_picks_a_valid_mesh_and_logs_it():
                                          log=lambda fmt, *a: logged.append(fmt % a))
   assert resolved.mesh in ("sp=8", "tp=2,sp=4")
   assert logged and logged[0].startswith(f"mesh auto -> {resolved.mesh}")
+
+
+@pytest.mark.slow
+def test_a_stage_with_mesh_auto_trains_on_the_planners_choice(tmp_path):
+  import json
+  import training_data
+  from lwm import train
+  c = auto_stage()
+  c.data.path = training_data.make_text_dataset(str(tmp_path / "text"))
+  c.train.steps, c.train.log_every, c.train.dtype = 1, 1, "float32"
+  c.checkpoint.every, c.checkpoint.async_save = 1, False
+  train.train(c, str(tmp_path / "run"))
+  with open(tmp_path / "run" / "config.json") as f:
+    assert json.load(f)["mesh"] in ("sp=8", "tp=2,sp=4")
