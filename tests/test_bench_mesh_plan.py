@@ -53,6 +53,15 @@ def test_pruned_meshes_are_grouped_by_constraint():
       ("N heads are not divisible by tp = N", ["tp=8"])]
 
 
+def test_a_head_parallel_axis_splits_heads_with_tp(monkeypatch):
+  monkeypatch.setattr(mesh_spec, "MESH_AXES", ("dp", "fsdp", "tp", "hp", "sp"))
+  with_hp = lambda **named: tuple(named.get(a, 1) for a in mesh_spec.MESH_AXES)
+  assert "4 heads are not divisible by tp*hp = 8" in mesh_plan.prune(with_hp(tp=2, hp=4), **TINY)
+  assert mesh_plan.prune(with_hp(hp=4, sp=2), **TINY) == ""  # kv heads are repeated over hp
+  valid, _ = mesh_plan.candidates(8, **TINY)
+  assert valid[:2] == [with_hp(sp=8), with_hp(hp=2, sp=4)]
+
+
 def test_candidates_split_valid_from_pruned_longest_ring_first():
   valid, pruned = mesh_plan.candidates(8, **TINY)
   assert len(valid) + len(pruned) == len(mesh_plan.factorizations(8, len(mesh_spec.MESH_AXES)))

@@ -15,8 +15,6 @@ import time
 from lwm import mesh_spec
 from lwm.bench import collectives
 
-# The axes that split attention heads (hp appears with the head-parallel axis).
-HEAD_AXES = tuple(a for a in ("tp", "hp") if a in mesh_spec.MESH_AXES)
 AUTO = "auto"  # config.mesh that asks for the planner's choice at stage start
 DEFAULT_BUDGET_GIB = 80.0
 # Compiles a training stage with mesh "auto" may spend at its start.
@@ -45,6 +43,11 @@ class Row:
     return sum(self.bytes_by_kind.values())
 
 
+def head_axes() -> tuple[str, ...]:
+  """The mesh axes that split attention heads (hp where the mesh has the head-parallel axis)."""
+  return tuple(a for a in ("tp", "hp") if a in mesh_spec.MESH_AXES)
+
+
 def factorizations(n: int, parts: int) -> list[tuple]:
   """Every ordered tuple of `parts` positive integers whose product is n."""
   if parts == 1:
@@ -59,15 +62,18 @@ def prune(sizes: tuple, *, num_heads: int, num_kv_heads: int, seq_len: int, batc
   block sizes, which must divide each device's zigzag chunks (or exceed them)."""
   size = dict(zip(mesh_spec.MESH_AXES, sizes))
   dp, fsdp, tp, sp = (size.get(a, 1) for a in ("dp", "fsdp", "tp", "sp"))
-  heads = math.prod(size.get(a, 1) for a in HEAD_AXES)
+  heads = math.prod(size.get(a, 1) for a in head_axes())
   if batch % (dp * fsdp):
     return f"batch {batch} is not divisible by dp*fsdp = {dp * fsdp}"
   if num_heads % heads:
-    return f"{num_heads} heads are not divisible by {'*'.join(HEAD_AXES)} = {heads}"
+    return f"{num_heads} heads are not divisible by {'*'.join(head_axes())} = {heads}"
   if num_kv_heads % tp:
     return f"{num_kv_heads} kv heads are not divisible by tp = {tp} (tp would replicate them)"
   if seq_len % (2 * sp):
     return f"sequence {seq_len} is not divisible into 2*sp = {2 * sp} chunks"
+  hp = size.get("hp", 1)  # the sequence is also cut over hp before the all-to-all
+  if seq_len % (2 * sp * hp):
+    return f"sequence {seq_len} is not divisible into 2*sp*hp = {2 * sp * hp} chunks"
   span = seq_len // (2 * sp)
   for block in blocks:
     if span % min(block, span):
@@ -82,7 +88,7 @@ def candidates(num_devices: int, **model) -> tuple[list[tuple], list[tuple[tuple
   for sizes in factorizations(num_devices, len(mesh_spec.MESH_AXES)):
     why = prune(sizes, **model)
     (pruned.append((sizes, why)) if why else valid.append(sizes))
-  order = [mesh_spec.MESH_AXES.index(a) for a in ("sp",) + HEAD_AXES[::-1] + ("fsdp", "dp")
+  order = [mesh_spec.MESH_AXES.index(a) for a in ("sp",) + head_axes()[::-1] + ("fsdp", "dp")
            if a in mesh_spec.MESH_AXES]
   valid.sort(key=lambda s: tuple(-s[i] for i in order))
   return valid, pruned
@@ -116,7 +122,7 @@ def measure(config, sizes: tuple, batch: int, seq_len: int, *, budget_gib: float
   row = Row(tuple(sizes))
   start = time.time()
   try:
-    mesh = shd.make_mesh(*sizes)
+    mesh = shd.make_mesh(**dict(zip(mesh_spec.MESH_AXES, sizes)))
     lowered = lower_train_step(config, mesh, batch, seq_len)
     compiled = lowered.compile()
     for_memory = lowered.compile(compiler_options=memory_options) if memory_options else compiled
