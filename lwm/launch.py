@@ -27,6 +27,8 @@ def set_device_count(count: int | None, *, replace: bool = False, environ=None) 
 
 def setup_devices(config, num_processes: int = 1) -> None:
   """Gives the CPU backend as many devices as this process's share of the config's mesh."""
+  if config.mesh == "auto":  # the planner (lwm.bench.mesh_plan) takes the devices there are
+    return
   set_device_count(stage_schema.device_count_needed(config) // max(num_processes, 1))
 
 

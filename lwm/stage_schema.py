@@ -31,7 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.seq_len = 1024            # tokens per packed sequence
   c.rope_theta = 0.0          # RoPE base; 0 keeps the model's own: init_from's (a Hugging Face
                               # checkpoint or a previous stage) or else the named size's
-  c.mesh = "sp=1"             # "sp=8", "fsdp=-1,tp=4" or dp,fsdp,tp,sp; one -1 takes the rest
+  c.mesh = "sp=1"             # "sp=8", "fsdp=-1,tp=4" or dp,fsdp,tp,sp; one -1 takes the rest;
+  #                             "auto": the planner's choice at stage start (lwm.bench.mesh_plan)
   c.seed = 0
   c.init_from = ""            # "" (random), a previous stage's workdir, a Hugging Face LLaMA dir,
                               # or a model directory written by scripts/import_lwm.py
@@ -99,6 +100,9 @@ def stage_config(stages: dict, arg: str, common: dict | None = None, *,
 
 def mesh_sizes(config, num_devices: int | None = None) -> tuple[int, int, int, int]:
   """(dp, fsdp, tp, sp) from `config.mesh` ("sp=4,fsdp=-1" or "1,-1,1,4"; see lwm.mesh_spec)."""
+  if config.mesh == "auto":
+    raise ValueError("config.mesh='auto' is the planner's choice, made at stage start by lwm.train "
+                     "(lwm.bench.mesh_plan.resolve_auto_mesh); it has no sizes before that")
   try:
     return mesh_spec.parse_mesh_sizes(config.mesh, num_devices)
   except ValueError as e:

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from lwm import checkpoint, model_dir, sharding, stage_schema, train_hooks
+from lwm.bench import mesh_plan
 from lwm.data.dataset import read_vocab
 from lwm.data.loader import Loader, Prefetcher
 from lwm.metrics import MetricsWriter, Throughput, log_line, train_step_flops
@@ -64,6 +65,8 @@ def peak_flops(config) -> float:
 def train(config, workdir: str) -> dict:
   """Runs (or resumes) one stage; returns the last logged metrics."""
   # ---------------------------------------------------------------- Devices and config checks
+  if config.mesh == mesh_plan.AUTO:  # the planner's choice on these devices, logged
+    config = mesh_plan.resolve_auto_mesh(config, jax.device_count(), log=logger.info)
   stage_schema.validate(config, jax.device_count())
   model_dir.check_init_tokenizer(config)
   vocab = read_vocab(config.data.path)

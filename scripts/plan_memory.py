@@ -8,8 +8,17 @@ memory analysis then gives the per-device figures.
   python scripts/plan_memory.py --model 7b --seq-len 1048576 --batch 1 --mesh sp=64
   python scripts/plan_memory.py --model 7b --seq-len 1048576 --mesh sp=64 --mode prefill
   python scripts/plan_memory.py --config configs/lwm_text.py:1m --devices 256
+  python scripts/plan_memory.py --model 7b --seq-len 1048576 --devices 64 --mesh auto \
+      --topology 8x900GBps,50GBps
 
---mode train: one full step (forward, backward, AdamW; float32 parameters and optimizer state,
+--mesh auto (or a config whose mesh is "auto") plans every mesh over --devices that the model,
+sequence and batch allow (lwm.bench.mesh_plan): a table of per-device peak memory and bytes each
+device sends per step by collective, read from the compiled HLO, and the choice: the least
+communication among the meshes that fit --budget-gib. --topology DEVICESxFAST,SLOW (e.g.
+8x900GBps,50GBps: 8 devices per fast-link group at 900 GB/s, 50 GB/s between groups) adds an
+estimated communication time per step, which then ranks the meshes.
+
+--mode train: one full step (forward, backward, AdamW; --param-dtype parameters and optimizer state,
 bfloat16 activations). --mode prefill: a prompt's prefill with ring attention, every layer's keys
 and values kept as the decode cache (an output, sharded over sp and tp). --config takes the model,
 the sequence length, the micro-batch, the mesh and the model config of a stage config as training
@@ -33,9 +42,18 @@ def parse_args(argv=None):
   parser.add_argument("--seq-len", type=int, default=1048576)
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--mesh", default="sp=8",
-                      help="e.g. sp=8 or fsdp=2,sp=4 (or dp,fsdp,tp,sp sizes: 1,1,1,8)")
+                      help="e.g. sp=8 or fsdp=2,sp=4 (or positional sizes of every mesh axis), "
+                           "or auto: plan the mesh over --devices")
   parser.add_argument("--remat-policy", default=None, help="override the config's remat policy")
   parser.add_argument("--dtype", default="bfloat16", help="activation (and KV cache) dtype")
+  parser.add_argument("--param-dtype", default="float32",
+                      help="parameter (and so AdamW moment) dtype, e.g. bfloat16")
+  parser.add_argument("--budget-gib", type=float, default=None,
+                      help="--mesh auto: per-device memory budget (default 80)")
+  parser.add_argument("--topology", default=None,
+                      help="--mesh auto: DEVICESxFAST,SLOW link bandwidths, e.g. 8x900GBps,50GBps")
+  parser.add_argument("--max-candidates", type=int, default=32,
+                      help="--mesh auto: compile at most this many meshes (longest ring first)")
   parser.add_argument("--ffn-chunk", type=int, default=None)
   parser.add_argument("--loss-chunk", type=int, default=None)
   parser.add_argument("--attention-block", type=int, default=None)
@@ -59,7 +77,7 @@ def stage_config(args):
   and --dtype."""
   if args.config:
     c = stage_schema.load_config(args.config)
-    if mesh_spec.device_count(c.mesh) is None and not args.devices:
+    if c.mesh != "auto" and mesh_spec.device_count(c.mesh) is None and not args.devices:
       raise SystemExit(f"{args.config} has mesh {c.mesh!r}: give --devices to resolve the -1")
     return c
   c = stage_schema.base_config()
@@ -72,14 +90,58 @@ def planning_overrides(args) -> dict:
   """ModelConfig fields the flags change on top of the stage's."""
   overrides = {field: getattr(args, field) for field in ("remat_policy", "ffn_chunk", "loss_chunk")
                if getattr(args, field)}
+  overrides["param_dtype"] = args.param_dtype
   if args.attention_block:
     overrides["attention_block_q"] = overrides["attention_block_kv"] = args.attention_block
   return overrides
 
 
+def plan_auto(args, c):
+  """--mesh auto: the planner's table over --devices and its choice."""
+  if not args.devices:
+    raise SystemExit("--mesh auto needs --devices, the device count to plan for")
+  if args.mode != "train":
+    raise SystemExit("--mesh auto plans training steps; give --mode train")
+  from lwm.bench import collectives  # pylint: disable=import-outside-toplevel
+  try:
+    topology = collectives.parse_topology(args.topology) if args.topology else None
+  except ValueError as e:
+    raise SystemExit(str(e)) from e
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  launch.set_device_count(args.devices, replace=True)
+  from lwm.bench import mesh_plan  # pylint: disable=import-outside-toplevel
+
+  config = mesh_plan.model_config(c).replace(**planning_overrides(args))
+  batch = c.train.batch_size // c.train.grad_accum
+  budget = args.budget_gib or mesh_plan.DEFAULT_BUDGET_GIB
+  print(f"model {c.model}: {config}")
+  print(f"plan: {args.devices} devices, batch {batch} x {c.seq_len} tokens, params "
+        f"{config.param_dtype}, activations {config.dtype}, budget {budget:g} GiB"
+        + (f", topology {args.topology}" if topology else ""))
+  print("MiB each device sends per step, by collective (compiled HLO, loops counted); peak memory "
+        f"{'with' if args.cpu_licm else 'without'} loop-invariant code motion (see CPU_FLAGS)")
+  print(mesh_plan.format_header(topology))
+  start = time.time()
+  rows, pruned, choice, reason = mesh_plan.plan(
+      config, args.devices, batch, c.seq_len, budget_gib=budget, topology=topology,
+      max_candidates=args.max_candidates, log=print,
+      memory_options=None if args.cpu_licm else mesh_plan.CPU_MEMORY_OPTIONS)
+  print(f"{len(rows)} meshes compiled in {time.time() - start:.0f} s; {len(pruned)} left out:")
+  for why, meshes in mesh_plan.group_pruned(pruned):
+    print(f"  {why}: {meshes[0]}" + (f" and {len(meshes) - 1} more" if len(meshes) > 1 else ""))
+  if choice is None:
+    raise SystemExit(f"no choice: {reason}")
+  print(f"choice: {reason}")
+  by_axes = sorted(choice.bytes_by_axes.items(), key=lambda kv: -kv[1])
+  print("  its MiB per device per step by mesh axis: " +
+        ", ".join(f"{axes} {sent / mesh_plan.MIB:,.1f}" for axes, sent in by_axes))
+
+
 def main(argv=None):
   args = parse_args(argv)
   c = stage_config(args)
+  if str(c.mesh).strip() == "auto":
+    return plan_auto(args, c)
   try:
     sizes = stage_schema.mesh_sizes(c, args.devices)
   except ValueError as e:
