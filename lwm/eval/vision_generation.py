@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lwm.model import decode, layers
+from lwm.model import decode
 
 IMAGE_PROMPT = "You are a helpful assistant. USER: Generate an image of {} ASSISTANT:"
 VIDEO_PROMPT = "You are a helpful assistant. USER: Generate a video of {} ASSISTANT:"
@@ -108,24 +108,7 @@ def next_codes(logits, key, scale, codebook_size: int, temperature: float, top_k
 def vision_step(model, cache: decode.KVCache, tokens, is_vision, step):
   """`lwm.model.decode.decode_step` with the token embedded by the text (`is_vision` False) or the
   vision table, returning the vision head's logits `[batch, vision_vocab]`."""
-  config, mesh = model.config, model.get_mesh()
-  positions = (cache.lengths + step)[:, None]
-  mask = jnp.broadcast_to(is_vision, tokens.shape)[:, None]
-  x = model.embed(tokens[:, None].astype(jnp.int32), mask)
-  cos, sin = layers.rope_angles(positions, config.dim_per_head, config.rope_theta,
-                                config.rope_scaling)
-
-  def body(x, inputs):
-    params, prompt_k, prompt_v, k, v = inputs
-    params = jax.tree.map(lambda w: w.astype(config.compute_dtype), params)
-    layer_cache = layers.DecodeCache(prompt_k, prompt_v, cache.prompt_valid, k, v, step)
-    return layers.decoder_layer(params, x, cos=cos, sin=sin, config=config, mesh=mesh,
-                                mode="decode", cache=layer_cache)
-
-  x, (k, v) = jax.lax.scan(body, x, (model.layers.arrays(), cache.prompt_k, cache.prompt_v,
-                                     cache.k, cache.v))
-  hidden = layers.rms_norm(x, model.final_norm[...], config.rms_norm_eps)
-  return model.logits(hidden, "vision")[:, 0], cache._replace(k=k, v=v)
+  return decode.decode_step(model, cache, tokens, step, is_vision=is_vision, head="vision")
 
 
 def generate_codes(model, image_prompts, uncond_prompts, vocab, settings: Settings, *,

@@ -81,12 +81,14 @@ def prefill(model, tokens, vision_mask, lengths, *, max_new_tokens: int):
   return model.logits(hidden)[:, 0], cache
 
 
-def decode_step(model, cache: KVCache, tokens, step):
-  """Feeds generated token number `step` (text ids `[batch]`); returns (logits `[batch, vocab]`,
-  cache with its keys and values in slot `step`)."""
+def decode_step(model, cache: KVCache, tokens, step, *, is_vision=None, head: str = "text"):
+  """Feeds generated token number `step` (ids `[batch]`, text ids unless `is_vision` says which
+  are vision ids); returns (the `head`'s logits `[batch, vocab]`, cache with its keys and values in
+  slot `step`)."""
   config, mesh = model.config, model.get_mesh()
   positions = (cache.lengths + step)[:, None]
-  x = model.embed(tokens[:, None].astype(jnp.int32))
+  mask = None if is_vision is None else jnp.broadcast_to(is_vision, tokens.shape)[:, None]
+  x = model.embed(tokens[:, None].astype(jnp.int32), mask)
   cos, sin = layers.rope_angles(positions, config.dim_per_head, config.rope_theta,
                                 config.rope_scaling)
 
@@ -100,7 +102,7 @@ def decode_step(model, cache: KVCache, tokens, step):
   x, (k, v) = jax.lax.scan(body, x, (model.layers.arrays(), cache.prompt_k, cache.prompt_v,
                                      cache.k, cache.v))
   hidden = layers.rms_norm(x, model.final_norm[...], config.rms_norm_eps)
-  return model.logits(hidden)[:, 0], cache._replace(k=k, v=v)
+  return model.logits(hidden, head)[:, 0], cache._replace(k=k, v=v)
 
 
 class ChatCache(NamedTuple):
