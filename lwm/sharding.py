@@ -1,4 +1,4 @@
-"""One mesh with axes (dp, fsdp, tp, sp) and one table mapping logical axis names to mesh axes.
+"""One mesh with axes (dp, fsdp, tp, hp, sp) and one table mapping logical axis names to mesh axes.
 
 Layers name each dimension logically (`embed`, `heads`, `mlp`, `seq`...). `LOGICAL_RULES` is the
 only place that says which mesh axes shard it: every `with_sharding_constraint`, `shard_map` spec,
@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from lwm.mesh_spec import MESH_AXES, parse_mesh_sizes
+from lwm.mesh_spec import MESH_AXES, full_sizes, parse_mesh_sizes
 
 
 LOGICAL_RULES = (
@@ -39,19 +39,27 @@ LOGICAL_RULES = (
 )
 
 
-def make_mesh(dp: int = 1, fsdp: int = 1, tp: int = 1, sp: int = 1, *, devices=None) -> Mesh:
-  """A (dp, fsdp, tp, sp) mesh over the first dp*fsdp*tp*sp devices.
+def make_mesh(*sizes: int, devices=None, **named: int) -> Mesh:
+  """A (dp, fsdp, tp, hp, sp) mesh over the first dp*fsdp*tp*hp*sp devices.
+
+  Sizes positionally as five (dp, fsdp, tp, hp, sp) or the older four (dp, fsdp, tp, sp: hp=1),
+  or by name (`make_mesh(hp=2, sp=4)`); unnamed axes are 1.
 
   The axes are Auto (GSPMD propagation between our explicit constraints and shard_maps): the model
   places activations itself, and Explicit axes would make every einsum declare its output sharding.
   """
-  shape = (dp, fsdp, tp, sp)
+  unknown = sorted(set(named) - set(MESH_AXES))
+  if unknown or (sizes and named):
+    raise ValueError(f"make_mesh takes sizes positionally or by name {MESH_AXES}, got "
+                     f"{sizes} and {named}")
+  shape = full_sizes(sizes or (1,) * len(MESH_AXES))
+  shape = tuple(named.get(a, s) for a, s in zip(MESH_AXES, shape))
   if any(s < 1 for s in shape):
-    raise ValueError(f"mesh sizes (dp, fsdp, tp, sp) must all be >= 1, got {shape}")
+    raise ValueError(f"mesh sizes {MESH_AXES} must all be >= 1, got {shape}")
   devices = jax.devices() if devices is None else list(devices)
   need = math.prod(shape)
   if need > len(devices):
-    raise ValueError(f"mesh (dp, fsdp, tp, sp)={shape} needs {need} devices, "
+    raise ValueError(f"mesh {MESH_AXES}={shape} needs {need} devices, "
                      f"only {len(devices)} are available")
   return Mesh(np.asarray(devices[:need]).reshape(shape), MESH_AXES,
               axis_types=(AxisType.Auto,) * len(MESH_AXES))

@@ -98,8 +98,9 @@ def stage_config(stages: dict, arg: str, common: dict | None = None, *,
   return c
 
 
-def mesh_sizes(config, num_devices: int | None = None) -> tuple[int, int, int, int]:
-  """(dp, fsdp, tp, sp) from `config.mesh` ("sp=4,fsdp=-1" or "1,-1,1,4"; see lwm.mesh_spec)."""
+def mesh_sizes(config, num_devices: int | None = None) -> tuple[int, int, int, int, int]:
+  """(dp, fsdp, tp, hp, sp) from `config.mesh` ("sp=4,fsdp=-1", "1,-1,1,1,4" or the older
+  "1,-1,1,4"; see lwm.mesh_spec)."""
   if config.mesh == "auto":
     raise ValueError("config.mesh='auto' is the planner's choice, made at stage start by lwm.train "
                      "(lwm.bench.mesh_plan.resolve_auto_mesh); it has no sizes before that")
@@ -117,10 +118,13 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 def validate(config, num_devices: int | None = None) -> None:
   """Raises ValueError naming the first wrong value; call before building anything."""
-  dp, fsdp, tp, sp = mesh_sizes(config, num_devices)
-  if num_devices is not None and dp * fsdp * tp * sp != num_devices:
-    raise ValueError(f"config.mesh={config.mesh!r} needs {dp * fsdp * tp * sp} devices, but "
-                     f"there are {num_devices}; make dp*fsdp*tp*sp equal the device count")
+  dp, fsdp, tp, hp, sp = mesh_sizes(config, num_devices)
+  if num_devices is not None and dp * fsdp * tp * hp * sp != num_devices:
+    raise ValueError(f"config.mesh={config.mesh!r} needs {dp * fsdp * tp * hp * sp} devices, but "
+                     f"there are {num_devices}; make dp*fsdp*tp*hp*sp equal the device count")
+  if hp > 1:
+    raise ValueError(f"config.mesh={config.mesh!r} has hp={hp}: head-parallel attention (the "
+                     f"all-to-all over hp) is not built yet; use sp={hp * sp} instead")
   if config.seq_len <= 0 or config.seq_len % (2 * sp):
     raise ValueError(f"config.seq_len={config.seq_len} must be a positive multiple of 2*sp = "
                      f"{2 * sp} (ring attention's zigzag layout gives each device two chunks)")
