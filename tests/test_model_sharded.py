@@ -21,7 +21,7 @@ def loss_and_grads(config, params_np, batch_np, mesh):
                         is_leaf=lambda x: isinstance(x, nnx.Variable))
   if mesh is not None:
     params = jax.device_put(params, shd.param_shardings(abstract, mesh))
-    batch = jax.device_put(batch, shd.batch_shardings(mesh, 2, batch.keys()))
+    batch = jax.device_put(batch, shd.batch_shardings(mesh, len(batch["tokens"]), batch.keys()))
 
   @jax.jit
   def run(params, batch):
@@ -68,6 +68,28 @@ def test_whole_heads_when_the_embed_size_is_not_divisible():
   batch = model_testing.packed_batch(config, batch=2, seq=32)
   loss1, grads1 = loss_and_grads(config, params_np, batch, None)
   loss8, grads8 = loss_and_grads(config, params_np, batch, shd.make_mesh(*MESHES["sp8"]))
+  assert abs(loss8 - loss1) <= 1e-5 * abs(loss1)
+  for (path, g1), g8 in zip(jax.tree.leaves_with_path(grads1), jax.tree.leaves(grads8)):
+    err = np.linalg.norm(g8 - g1) / np.linalg.norm(g1)
+    assert err <= 1e-5, f"{jax.tree_util.keystr(path)}: relative error {err:.2e}"
+
+
+def test_batch_smaller_than_fsdp_trains_like_one_device():
+  """LWM issue 39: batch 1 on fsdp=8 replicates the batch (no axis divides it) while fsdp still
+  shards the parameters; the loss and gradients are one device's."""
+  config = get_config("tiny")
+  _, params = nnx.split(Transformer(config, rngs=nnx.Rngs(2)), nnx.Param)
+  params_np = jax.tree.map(lambda p: np.asarray(p[...]), params,
+                           is_leaf=lambda x: isinstance(x, nnx.Variable))
+  batch = model_testing.packed_batch(config, batch=1, seq=32, seed=3)
+  mesh = shd.make_mesh(fsdp=8)
+  assert shd.batch_axes(mesh, 1) == ()
+  abstract = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), mesh=mesh)),
+                       nnx.Param)[1]
+  specs = [s.spec for s in jax.tree.leaves(shd.param_shardings(abstract, mesh))]
+  assert any("fsdp" in shd.spec_axes(spec) for spec in specs)  # parameters still sharded
+  loss1, grads1 = loss_and_grads(config, params_np, batch, None)
+  loss8, grads8 = loss_and_grads(config, params_np, batch, mesh)
   assert abs(loss8 - loss1) <= 1e-5 * abs(loss1)
   for (path, g1), g8 in zip(jax.tree.leaves_with_path(grads1), jax.tree.leaves(grads8)):
     err = np.linalg.norm(g8 - g1) / np.linalg.norm(g1)
