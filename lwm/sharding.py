@@ -5,7 +5,9 @@ only place that says which mesh axes shard it: every `with_sharding_constraint`,
 collective and zigzag size in the model is derived from it. Parameters are sharded over fsdp and sp
 together, as LWM does, so a long-context mesh (large sp) does not replicate them; tp shards heads,
 the FFN hidden dimension, the vocabularies and the residual stream's embed dimension; the sequence
-is sharded over sp.
+is sharded over sp and hp together (sp major): sp is the ring of ring attention, hp the
+head-parallel axis whose all-to-all trades the sequence shard for a slice of the heads inside
+attention (`lwm.ops.head_parallel`), so each hp group holds one ring shard between them.
 
 Any `jax.sharding.Mesh` is accepted where a mesh is taken, whatever its axis types (`jax.make_mesh`
 makes Explicit axes by default): `model_mesh` gives the model its Auto view of the same devices.
@@ -33,7 +35,7 @@ LOGICAL_RULES = (
     ("norm", None),
     # Activations.
     ("batch", ("dp", "fsdp")),
-    ("seq", "sp"),  # Also the ring of ring attention: must be one mesh axis.
+    ("seq", ("sp", "hp")),  # The ring's axis first, then the head-parallel (all-to-all) axes.
     ("act_heads", "tp"),
     ("act_embed", "tp"),  # Residual stream: saved layer inputs are not replicated over tp.
 )
@@ -114,17 +116,35 @@ def axis_size(mesh: Mesh, axes) -> int:
   return math.prod(mesh.shape.get(a, 1) for a in axes)
 
 
-def seq_axis() -> str:
-  """The one mesh axis the sequence is sharded over: the ring of ring attention."""
+def ring_axis() -> str:
+  """The mesh axis of ring attention's ring: the first axis of the `seq` rule."""
   axes = mesh_axes("seq")
-  if len(axes) != 1:
-    raise ValueError(f"the 'seq' rule must name exactly one mesh axis (the ring), got {axes}")
+  if not axes:
+    raise ValueError("the 'seq' rule must name at least one mesh axis (the ring's)")
   return axes[0]
 
 
+def head_parallel_axes() -> tuple[str, ...]:
+  """The `seq` rule's axes after the ring's: attention all-to-alls the sequence over them into a
+  slice of the heads."""
+  return mesh_axes("seq")[1:]
+
+
+def ring_shards(mesh: Mesh | None) -> int:
+  """The ring's size on `mesh`: the zigzag layout cuts the sequence into twice as many chunks."""
+  return 1 if mesh is None else axis_size(mesh, ring_axis())
+
+
 def seq_shards(mesh: Mesh | None) -> int:
-  """How many pieces the sequence is cut into on `mesh` (1 without a mesh)."""
+  """How many pieces the sequence is cut into on `mesh` (ring x head-parallel; 1 without a mesh).
+  A sequence is whole on the mesh when it is a multiple of twice this (`seq_multiple`)."""
   return 1 if mesh is None else axis_size(mesh, mesh_axes("seq"))
+
+
+def seq_multiple(mesh: Mesh | None) -> int:
+  """What a sequence length must be a multiple of on `mesh`: 2 chunks per ring shard (zigzag),
+  each ring shard cut into whole pieces over the head-parallel axes."""
+  return 2 * seq_shards(mesh)
 
 
 def logical_to_spec(logical: Sequence, shape: Sequence[int | None] | None = None,

@@ -118,8 +118,7 @@ def test_lwm_stages_pass_trainings_checks_on_the_papers_devices(dataset_dir, nam
     stage_schema.validate(c, num_devices=devices)  # raises on any wrong value
   c = load("lwm_text", "128k")
   c.data.path, c.init_from = dataset_dir, ""
-  with pytest.raises(ValueError, match="divisible by dp\\*fsdp = 64"):
-    stage_schema.validate(c, num_devices=512)  # 32 sequences over fsdp=64
+  stage_schema.validate(c, num_devices=512)  # 32 sequences on fsdp=64: rows replicated, warned
 
 
 @pytest.mark.parametrize("name, arg, seq_len, theta, sizes", [
