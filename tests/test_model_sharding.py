@@ -28,8 +28,7 @@ def place(config, params, mesh):
 
 
 def loss_of(model, batch_np):
-  shards = shd.seq_shards(model.get_mesh())
-  batch = model_testing.to_layout(batch_np, shards)
+  batch = model_testing.to_layout(batch_np, shd.ring_shards(model.get_mesh()))
   if model.mesh is not None:
     batch = jax.device_put(batch, shd.batch_shardings(model.mesh, 2, batch.keys()))
   graphdef, params = nnx.split(model, nnx.Param)
@@ -54,7 +53,7 @@ def test_changing_the_seq_rule_moves_every_place(monkeypatch):
   config, params = tiny_params()
   batch_np = model_testing.packed_batch(config, batch=2, seq=32)
   reference_loss, _ = loss_of(Transformer(config, rngs=nnx.Rngs(0)), batch_np)
-  rules = tuple((name, {"sp": "cp", ("fsdp", "sp"): ("fsdp", "cp")}.get(axes, axes))
+  rules = tuple((name, {("sp", "hp"): ("cp", "hp"), ("fsdp", "sp"): ("fsdp", "cp")}.get(axes, axes))
                 for name, axes in shd.LOGICAL_RULES)
   monkeypatch.setattr(shd, "LOGICAL_RULES", rules)
   mesh = jax.make_mesh((2, 4), ("fsdp", "cp"))  # jax's default axis types, not ours
@@ -87,14 +86,14 @@ def test_batch_shardings_follow_the_rules(monkeypatch):
       (name, "fsdp" if name == "seq" else ("sp" if name == "batch" else axes))
       for name, axes in shd.LOGICAL_RULES))
   assert shd.batch_shardings(mesh, 4, ["tokens"])["tokens"].spec == P("sp", "fsdp")
-  assert shd.seq_axis() == "fsdp" and shd.seq_shards(mesh) == 2
+  assert shd.ring_axis() == "fsdp" and shd.seq_shards(mesh) == 2
 
 
 def test_model_mesh_makes_axes_auto_and_adds_missing_ones():
   mesh = jax.make_mesh((8,), ("sp",))
   assert mesh.axis_types == (AxisType.Explicit,)  # what jax.make_mesh gives by default
   model_mesh = shd.model_mesh(mesh)
-  assert dict(model_mesh.shape) == {"sp": 8, "dp": 1, "fsdp": 1, "tp": 1}
+  assert dict(model_mesh.shape) == {"sp": 8, "dp": 1, "fsdp": 1, "tp": 1, "hp": 1}
   assert all(t == AxisType.Auto for t in model_mesh.axis_types)
   assert list(model_mesh.devices.flat) == list(mesh.devices.flat)
   ours = shd.make_mesh(sp=8)

@@ -76,7 +76,7 @@ def random_batch(batch, seq_len, vocab, mesh):
              "target_vision_mask": ones == 0, "loss_mask": ones.astype(np.float32),
              "segment_ids": ones, "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32),
                                                                (batch, seq_len))}
-  sp = mesh.shape["sp"]
+  sp = shd.ring_shards(mesh)
   shardings = shd.batch_shardings(mesh, batch, BATCH_KEYS)
   return {k: jax.device_put(np.asarray(ops.to_zigzag(natural[k], sp)), shardings[k])
           for k in BATCH_KEYS}
@@ -86,7 +86,7 @@ def policy_label(config, mesh, batch, seq_len):
   """The policy's name, with what "auto" resolves to at this shape."""
   from lwm import sharding as shd
   per_device = batch * seq_len // (shd.axis_size(mesh, shd.batch_axes(mesh, batch))
-                                   * mesh.shape["sp"])
+                                   * shd.seq_shards(mesh))
   resolved = config.resolved_remat_policy(per_device, mesh.shape["tp"])
   name = config.remat_policy
   return name if resolved == name else f"{name}:{resolved}"
