@@ -64,7 +64,7 @@ def prune(sizes: tuple, *, num_heads: int, num_kv_heads: int, seq_len: int, batc
   dp, fsdp, tp, sp = (size.get(a, 1) for a in ("dp", "fsdp", "tp", "sp"))
   heads = math.prod(size.get(a, 1) for a in head_axes())
   if batch % (dp * fsdp):
-    return f"batch {batch} is not divisible by dp*fsdp = {dp * fsdp} (rows would be replicated)"
+    return f"batch {batch} is not divisible by dp*fsdp = {dp * fsdp}"
   if num_heads % heads:
     return f"{num_heads} heads are not divisible by {'*'.join(head_axes())} = {heads}"
   if num_kv_heads % tp:
