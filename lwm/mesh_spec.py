@@ -8,6 +8,9 @@ sizes "dp,fsdp,tp,sp" ("1,2,1,4") still parse, with hp=1. `hp` is the head-paral
 import math
 
 MESH_AXES = ("dp", "fsdp", "tp", "hp", "sp")
+# How `lwm.sharding.make_mesh` lays devices out, slowest-varying first: hp groups are consecutive
+# devices (inside a node), the ring's neighbours next.
+DEVICE_ORDER = ("dp", "fsdp", "tp", "sp", "hp")
 EXAMPLES = "e.g. 'sp=8', 'fsdp=2,sp=4', 'sp=4,fsdp=-1' or positional dp,fsdp,tp,hp,sp '1,2,1,1,4'"
 
 

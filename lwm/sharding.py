@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from lwm.mesh_spec import MESH_AXES, full_sizes, parse_mesh_sizes
+from lwm.mesh_spec import DEVICE_ORDER, MESH_AXES, full_sizes, parse_mesh_sizes
 
 
 LOGICAL_RULES = (
@@ -47,6 +47,10 @@ def make_mesh(*sizes: int, devices=None, **named: int) -> Mesh:
   Sizes positionally as five (dp, fsdp, tp, hp, sp) or the older four (dp, fsdp, tp, sp: hp=1),
   or by name (`make_mesh(hp=2, sp=4)`); unnamed axes are 1.
 
+  Devices are numbered node-major by JAX (a process's devices are consecutive) and laid out with
+  hp varying fastest, then sp, tp, fsdp, dp (`DEVICE_ORDER`): the all-to-all of an hp group stays
+  inside a node where it fits, the ring's neighbours next.
+
   The axes are Auto (GSPMD propagation between our explicit constraints and shard_maps): the model
   places activations itself, and Explicit axes would make every einsum declare its output sharding.
   """
@@ -63,7 +67,10 @@ def make_mesh(*sizes: int, devices=None, **named: int) -> Mesh:
   if need > len(devices):
     raise ValueError(f"mesh {MESH_AXES}={shape} needs {need} devices, "
                      f"only {len(devices)} are available")
-  return Mesh(np.asarray(devices[:need]).reshape(shape), MESH_AXES,
+  # Laid out in DEVICE_ORDER: consecutive devices (one node's) form hp groups, then the ring.
+  order = [MESH_AXES.index(a) for a in DEVICE_ORDER]
+  grid = np.asarray(devices[:need]).reshape([shape[i] for i in order])
+  return Mesh(np.transpose(grid, np.argsort(order)), MESH_AXES,
               axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
