@@ -22,7 +22,7 @@ from lwm.bench import mesh_plan, peaks
 from lwm.data.dataset import read_vocab
 from lwm.data.loader import Loader, Prefetcher
 from lwm.metrics import MetricsWriter, Throughput, log_line, train_step_flops
-from lwm.model import step as step_lib
+from lwm.model import layers, step as step_lib
 from lwm.workdir import write_stage_assets
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,15 @@ def train(config, workdir: str) -> dict:
   vocab = read_vocab(config.data.path)
   cfg = model_dir.model_config(config, vocab)
   mesh = sharding.make_mesh(*stage_schema.mesh_sizes(config, jax.device_count()))
+  layers.check_attention_mesh(mesh, config.seq_len, cfg.num_heads, cfg.num_kv_heads)
+  t = config.train
+  micro_batch = t.batch_size // t.grad_accum
+  rows_split = sharding.axis_size(mesh, sharding.mesh_axes("batch"))
+  if micro_batch % rows_split:
+    logger.warning("the micro-batch of %d rows is split over %s only (what divides it); "
+                   "dp*fsdp = %d devices hold %d copies of each row", micro_batch,
+                   sharding.batch_axes(mesh, micro_batch) or "no axis", rows_split,
+                   rows_split // sharding.axis_size(mesh, sharding.batch_axes(mesh, micro_batch)))
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)
@@ -84,8 +93,6 @@ def train(config, workdir: str) -> dict:
     write_stage_assets(workdir, cfg, config.data.path)  # inference needs no dataset
 
   # ---------------------------------------------------------------- Input pipeline
-  t = config.train
-  micro_batch = t.batch_size // t.grad_accum
   loader = Loader(config.data.path, config.seq_len, micro_batch, seed=config.seed, mesh=mesh)
 
   # ---------------------------------------------------------------- Model and optimizer
