@@ -92,8 +92,8 @@ def model_mesh(mesh: Mesh | None) -> Mesh | None:
 
 
 def parse_mesh(text: str, *, devices=None) -> Mesh:
-  """Builds a mesh from "sp=8,fsdp=-1" or the positional "dp,fsdp,tp,sp" ("1,2,1,4"); a -1 takes
-  the devices the other axes leave."""
+  """Builds a mesh from "sp=8,fsdp=-1" or the positional "dp,fsdp,tp,hp,sp" ("1,2,1,1,4"); a -1
+  takes the devices the other axes leave."""
   devices = jax.devices() if devices is None else list(devices)
   return make_mesh(*parse_mesh_sizes(text, len(devices)), devices=devices)
 

@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seq_len = 1024            # tokens per packed sequence
   c.rope_theta = 0.0          # RoPE base; 0 keeps the model's own: init_from's (a Hugging Face
                               # checkpoint or a previous stage) or else the named size's
-  c.mesh = "sp=1"             # "sp=8", "fsdp=-1,tp=4" or dp,fsdp,tp,sp; one -1 takes the rest;
+  c.mesh = "sp=1"             # "sp=8", "hp=2,sp=4" or dp,fsdp,tp,hp,sp; one -1 takes the rest;
   #                             "auto": the planner's choice at stage start (lwm.bench.mesh_plan)
   c.seed = 0
   c.init_from = ""            # "" (random), a previous stage's workdir, a Hugging Face LLaMA dir,

@@ -87,7 +87,7 @@ class DecoderStack(nnx.Module):
 
 
 class Transformer(nnx.Module):
-  """LLaMA-style decoder with LWM's vision vocabulary, sharded over a (dp, fsdp, tp, sp) mesh.
+  """LLaMA-style decoder with LWM's vision vocabulary, sharded over a (dp, fsdp, tp, hp, sp) mesh.
 
   `mesh=None` runs on one device (a 1x1x1x1 mesh over the first device). Any mesh is taken as
   `lwm.sharding.model_mesh` sees it (Auto axes; e.g. one made with `jax.make_mesh`'s defaults).
