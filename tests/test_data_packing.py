@@ -170,7 +170,7 @@ def test_global_arrays_on_the_mesh_are_zigzag_and_sharded():
     batch, reference = next(on_mesh), next(plain)
     for key, value in batch.items():
       assert isinstance(value, jax.Array) and value.shape == (4, 256)
-      assert value.sharding.spec == jax.sharding.PartitionSpec(("dp", "fsdp"), "sp")
+      assert value.sharding.spec == jax.sharding.PartitionSpec("fsdp", "sp")  # dp=1 is left out
       np.testing.assert_array_equal(np.asarray(from_zigzag(value, 4, axis=1)), reference[key])
   # device (fsdp=0, sp=1) holds rows 0-1 and the zigzag chunks 1 and 6 of 8.
   shard = next(s for s in batch["positions"].addressable_shards
@@ -182,10 +182,23 @@ def test_global_arrays_on_the_mesh_are_zigzag_and_sharded():
 
 def test_bad_mesh_sizes_name_the_numbers():
   mesh = shd.make_mesh(1, 2, 1, 4)
-  with pytest.raises(ValueError, match="global_batch_size 3"):
-    Loader(None, seq_len=256, global_batch_size=3, mesh=mesh, examples=corpus(num=3))
-  with pytest.raises(ValueError, match="seq_len 100"):
+  with pytest.raises(ValueError, match=r"seq_len 100 must be divisible by 2 \* sp \* hp = 8"):
     Loader(None, seq_len=100, global_batch_size=2, mesh=mesh, examples=corpus(num=3))
+  with pytest.raises(ValueError, match=r"seq_len 72 must be divisible by 2 \* sp \* hp = 16"):
+    Loader(None, seq_len=72, global_batch_size=2, mesh=shd.make_mesh(hp=2, sp=4),
+           examples=corpus(num=3))
+
+
+def test_a_batch_that_fsdp_does_not_divide_is_replicated_over_it():
+  """3 rows on fsdp=2 (LWM issue 39's kind): the rows go over no axis, the tokens over sp."""
+  mesh = shd.make_mesh(1, 2, 1, 4)
+  docs = corpus(num=12)
+  on_mesh = Loader(None, seq_len=256, global_batch_size=3, seed=1, mesh=mesh, examples=docs)
+  plain = Loader(None, seq_len=256, global_batch_size=3, seed=1, examples=docs)
+  batch, reference = next(on_mesh), next(plain)
+  for key, value in batch.items():
+    assert value.sharding.spec == jax.sharding.PartitionSpec(None, "sp")
+    np.testing.assert_array_equal(np.asarray(from_zigzag(value, 4, axis=1)), reference[key])
 
 
 def test_lookahead_packs_tighter_than_greedy_and_loses_nothing():
