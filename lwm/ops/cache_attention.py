@@ -19,6 +19,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 MASK_VALUE = -1e30  # finite: a row that sees no key weighs nothing in the merge
+SCORES_PER_TILE = 1 << 24  # float32 scores held at once (64 MiB): sets the cache tile's length
 
 
 def write_chunk(cache, new, starts, counts, offset=0):
@@ -34,7 +35,7 @@ def write_chunk(cache, new, starts, counts, offset=0):
   return cache.at[rows, local].set(new.astype(cache.dtype), mode="drop")
 
 
-def attend_cache(q, k_cache, v_cache, q_positions, limits, offset=0):
+def attend_cache(q, k_cache, v_cache, q_positions, limits, offset=0, block_kv=None):
   """Partial attention of queries to one piece of the cache, as (o, lse) in float32.
 
   q: `[batch, n, heads, hd]`; k_cache, v_cache: `[batch, slots, kv_heads, hd]`, local slot s
@@ -42,25 +43,52 @@ def attend_cache(q, k_cache, v_cache, q_positions, limits, offset=0):
   position; limits: `[batch]` int32, slots >= limit hold no token. Returns o `[batch, n, heads,
   hd]` normalised over the visible slots (0 where none) and lse `[batch, n, heads]` (MASK_VALUE
   where none).
+
+  The slots are read in tiles of `block_kv` (default: as many as keep `[batch, heads, n, tile]`
+  within SCORES_PER_TILE) with an online softmax (running max and denominator in float32), so the
+  `[n, slots]` score matrix never exists. Tiles past every row's limit and every query's position
+  are not read at all.
   """
   batch, n, heads, hd = q.shape
-  kv_heads = k_cache.shape[2]
-  qg = q.astype(jnp.float32).reshape(batch, n, kv_heads, heads // kv_heads, hd) * hd ** -0.5
-  s = jnp.einsum("bnkgd,bskd->bkgns", qg, k_cache.astype(jnp.float32),
-                 precision=lax.Precision.HIGHEST)
-  slots = offset + jnp.arange(k_cache.shape[1])
-  visible = (slots[None, None, :] <= q_positions[:, :, None]) & (
-      slots[None, None, :] < limits[:, None, None])
-  s = jnp.where(visible[:, None, None], s, MASK_VALUE)
-  m = s.max(-1, keepdims=True)
-  p = jnp.where(visible[:, None, None], jnp.exp(s - m), 0.0)
-  total = p.sum(-1)
-  o = jnp.einsum("bkgns,bskd->bnkgd", p, v_cache.astype(jnp.float32),
-                 precision=lax.Precision.HIGHEST)
+  slots, kv_heads = k_cache.shape[1], k_cache.shape[2]
+  group = heads // kv_heads
+  if block_kv is None:
+    block_kv = SCORES_PER_TILE // (batch * n * heads)
+  tile = max(1, min(block_kv, slots))
+  qg = q.astype(jnp.float32).reshape(batch, n, kv_heads, group, hd) * hd ** -0.5
+  # Local slots [0, needed) may hold a token some query sees; the rest is never read.
+  last = jnp.minimum(jnp.max(limits), jnp.max(q_positions) + 1)
+  needed = jnp.clip(last - offset, 0, slots)
+  tiles = (needed + tile - 1) // tile
+
+  def one_tile(i, carry):
+    m, total, acc = carry
+    start = jnp.minimum(i * tile, slots - tile)  # a ragged last tile overlaps the one before
+    k = lax.dynamic_slice_in_dim(k_cache, start, tile, 1).astype(jnp.float32)
+    v = lax.dynamic_slice_in_dim(v_cache, start, tile, 1).astype(jnp.float32)
+    local = start + jnp.arange(tile)
+    slot = offset + local
+    visible = ((local >= i * tile)[None, None] &  # overlap: already counted by the tile before
+               (slot[None, None] <= q_positions[:, :, None]) & (slot < limits[:, None])[:, None])
+    visible = visible[:, None, None]  # [batch, 1, 1, n, tile]
+    s = jnp.einsum("bnkgd,btkd->bkgnt", qg, k, precision=lax.Precision.HIGHEST)
+    s = jnp.where(visible, s, MASK_VALUE)
+    m_new = jnp.maximum(m, s.max(-1))
+    p = jnp.where(visible, jnp.exp(s - m_new[..., None]), 0.0)
+    rescale = jnp.exp(m - m_new)  # 0 once a real score replaces MASK_VALUE; 1 while none seen
+    total = total * rescale + p.sum(-1)
+    acc = acc * rescale[..., None] + jnp.einsum("bkgnt,btkd->bkgnd", p, v,
+                                                precision=lax.Precision.HIGHEST)
+    return m_new, total, acc
+
+  m = jnp.full((batch, kv_heads, group, n), MASK_VALUE, jnp.float32)
+  init = (m, jnp.zeros_like(m), jnp.zeros((batch, kv_heads, group, n, hd), jnp.float32))
+  m, total, acc = lax.fori_loop(0, tiles, one_tile, init)
   seen = total > 0
-  o = o / jnp.where(seen, total, 1.0).transpose(0, 3, 1, 2)[..., None]
-  lse = jnp.where(seen, m[..., 0] + jnp.log(jnp.where(seen, total, 1.0)), MASK_VALUE)
-  return o.reshape(batch, n, heads, hd), lse.transpose(0, 3, 1, 2).reshape(batch, n, heads)
+  safe = jnp.where(seen, total, 1.0)
+  o = (acc / safe[..., None]).transpose(0, 3, 1, 2, 4).reshape(batch, n, heads, hd)
+  lse = jnp.where(seen, m + jnp.log(safe), MASK_VALUE)
+  return o, lse.transpose(0, 3, 1, 2).reshape(batch, n, heads)
 
 
 def merge_over(o, lse, axes):
