@@ -6,6 +6,8 @@ are written at slots lengths[b] + j, then each of its queries attends to every s
 its own position (causal within the chunk, all of the cache before it; slots past a row's tokens
 are never seen). Sharded, each device holds a contiguous piece of the cache and the chunk's
 queries; its partial softmax (o, lse) is merged with the other devices' by a log-sum-exp psum.
+A device reads its piece in tiles with an online softmax, so a chunk's memory is set by the chunk
+and one tile, never by the chunk times the cache.
 
   o, lse = attend_cache(q, k_cache, v_cache, q_positions, limits)          # one device
   o, k_cache, v_cache = sharded_write_and_attend(q, k, v, k_cache, v_cache, lengths, counts,
@@ -103,30 +105,32 @@ def merge_over(o, lse, axes):
   return o, jnp.where(total > 0, top + jnp.log(jnp.where(total > 0, total, 1.0)), MASK_VALUE)
 
 
-def write_and_attend(q, k, v, k_cache, v_cache, lengths, counts, *, seq_axes=()):
+def write_and_attend(q, k, v, k_cache, v_cache, lengths, counts, *, seq_axes=(), block_kv=None):
   """Per-device body: writes the chunk's k, v `[batch, chunk, kv_heads, hd]` at slots lengths[b]..
-  (counts[b] of them), then attends the chunk's queries to the whole cache along `seq_axes`.
-  Returns (o `[batch, chunk, heads, hd]` in q's dtype, k_cache, v_cache)."""
+  (counts[b] of them), then attends the chunk's queries to the whole cache along `seq_axes`
+  (`attend_cache` with `block_kv`). Returns (o `[batch, chunk, heads, hd]` in q's dtype, k_cache,
+  v_cache)."""
   slots = k_cache.shape[1]
   offset = lax.axis_index(seq_axes) * slots if seq_axes else 0
   k_cache = write_chunk(k_cache, k, lengths, counts, offset)
   v_cache = write_chunk(v_cache, v, lengths, counts, offset)
   positions = lengths[:, None] + jnp.arange(q.shape[1])[None]
-  o, lse = attend_cache(q, k_cache, v_cache, positions, lengths + counts, offset)
+  o, lse = attend_cache(q, k_cache, v_cache, positions, lengths + counts, offset, block_kv)
   o, _ = merge_over(o, lse, seq_axes)
   return o.astype(q.dtype), k_cache, v_cache
 
 
 def sharded_write_and_attend(q, k, v, k_cache, v_cache, lengths, counts, *, mesh, seq_axes=(),
-                             head_axes=(), batch_axes=()):
+                             head_axes=(), batch_axes=(), block_kv=None):
   """`write_and_attend` on global arrays under `jax.shard_map`: the cache's slots sharded over
   mesh `seq_axes`, heads (of q, k, v and the cache alike) over `head_axes`, rows over
-  `batch_axes`; the chunk is held whole along the sequence by every device."""
+  `batch_axes`; the chunk is held whole along the sequence by every device; `block_kv`: cache
+  slots per tile (`attend_cache`)."""
   seq_axes, head_axes, batch_axes = (tuple(a) for a in (seq_axes, head_axes, batch_axes))
   name = lambda axes: axes if len(axes) > 1 else (axes[0] if axes else None)
   b, s, h = name(batch_axes), name(seq_axes), name(head_axes)
   chunk_spec, cache_spec, row_spec = P(b, None, h, None), P(b, s, h, None), P(b)
-  fn = functools.partial(write_and_attend, seq_axes=seq_axes)
+  fn = functools.partial(write_and_attend, seq_axes=seq_axes, block_kv=block_kv)
   return jax.shard_map(fn, mesh=mesh,
                        in_specs=(chunk_spec,) * 3 + (cache_spec,) * 2 + (row_spec,) * 2,
                        out_specs=(chunk_spec, cache_spec, cache_spec), check_vma=False)(
