@@ -4,6 +4,7 @@ import pytest
 from jax.sharding import Mesh
 
 import jax
+import jax.numpy as jnp
 from lwm.ops import cache_attention
 
 
@@ -116,3 +117,16 @@ def test_sharded_cache_in_ragged_tiles(block_kv):
   fn = jax.jit(lambda *a: cache_attention.sharded_write_and_attend(
       *a, mesh=mesh, seq_axes=("sp",), block_kv=block_kv))
   check(args, fn(*args))
+
+
+def test_bfloat16_cache_in_tiles():
+  # bfloat16 tiles are sliced as raw bits; the sums stay float32.
+  rng = np.random.default_rng(5)
+  q, k_cache, v_cache = (rng.standard_normal(s).astype(jnp.bfloat16)
+                         for s in ((1, 4, 4, 8), (1, 30, 2, 8), (1, 30, 2, 8)))
+  q_positions, limits = np.asarray([[3, 11, 20, 29]], np.int32), np.asarray([30], np.int32)
+  o, _ = jax.jit(cache_attention.attend_cache, static_argnums=(5, 6))(
+      q, k_cache, v_cache, q_positions, limits, 0, 7)
+  want, _ = attend_reference(*(np.asarray(a, np.float64) for a in (q, k_cache, v_cache)),
+                             q_positions, limits, 0)
+  np.testing.assert_allclose(np.asarray(o, np.float64), want, rtol=2e-2, atol=2e-2)

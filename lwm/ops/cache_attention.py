@@ -27,14 +27,28 @@ SCORES_PER_TILE = 1 << 24  # float32 scores held at once (64 MiB): sets the cach
 def write_chunk(cache, new, starts, counts, offset=0):
   """`cache` `[batch, slots, ...]` with row b's first counts[b] entries of `new` `[batch, chunk,
   ...]` at global slots starts[b] + j; `offset` is the global slot of local slot 0 (a shard's).
-  Entries outside this piece of the cache are dropped."""
+  Entries outside this piece of the cache are dropped.
+
+  Each row rewrites one window of min(chunk, slots) slots (a dynamic-update-slice, in place in the
+  cache's dtype), which holds every entry that lands in this piece; the rest of it keeps its values.
+  """
   slots, chunk = cache.shape[1], new.shape[1]
-  j = jnp.arange(chunk)
-  local = starts[:, None] + j[None] - offset
-  keep = (j[None] < counts[:, None]) & (local >= 0) & (local < slots)
-  local = jnp.where(keep, local, slots)  # out of bounds: dropped
-  rows = jnp.broadcast_to(jnp.arange(cache.shape[0])[:, None], local.shape)
-  return cache.at[rows, local].set(new.astype(cache.dtype), mode="drop")
+  width = min(chunk, slots)
+  new = new.astype(cache.dtype)
+  pad = [(0, 0)] * (new.ndim - 2)
+  for b in range(cache.shape[0]):
+    here = starts[b] - offset  # the local slot of entry 0 (maybe outside this piece)
+    window = jnp.clip(here, 0, slots - width)
+    old = lax.dynamic_slice_in_dim(cache[b], window, width, 0)
+    # Entry j sits at local slot here + j: the window's slot t holds entry t + window - here (a
+    # clamped slice start only happens where no entry is kept).
+    shifted = lax.dynamic_slice_in_dim(jnp.pad(new[b], [(width, width)] + pad),
+                                       window - here + width, width, 0)
+    j = jnp.arange(width) + window - here
+    keep = ((j >= 0) & (j < counts[b])).reshape((width,) + (1,) * (new.ndim - 2))
+    corner = (b, window) + (0,) * (cache.ndim - 2)
+    cache = lax.dynamic_update_slice(cache, jnp.where(keep, shifted, old)[None], corner)
+  return cache
 
 
 def attend_cache(q, k_cache, v_cache, q_positions, limits, offset=0, block_kv=None):
@@ -57,7 +71,9 @@ def attend_cache(q, k_cache, v_cache, q_positions, limits, offset=0, block_kv=No
   if block_kv is None:
     block_kv = SCORES_PER_TILE // (batch * n * heads)
   tile = max(1, min(block_kv, slots))
-  qg = q.astype(jnp.float32).reshape(batch, n, kv_heads, group, hd) * hd ** -0.5
+  qg = q.reshape(batch, n, kv_heads, group, hd)
+  # As the one-shot kernels (lwm.ops.block_xla): products in the inputs' dtype, sums in float32.
+  precision = lax.Precision.HIGHEST if k_cache.dtype == jnp.float32 else None
   # Local slots [0, needed) may hold a token some query sees; the rest is never read.
   last = jnp.minimum(jnp.max(limits), jnp.max(q_positions) + 1)
   needed = jnp.clip(last - offset, 0, slots)
@@ -66,21 +82,22 @@ def attend_cache(q, k_cache, v_cache, q_positions, limits, offset=0, block_kv=No
   def one_tile(i, carry):
     m, total, acc = carry
     start = jnp.minimum(i * tile, slots - tile)  # a ragged last tile overlaps the one before
-    k = lax.dynamic_slice_in_dim(k_cache, start, tile, 1).astype(jnp.float32)
-    v = lax.dynamic_slice_in_dim(v_cache, start, tile, 1).astype(jnp.float32)
+    k, v = (_slice_bits(c, start, tile) for c in (k_cache, v_cache))
     local = start + jnp.arange(tile)
     slot = offset + local
     visible = ((local >= i * tile)[None, None] &  # overlap: already counted by the tile before
                (slot[None, None] <= q_positions[:, :, None]) & (slot < limits[:, None])[:, None])
     visible = visible[:, None, None]  # [batch, 1, 1, n, tile]
-    s = jnp.einsum("bnkgd,btkd->bkgnt", qg, k, precision=lax.Precision.HIGHEST)
+    s = jnp.einsum("bnkgd,btkd->bkgnt", qg.astype(k.dtype), k, precision=precision,
+                   preferred_element_type=jnp.float32) * hd ** -0.5
     s = jnp.where(visible, s, MASK_VALUE)
     m_new = jnp.maximum(m, s.max(-1))
     p = jnp.where(visible, jnp.exp(s - m_new[..., None]), 0.0)
     rescale = jnp.exp(m - m_new)  # 0 once a real score replaces MASK_VALUE; 1 while none seen
     total = total * rescale + p.sum(-1)
-    acc = acc * rescale[..., None] + jnp.einsum("bkgnt,btkd->bkgnd", p, v,
-                                                precision=lax.Precision.HIGHEST)
+    acc = acc * rescale[..., None] + jnp.einsum("bkgnt,btkd->bkgnd", p.astype(v.dtype), v,
+                                                precision=precision,
+                                                preferred_element_type=jnp.float32)
     return m_new, total, acc
 
   m = jnp.full((batch, kv_heads, group, n), MASK_VALUE, jnp.float32)
@@ -91,6 +108,15 @@ def attend_cache(q, k_cache, v_cache, q_positions, limits, offset=0, block_kv=No
   o = (acc / safe[..., None]).transpose(0, 3, 1, 2, 4).reshape(batch, n, heads, hd)
   lse = jnp.where(seen, m + jnp.log(safe), MASK_VALUE)
   return o, lse.transpose(0, 3, 1, 2).reshape(batch, n, heads)
+
+
+def _slice_bits(cache, start, size):
+  """cache[:, start:start + size] sliced as raw bits: the CPU compiler would otherwise convert a
+  whole bfloat16 cache piece to float32 to slice it (memory a GPU or TPU never allocates)."""
+  if jnp.dtype(cache.dtype).itemsize != 2:
+    return lax.dynamic_slice_in_dim(cache, start, size, 1)
+  bits = lax.dynamic_slice_in_dim(lax.bitcast_convert_type(cache, jnp.uint16), start, size, 1)
+  return lax.bitcast_convert_type(bits, cache.dtype)
 
 
 def merge_over(o, lse, axes):
