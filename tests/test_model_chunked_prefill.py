@@ -67,3 +67,15 @@ def test_lower_prefill_plans_a_chunk_step():
   cache = 2 * config.num_layers * 4096 * config.num_kv_heads * config.dim_per_head * 4 / 8
   assert cache / 1024 ** 3 <= figures["outputs"] < 1.1 * cache / 1024 ** 3
   assert figures["peak"] >= figures["outputs"]
+
+
+def test_a_chunk_step_never_holds_the_chunks_scores_against_the_cache():
+  # The memory plan of one chunk step: its temporaries stay far below one [heads, chunk, cache
+  # piece] float32 score matrix (the untiled step held several).
+  config = get_config("tiny")
+  mesh = shd.make_mesh(sp=8)
+  tokens, chunk = 1 << 20, 1024  # the cache: tokens slots, 131,072 on each device
+  figures = inference.memory_figures(inference.lower_prefill(config, mesh, tokens - 64,
+                                                             chunk=chunk).compile())
+  scores = config.num_heads * chunk * (tokens // 8) * 4 / 1024 ** 3
+  assert figures["temp"] < scores / 4, (figures, scores)
