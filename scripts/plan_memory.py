@@ -189,12 +189,12 @@ def main(argv=None):
   print(f"arguments per device: {figures['arguments']:.2f} GiB ({what[0]})")
   print(f"outputs per device:   {figures['outputs']:.2f} GiB ({what[1]})")
   print(f"temp per device:      {figures['temp']:.2f} GiB ({what[2]})")
-  print(f"peak per device: {figures['peak']:.2f} GiB")
   if args.prefill_chunk:
     whole = inference.memory_figures(
         inference.lower_prefill(config, mesh, seq_len, batch, args.max_new_tokens).compile())
     print(f"one-shot prefill of the same prompt, for comparison: peak {whole['peak']:.2f} GiB "
           f"(temp {whole['temp']:.2f} GiB)")
+  print(f"peak per device: {figures['peak']:.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
 """Chunked prefill (lwm.model.decode.extend over a ChatCache) gives the logits and the keys and
 values of one-shot prefill, on one device and with the cache sharded over 8."""
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -79,3 +84,14 @@ def test_a_chunk_step_never_holds_the_chunks_scores_against_the_cache():
                                                              chunk=chunk).compile())
   scores = config.num_heads * chunk * (tokens // 8) * 4 / 1024 ** 3
   assert figures["temp"] < scores / 4, (figures, scores)
+
+
+def test_plan_memory_prints_a_chunk_step_beside_the_one_shot_prefill():
+  script = os.path.join(os.path.dirname(__file__), "..", "scripts", "plan_memory.py")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, script, "--mode", "prefill", "--model", "tiny", "--seq-len",
+                        "512", "--mesh", "sp=8", "--prefill-chunk", "128"], capture_output=True,
+                       text=True, env=env, check=True, timeout=300).stdout
+  assert "(parameters, KV cache, chunk)" in out
+  assert re.search(r"one-shot prefill of the same prompt, for comparison: peak \d+\.\d+ GiB", out)
+  assert re.fullmatch(r"peak per device: \d+\.\d+ GiB", out.strip().splitlines()[-1])
