@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 MASK_VALUE = -1e30  # finite: a row that sees no key weighs nothing in the merge
 SCORES_PER_TILE = 1 << 24  # float32 scores held at once (64 MiB): sets the cache tile's length
+MIN_TILE = 128  # ...but never fewer slots than this per tile (by default)
 
 
 def write_chunk(cache, new, starts, counts, offset=0):
@@ -61,15 +62,15 @@ def attend_cache(q, k_cache, v_cache, q_positions, limits, offset=0, block_kv=No
   where none).
 
   The slots are read in tiles of `block_kv` (default: as many as keep `[batch, heads, n, tile]`
-  within SCORES_PER_TILE) with an online softmax (running max and denominator in float32), so the
-  `[n, slots]` score matrix never exists. Tiles past every row's limit and every query's position
-  are not read at all.
+  within SCORES_PER_TILE, at least MIN_TILE) with an online softmax (running max and denominator
+  in float32), so the `[n, slots]` score matrix never exists. Tiles past every row's limit and
+  every query's position are not read at all.
   """
   batch, n, heads, hd = q.shape
   slots, kv_heads = k_cache.shape[1], k_cache.shape[2]
   group = heads // kv_heads
-  if block_kv is None:
-    block_kv = SCORES_PER_TILE // (batch * n * heads)
+  if block_kv is None:  # at least MIN_TILE slots: a huge chunk is not read a few slots at a time
+    block_kv = max(MIN_TILE, SCORES_PER_TILE // (batch * n * heads))
   tile = max(1, min(block_kv, slots))
   qg = q.reshape(batch, n, kv_heads, group, hd)
   # As the one-shot kernels (lwm.ops.block_xla): products in the inputs' dtype, sums in float32.
@@ -112,7 +113,8 @@ def attend_cache(q, k_cache, v_cache, q_positions, limits, offset=0, block_kv=No
 
 def _slice_bits(cache, start, size):
   """cache[:, start:start + size] sliced as raw bits: the CPU compiler would otherwise convert a
-  whole bfloat16 cache piece to float32 to slice it (memory a GPU or TPU never allocates)."""
+  whole bfloat16 cache piece to float32 to slice it (memory a GPU or TPU never allocates; the
+  16-bit view costs it one copy of the piece, half of that)."""
   if jnp.dtype(cache.dtype).itemsize != 2:
     return lax.dynamic_slice_in_dim(cache, start, size, 1)
   bits = lax.dynamic_slice_in_dim(lax.bitcast_convert_type(cache, jnp.uint16), start, size, 1)
