@@ -48,7 +48,7 @@ def add_model_flags(parser) -> None:
   add("--tokenizer", default=None, help="the text tokenizer (default: the model's)")
   add("--vqgan", default=None, help="VQGAN directory (default: the model's)")
   add("--mesh", default=None,
-      help="e.g. sp=8, fsdp=2,sp=4 or dp,fsdp,tp,sp sizes (default: all devices on sp)")
+      help="e.g. sp=8, hp=2,sp=4 or dp,fsdp,tp,hp,sp sizes (default: all devices on sp)")
   add("--dtype", default=None,
       help="activation dtype (default: the stage's; float32 for HF directories)")
 

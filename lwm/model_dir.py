@@ -148,7 +148,7 @@ def _check_same_architecture(named, stored, config):
 
 def _check_attention_blocks(cfg, config):
   import jax
-  sp = mesh_spec.parse_mesh_sizes(config.mesh, jax.device_count())[3]
+  sp = mesh_spec.parse_mesh_sizes(config.mesh, jax.device_count())[-1]
   span = config.seq_len // (2 * sp)  # tokens per zigzag chunk
   for name in ("attention_block_q", "attention_block_kv"):
     block = min(getattr(cfg, name), span)

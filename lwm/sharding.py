@@ -1,11 +1,13 @@
-"""One mesh with axes (dp, fsdp, tp, sp) and one table mapping logical axis names to mesh axes.
+"""One mesh with axes (dp, fsdp, tp, hp, sp) and one table mapping logical axis names to mesh axes.
 
 Layers name each dimension logically (`embed`, `heads`, `mlp`, `seq`...). `LOGICAL_RULES` is the
 only place that says which mesh axes shard it: every `with_sharding_constraint`, `shard_map` spec,
 collective and zigzag size in the model is derived from it. Parameters are sharded over fsdp and sp
 together, as LWM does, so a long-context mesh (large sp) does not replicate them; tp shards heads,
 the FFN hidden dimension, the vocabularies and the residual stream's embed dimension; the sequence
-is sharded over sp.
+is sharded over sp and hp together (sp major): sp is the ring of ring attention, hp the
+head-parallel axis whose all-to-all trades the sequence shard for a slice of the heads inside
+attention (`lwm.ops.head_parallel`), so each hp group holds one ring shard between them.
 
 Any `jax.sharding.Mesh` is accepted where a mesh is taken, whatever its axis types (`jax.make_mesh`
 makes Explicit axes by default): `model_mesh` gives the model its Auto view of the same devices.
@@ -19,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from lwm.mesh_spec import MESH_AXES, parse_mesh_sizes
+from lwm.mesh_spec import DEVICE_ORDER, MESH_AXES, full_sizes, parse_mesh_sizes
 
 
 LOGICAL_RULES = (
@@ -33,27 +35,42 @@ LOGICAL_RULES = (
     ("norm", None),
     # Activations.
     ("batch", ("dp", "fsdp")),
-    ("seq", "sp"),  # Also the ring of ring attention: must be one mesh axis.
+    ("seq", ("sp", "hp")),  # The ring's axis first, then the head-parallel (all-to-all) axes.
     ("act_heads", "tp"),
     ("act_embed", "tp"),  # Residual stream: saved layer inputs are not replicated over tp.
 )
 
 
-def make_mesh(dp: int = 1, fsdp: int = 1, tp: int = 1, sp: int = 1, *, devices=None) -> Mesh:
-  """A (dp, fsdp, tp, sp) mesh over the first dp*fsdp*tp*sp devices.
+def make_mesh(*sizes: int, devices=None, **named: int) -> Mesh:
+  """A (dp, fsdp, tp, hp, sp) mesh over the first dp*fsdp*tp*hp*sp devices.
+
+  Sizes positionally as five (dp, fsdp, tp, hp, sp) or the older four (dp, fsdp, tp, sp: hp=1),
+  or by name (`make_mesh(hp=2, sp=4)`); unnamed axes are 1.
+
+  Devices are numbered node-major by JAX (a process's devices are consecutive) and laid out with
+  hp varying fastest, then sp, tp, fsdp, dp (`DEVICE_ORDER`): the all-to-all of an hp group stays
+  inside a node where it fits, the ring's neighbours next.
 
   The axes are Auto (GSPMD propagation between our explicit constraints and shard_maps): the model
   places activations itself, and Explicit axes would make every einsum declare its output sharding.
   """
-  shape = (dp, fsdp, tp, sp)
+  unknown = sorted(set(named) - set(MESH_AXES))
+  if unknown or (sizes and named):
+    raise ValueError(f"make_mesh takes sizes positionally or by name {MESH_AXES}, got "
+                     f"{sizes} and {named}")
+  shape = full_sizes(sizes or (1,) * len(MESH_AXES))
+  shape = tuple(named.get(a, s) for a, s in zip(MESH_AXES, shape))
   if any(s < 1 for s in shape):
-    raise ValueError(f"mesh sizes (dp, fsdp, tp, sp) must all be >= 1, got {shape}")
+    raise ValueError(f"mesh sizes {MESH_AXES} must all be >= 1, got {shape}")
   devices = jax.devices() if devices is None else list(devices)
   need = math.prod(shape)
   if need > len(devices):
-    raise ValueError(f"mesh (dp, fsdp, tp, sp)={shape} needs {need} devices, "
+    raise ValueError(f"mesh {MESH_AXES}={shape} needs {need} devices, "
                      f"only {len(devices)} are available")
-  return Mesh(np.asarray(devices[:need]).reshape(shape), MESH_AXES,
+  # Laid out in DEVICE_ORDER: consecutive devices (one node's) form hp groups, then the ring.
+  order = [MESH_AXES.index(a) for a in DEVICE_ORDER]
+  grid = np.asarray(devices[:need]).reshape([shape[i] for i in order])
+  return Mesh(np.transpose(grid, np.argsort(order)), MESH_AXES,
               axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
@@ -75,8 +92,8 @@ def model_mesh(mesh: Mesh | None) -> Mesh | None:
 
 
 def parse_mesh(text: str, *, devices=None) -> Mesh:
-  """Builds a mesh from "sp=8,fsdp=-1" or the positional "dp,fsdp,tp,sp" ("1,2,1,4"); a -1 takes
-  the devices the other axes leave."""
+  """Builds a mesh from "sp=8,fsdp=-1" or the positional "dp,fsdp,tp,hp,sp" ("1,2,1,1,4"); a -1
+  takes the devices the other axes leave."""
   devices = jax.devices() if devices is None else list(devices)
   return make_mesh(*parse_mesh_sizes(text, len(devices)), devices=devices)
 
@@ -106,17 +123,35 @@ def axis_size(mesh: Mesh, axes) -> int:
   return math.prod(mesh.shape.get(a, 1) for a in axes)
 
 
-def seq_axis() -> str:
-  """The one mesh axis the sequence is sharded over: the ring of ring attention."""
+def ring_axis() -> str:
+  """The mesh axis of ring attention's ring: the first axis of the `seq` rule."""
   axes = mesh_axes("seq")
-  if len(axes) != 1:
-    raise ValueError(f"the 'seq' rule must name exactly one mesh axis (the ring), got {axes}")
+  if not axes:
+    raise ValueError("the 'seq' rule must name at least one mesh axis (the ring's)")
   return axes[0]
 
 
+def head_parallel_axes() -> tuple[str, ...]:
+  """The `seq` rule's axes after the ring's: attention all-to-alls the sequence over them into a
+  slice of the heads."""
+  return mesh_axes("seq")[1:]
+
+
+def ring_shards(mesh: Mesh | None) -> int:
+  """The ring's size on `mesh`: the zigzag layout cuts the sequence into twice as many chunks."""
+  return 1 if mesh is None else axis_size(mesh, ring_axis())
+
+
 def seq_shards(mesh: Mesh | None) -> int:
-  """How many pieces the sequence is cut into on `mesh` (1 without a mesh)."""
+  """How many pieces the sequence is cut into on `mesh` (ring x head-parallel; 1 without a mesh).
+  A sequence is whole on the mesh when it is a multiple of twice this (`seq_multiple`)."""
   return 1 if mesh is None else axis_size(mesh, mesh_axes("seq"))
+
+
+def seq_multiple(mesh: Mesh | None) -> int:
+  """What a sequence length must be a multiple of on `mesh`: 2 chunks per ring shard (zigzag),
+  each ring shard cut into whole pieces over the head-parallel axes."""
+  return 2 * seq_shards(mesh)
 
 
 def logical_to_spec(logical: Sequence, shape: Sequence[int | None] | None = None,

@@ -18,17 +18,12 @@ import numpy as np
 import optax
 
 from lwm import checkpoint, model_dir, sharding, stage_schema, train_hooks
-from lwm.bench import mesh_plan
+from lwm.bench import mesh_plan, peaks
 from lwm.data.dataset import read_vocab
 from lwm.data.loader import Loader, Prefetcher
 from lwm.metrics import MetricsWriter, Throughput, log_line, train_step_flops
-from lwm.model import step as step_lib
+from lwm.model import layers, step as step_lib
 from lwm.workdir import write_stage_assets
-
-# Dense bf16 peak TFLOP/s per chip, for the MFU estimate (config.train.peak_tflops_per_device wins).
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
-               "TPU v5": 459.0, "TPU v6": 918.0}
-
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +50,20 @@ def optimizer(train_config):
   return tx
 
 
-def peak_flops(config) -> float:
+def peak_flops(config, device_kind: str | None = None, log=None) -> float:
+  """Peak FLOP/s of one device for MFU: config.train.peak_tflops_per_device, else the table of
+  `lwm.bench.peaks` for `device_kind` (default: the first device's); 0.0 (no MFU) when unknown,
+  after one `log` line that says so."""
   if config.train.peak_tflops_per_device:
     return config.train.peak_tflops_per_device * 1e12
-  kind = jax.devices()[0].device_kind
-  return next((v * 1e12 for k, v in PEAK_TFLOPS.items() if k in kind), 0.0)
+  kind = jax.devices()[0].device_kind if device_kind is None else device_kind
+  tflops = peaks.peak_tflops(kind)
+  if tflops is None:
+    if log:
+      log("unknown peak (device kind %s): no MFU in the metrics; set "
+          "train.peak_tflops_per_device to report it", kind)
+    return 0.0
+  return tflops * 1e12
 
 
 def train(config, workdir: str) -> dict:
@@ -72,6 +76,15 @@ def train(config, workdir: str) -> dict:
   vocab = read_vocab(config.data.path)
   cfg = model_dir.model_config(config, vocab)
   mesh = sharding.make_mesh(*stage_schema.mesh_sizes(config, jax.device_count()))
+  layers.check_attention_mesh(mesh, config.seq_len, cfg.num_heads, cfg.num_kv_heads)
+  t = config.train
+  micro_batch = t.batch_size // t.grad_accum
+  rows_split = sharding.axis_size(mesh, sharding.mesh_axes("batch"))
+  if micro_batch % rows_split:
+    logger.warning("the micro-batch of %d rows is split over %s only (what divides it); "
+                   "dp*fsdp = %d devices hold %d copies of each row", micro_batch,
+                   sharding.batch_axes(mesh, micro_batch) or "no axis", rows_split,
+                   rows_split // sharding.axis_size(mesh, sharding.batch_axes(mesh, micro_batch)))
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)
@@ -80,8 +93,6 @@ def train(config, workdir: str) -> dict:
     write_stage_assets(workdir, cfg, config.data.path)  # inference needs no dataset
 
   # ---------------------------------------------------------------- Input pipeline
-  t = config.train
-  micro_batch = t.batch_size // t.grad_accum
   loader = Loader(config.data.path, config.seq_len, micro_batch, seed=config.seed, mesh=mesh)
 
   # ---------------------------------------------------------------- Model and optimizer
@@ -120,7 +131,8 @@ def train(config, workdir: str) -> dict:
   schedule = learning_rate(t)
   tokens_per_step = t.batch_size * config.seq_len
   flops_per_step = train_step_flops(cfg, t.batch_size, config.seq_len)
-  speed = Throughput(tokens_per_step, flops_per_step, peak_flops(config) * jax.device_count(),
+  peak = peak_flops(config, log=logger.info if is_main else None)
+  speed = Throughput(tokens_per_step, flops_per_step, peak * jax.device_count(),
                      first_step=start)
   evaluate = None
   if config.eval.every:

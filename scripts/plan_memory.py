@@ -172,7 +172,7 @@ def main(argv=None):
   print(f"XLA_FLAGS={os.environ['XLA_FLAGS'].strip()}")
   print(f"parameters: {count_params(abstract_model(config)) / 1e9:.3f} B (text and vision)")
   print(f"{args.mode}: mesh {mesh_spec.format_mesh(sizes)}; batch {batch} x {seq_len} tokens; "
-        f"{seq_len // shd.seq_shards(mesh)} tokens per {shd.seq_axis()} shard")
+        f"{seq_len // shd.seq_shards(mesh)} tokens per sequence shard")
 
   start = time.time()
   if train_mode:

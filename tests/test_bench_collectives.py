@@ -154,3 +154,23 @@ def test_replica_groups_over_named_device_axes():
   assert collectives.parse_groups(line, 8) == ((0, 4), (1, 5), (2, 6), (3, 7))
   with pytest.raises(ValueError, match="cannot read"):
     collectives.parse_groups("replica_groups=<weird>", 8)
+
+
+def test_groups_are_the_devices_own_ids_on_a_mesh_laid_out_out_of_order():
+  """make_mesh puts hp fastest: an hp group is consecutive device ids (one node of 2 here) though
+  its mesh positions are 4 apart; the topology must see the ids."""
+  from lwm import sharding as shd
+  mesh = jax.sharding.Mesh(shd.make_mesh(hp=2, sp=4).devices.reshape(2, 4), ("hp", "sp"),
+                           axis_types=(AxisType.Explicit,) * 2)
+  assert [d.id for d in mesh.devices[:, 0]] == [0, 1]  # hp neighbours are consecutive devices
+  (t,) = [t for t in collectives.transfers(
+      compiled_text_on(mesh, lambda x: jax.lax.psum(x, "hp")), mesh) if t.kind == "all-reduce"]
+  assert t.axes == "hp" and sorted(t.groups) == [(0, 1), (2, 3), (4, 5), (6, 7)]
+  assert collectives.parse_topology("2x900GBps,50GBps").is_fast(t)
+
+
+def compiled_text_on(mesh, fn):
+  x = jax.ShapeDtypeStruct((16, 32), jnp.float32, sharding=NamedSharding(mesh, P("hp", "sp")))
+  mapped = jax.shard_map(lambda x: fn(x).sum(keepdims=True), mesh=mesh, in_specs=P("hp", "sp"),
+                         out_specs=P(("hp", "sp")), check_vma=False)
+  return jax.jit(mapped).lower(x).compile().as_text()

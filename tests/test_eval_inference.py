@@ -34,7 +34,7 @@ def recomputed_greedy(model, tokens, steps):
   return list(seq[0, len(tokens):])
 
 
-@pytest.mark.parametrize("mesh_sizes", [(1, 1, 1, 8), (1, 2, 2, 2)])
+@pytest.mark.parametrize("mesh_sizes", [(1, 1, 1, 8), (1, 2, 2, 2), (1, 1, 1, 2, 4)])
 def test_sharded_prefill_gives_the_logits_of_one_device(mesh_sizes):
   tokens = [prompt(45, seed=1), prompt(60, seed=2)]  # uneven lengths: padding differs per row
   logits = {}
@@ -54,7 +54,7 @@ def test_sharded_prefill_gives_the_logits_of_one_device(mesh_sizes):
     np.testing.assert_allclose(np.asarray(logits["one"])[i], full, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("mesh_sizes", [None, (1, 1, 1, 8)])
+@pytest.mark.parametrize("mesh_sizes", [None, (1, 1, 1, 8), (1, 1, 2, 2, 2)])
 def test_cached_decoding_gives_the_tokens_of_recomputation(mesh_sizes):
   mesh = None if mesh_sizes is None else shd.make_mesh(*mesh_sizes)
   # A larger init scale keeps the random model's argmax away from near-ties.

@@ -16,13 +16,14 @@ from lwm.model import decode, get_config
 from test_eval_inference import prompt, tiny_model
 
 
-@pytest.mark.parametrize("mesh_sizes,chunk", [(None, 8), ((1, 1, 1, 8), 16), ((1, 1, 2, 4), 5)])
+@pytest.mark.parametrize("mesh_sizes,chunk", [(None, 8), ((1, 1, 1, 8), 16), ((1, 1, 2, 4), 5),
+                                              ((1, 1, 1, 2, 4), 16)])
 def test_chunked_prefill_equals_one_shot_prefill(mesh_sizes, chunk):
   mesh = None if mesh_sizes is None else shd.make_mesh(*mesh_sizes)
   gen = inference.Generator(tiny_model(mesh))
-  sp = shd.seq_shards(gen.mesh)
+  sp = shd.ring_shards(gen.mesh)  # the prefill's cache is in zigzag order over the ring
   lengths = [45, 30]  # uneven: row 1 ends mid-chunk and then feeds padding
-  seq = inference.padded_length(45, sp)
+  seq = inference.padded_length(45, shd.seq_shards(gen.mesh))
   tokens = np.zeros((2, seq), np.int32)
   mask = np.zeros((2, seq), bool)
   for i, n in enumerate(lengths):

@@ -28,8 +28,7 @@ def place(config, params, mesh):
 
 
 def loss_of(model, batch_np):
-  shards = shd.seq_shards(model.get_mesh())
-  batch = model_testing.to_layout(batch_np, shards)
+  batch = model_testing.to_layout(batch_np, shd.ring_shards(model.get_mesh()))
   if model.mesh is not None:
     batch = jax.device_put(batch, shd.batch_shardings(model.mesh, 2, batch.keys()))
   graphdef, params = nnx.split(model, nnx.Param)
@@ -54,7 +53,7 @@ def test_changing_the_seq_rule_moves_every_place(monkeypatch):
   config, params = tiny_params()
   batch_np = model_testing.packed_batch(config, batch=2, seq=32)
   reference_loss, _ = loss_of(Transformer(config, rngs=nnx.Rngs(0)), batch_np)
-  rules = tuple((name, {"sp": "cp", ("fsdp", "sp"): ("fsdp", "cp")}.get(axes, axes))
+  rules = tuple((name, {("sp", "hp"): ("cp", "hp"), ("fsdp", "sp"): ("fsdp", "cp")}.get(axes, axes))
                 for name, axes in shd.LOGICAL_RULES)
   monkeypatch.setattr(shd, "LOGICAL_RULES", rules)
   mesh = jax.make_mesh((2, 4), ("fsdp", "cp"))  # jax's default axis types, not ours
@@ -87,14 +86,14 @@ def test_batch_shardings_follow_the_rules(monkeypatch):
       (name, "fsdp" if name == "seq" else ("sp" if name == "batch" else axes))
       for name, axes in shd.LOGICAL_RULES))
   assert shd.batch_shardings(mesh, 4, ["tokens"])["tokens"].spec == P("sp", "fsdp")
-  assert shd.seq_axis() == "fsdp" and shd.seq_shards(mesh) == 2
+  assert shd.ring_axis() == "fsdp" and shd.seq_shards(mesh) == 2
 
 
 def test_model_mesh_makes_axes_auto_and_adds_missing_ones():
   mesh = jax.make_mesh((8,), ("sp",))
   assert mesh.axis_types == (AxisType.Explicit,)  # what jax.make_mesh gives by default
   model_mesh = shd.model_mesh(mesh)
-  assert dict(model_mesh.shape) == {"sp": 8, "dp": 1, "fsdp": 1, "tp": 1}
+  assert dict(model_mesh.shape) == {"sp": 8, "dp": 1, "fsdp": 1, "tp": 1, "hp": 1}
   assert all(t == AxisType.Auto for t in model_mesh.axis_types)
   assert list(model_mesh.devices.flat) == list(mesh.devices.flat)
   ours = shd.make_mesh(sp=8)
@@ -102,20 +101,23 @@ def test_model_mesh_makes_axes_auto_and_adds_missing_ones():
 
 
 @pytest.mark.parametrize("text, devices, sizes", [
-    ("1,2,1,4", None, (1, 2, 1, 4)),
-    ("(1, 2, 1, 4)", None, (1, 2, 1, 4)),
-    ("sp=8", None, (1, 1, 1, 8)),
-    ("fsdp=2,sp=4", None, (1, 2, 1, 4)),
-    ("sp=4,fsdp=-1", 32, (1, 8, 1, 4)),
-    ("1,-1,16,4", 512, (1, 8, 16, 4)),
-    ("tp=2,dp=-1", None, (1, 1, 2, 1)),  # unknown device count: the rest is 1
+    ("1,2,1,4", None, (1, 2, 1, 1, 4)),  # the older four sizes: hp=1
+    ("(1, 2, 1, 4)", None, (1, 2, 1, 1, 4)),
+    ("1,2,1,2,4", None, (1, 2, 1, 2, 4)),
+    ("sp=8", None, (1, 1, 1, 1, 8)),
+    ("hp=2,sp=4", None, (1, 1, 1, 2, 4)),
+    ("fsdp=2,sp=4", None, (1, 2, 1, 1, 4)),
+    ("sp=4,fsdp=-1", 32, (1, 8, 1, 1, 4)),
+    ("1,-1,16,4", 512, (1, 8, 16, 1, 4)),
+    ("1,1,1,-1,2", 8, (1, 1, 1, 4, 2)),
+    ("tp=2,dp=-1", None, (1, 1, 2, 1, 1)),  # unknown device count: the rest is 1
 ])
 def test_mesh_notation(text, devices, sizes):
   assert mesh_spec.parse_mesh_sizes(text, devices) == sizes
 
 
 @pytest.mark.parametrize("text", ["1,2,4", "sp=8,xp=2", "sp=8,sp=2", "sp=-1,fsdp=-1", "sp=0",
-                                  "1,2,1,4,sp=2", "sp=eight"])
+                                  "1,2,1,4,sp=2", "sp=eight", "1,1,1,1,1,1", "hp=2,hp=2"])
 def test_bad_mesh_notation_is_named(text):
   with pytest.raises(ValueError, match="mesh"):
     mesh_spec.parse_mesh_sizes(text, 8)
@@ -124,6 +126,9 @@ def test_bad_mesh_notation_is_named(text):
 def test_parse_mesh_named_and_positional_agree():
   assert shd.parse_mesh("fsdp=2,sp=-1").shape == shd.parse_mesh("1,2,1,4").shape
   assert mesh_spec.format_mesh((1, 2, 1, 4)) == "fsdp=2,sp=4"
+  assert mesh_spec.format_mesh((1, 1, 1, 2, 4)) == "hp=2,sp=4"
+  assert shd.parse_mesh("hp=2,sp=4").shape == {"dp": 1, "fsdp": 1, "tp": 1, "hp": 2, "sp": 4}
+  assert shd.make_mesh(1, 2, 1, 4).shape == shd.make_mesh(fsdp=2, sp=4).shape
 
 
 def test_from_hf_llama_takes_a_jax_make_mesh_mesh(tmp_path):
@@ -132,7 +137,7 @@ def test_from_hf_llama_takes_a_jax_make_mesh_mesh(tmp_path):
   config, params = tiny_params()
   model = Transformer(config, rngs=nnx.Rngs(0))
   to_hf_llama(model, str(tmp_path))
-  mesh = jax.make_mesh((1, 2, 1, 4), shd.MESH_AXES)
+  mesh = jax.make_mesh((1, 2, 1, 1, 4), shd.MESH_AXES)
   loaded = from_hf_llama(str(tmp_path), mesh=mesh, vision_vocab_size=0)
   assert loaded.layers.wq[...].sharding.spec == P(None, ("fsdp", "sp"), None)
   tokens = model_testing.packed_batch(config, batch=2, seq=16, seed=2)["tokens"]

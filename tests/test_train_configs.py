@@ -13,21 +13,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # stage: (seq_len, rope_theta, steps, warmup, paper tokens, (dp, fsdp, tp, sp) on 256 devices:
 # the paper's TPU v4-512 is 256 chips, one JAX device each)
 LWM_TEXT = {
-    "32k": (32768, 1e6, 1200, 100, 4.8e9, (1, 64, 4, 1)),
-    "128k": (131072, 1e7, 3000, 200, 12e9, (1, 32, 8, 1)),
-    "256k": (262144, 1e7, 3000, 200, 12e9, (1, 16, 16, 1)),
-    "512k": (524288, 2.5e7, 720, 50, 3e9, (1, 8, 16, 2)),
-    "1m": (1048576, 5e7, 450, 25, 1.8e9, (1, 4, 16, 4)),
+    "32k": (32768, 1e6, 1200, 100, 4.8e9, (1, 64, 4, 1, 1)),
+    "128k": (131072, 1e7, 3000, 200, 12e9, (1, 32, 8, 1, 1)),
+    "256k": (262144, 1e7, 3000, 200, 12e9, (1, 16, 16, 1, 1)),
+    "512k": (524288, 2.5e7, 720, 50, 3e9, (1, 8, 16, 1, 2)),
+    "1m": (1048576, 5e7, 450, 25, 1.8e9, (1, 4, 16, 1, 4)),
 }
 # stage: (seq_len, steps, warmup, peak lr, end lr, schedule, mesh on 512 devices: the paper's
 # TPU v4-1024 is 512 chips). (The paper's
 # token counts for these stages are not steps x 8M tokens: 107B for 8K's 14000 steps, for one.)
 LWM_VISION = {
-    "1k": (1024, 45000, 1000, 6e-4, 6e-5, "cosine", (1, 512, 1, 1)),
-    "8k": (8192, 14000, 500, 6e-4, 6e-5, "cosine", (1, 512, 1, 1)),
-    "32k": (32768, 1200, 100, 8e-5, 8e-5, "constant", (1, 128, 4, 1)),
-    "128k": (131072, 450, 50, 8e-5, 8e-5, "constant", (1, 64, 8, 1)),
-    "1m": (1048576, 50, 5, 8e-5, 8e-5, "constant", (1, 8, 16, 4)),
+    "1k": (1024, 45000, 1000, 6e-4, 6e-5, "cosine", (1, 512, 1, 1, 1)),
+    "8k": (8192, 14000, 500, 6e-4, 6e-5, "cosine", (1, 512, 1, 1, 1)),
+    "32k": (32768, 1200, 100, 8e-5, 8e-5, "constant", (1, 128, 4, 1, 1)),
+    "128k": (131072, 450, 50, 8e-5, 8e-5, "constant", (1, 64, 8, 1, 1)),
+    "1m": (1048576, 50, 5, 8e-5, 8e-5, "constant", (1, 8, 16, 1, 4)),
 }
 
 
@@ -80,7 +80,7 @@ def test_hugging_face_bases_follow_the_paper_from_their_own_context(base, first,
   args = list(LWM_TEXT)[list(LWM_TEXT).index(first):]
   for arg in args:
     c, paper = load("lwm_text", f"{base}/{arg}"), load("lwm_text", arg)
-    dp, fsdp, tp, sp = stage_schema.mesh_sizes(c, 256)
+    dp, fsdp, tp, hp, sp = stage_schema.mesh_sizes(c, 256)
     assert c.rope_theta == (0.0 if arg == first else paper.rope_theta)
     assert tp == min(kv_heads, stage_schema.mesh_sizes(paper, 256)[2])
     assert tp * sp * fsdp == 256 and c.model == "init_from"
@@ -118,16 +118,15 @@ def test_lwm_stages_pass_trainings_checks_on_the_papers_devices(dataset_dir, nam
     stage_schema.validate(c, num_devices=devices)  # raises on any wrong value
   c = load("lwm_text", "128k")
   c.data.path, c.init_from = dataset_dir, ""
-  with pytest.raises(ValueError, match="divisible by dp\\*fsdp = 64"):
-    stage_schema.validate(c, num_devices=512)  # 32 sequences over fsdp=64
+  stage_schema.validate(c, num_devices=512)  # 32 sequences on fsdp=64: rows replicated, warned
 
 
 @pytest.mark.parametrize("name, arg, seq_len, theta, sizes", [
-    ("tiny", "stage1", 1024, 1e4, (1, 8, 1, 1)),
-    ("tiny", "stage2", 4096, 1e5, (1, 1, 1, 8)),
-    ("quickstart", "stage1", 512, 1e4, (1, 1, 1, 1)),
-    ("quickstart", "stage2", 2048, 1e5, (1, 1, 1, 8)),
-    ("quickstart", "control", 2048, 1e5, (1, 1, 1, 1)),
+    ("tiny", "stage1", 1024, 1e4, (1, 8, 1, 1, 1)),
+    ("tiny", "stage2", 4096, 1e5, (1, 1, 1, 1, 8)),
+    ("quickstart", "stage1", 512, 1e4, (1, 1, 1, 1, 1)),
+    ("quickstart", "stage2", 2048, 1e5, (1, 1, 1, 1, 8)),
+    ("quickstart", "control", 2048, 1e5, (1, 1, 1, 1, 1)),
 ])
 def test_cpu_stages_pass_trainings_checks(dataset_dir, name, arg, seq_len, theta, sizes):
   c = load(name, arg)

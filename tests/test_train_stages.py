@@ -41,8 +41,13 @@ def tiny_config(data_path, **changes):
 
 @pytest.mark.parametrize("changes, message", [
     ({"mesh": "1,4,1,1"}, r"needs 4 devices, but there are 8"),
-    ({"mesh": "1,1,1,8", "seq_len": 200}, r"seq_len=200 must be a positive multiple of 2\*sp = 16"),
-    ({"train.batch_size": 4}, r"batch_size/grad_accum = 4 must be divisible by dp\*fsdp = 8"),
+    ({"mesh": "1,1,1,8", "seq_len": 200}, r"seq_len=200 must be a positive multiple of 2\*sp\*hp"),
+    ({"mesh": "hp=2,sp=4", "seq_len": 264}, r"seq_len=264 must be a positive multiple of 2\*sp\*hp "
+                                            r"= 16"),
+    ({"mesh": "hp=8"}, r"hp=8 must divide the 4 query heads a device holds \(heads=4 / tp=1\): the "
+                       r"all-to-all gives each hp device a slice of them; use hp=4,sp=2 instead"),
+    ({"mesh": "tp=4,sp=2"}, r"tp=4 must divide heads=4 and kv_heads=2: tensor parallelism gives "
+                            r"each device whole heads; use tp among \[1, 2\]"),
     ({"data.path": "/nonexistent/data"}, r"data.path='/nonexistent/data' is not a directory"),
     ({"mesh": "1,1,1,8", "seq_len": 400}, r"attention_block_q=8 does not divide"),
 ])
@@ -51,6 +56,16 @@ def test_bad_configs_fail_before_compiling(dataset, tmp_path, changes, message):
   with pytest.raises(ValueError, match=message):
     train.train(config, str(tmp_path / "run"))
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_batch_smaller_than_fsdp_trains(dataset, tmp_path, caplog):
+  """LWM issue 39: a micro-batch of 4 rows on fsdp=8 goes over no batch axis (4 does not divide
+  by 8) and is said so once; fsdp still shards the parameters and the run trains."""
+  config = tiny_config(dataset, **{"train.batch_size": 4, "train.steps": 2})
+  with caplog.at_level("WARNING"):
+    metrics = train.train(config, str(tmp_path / "run"))
+  assert np.isfinite(metrics["loss"])
+  assert "micro-batch of 4 rows is split over no axis" in caplog.text
 
 
 def test_stage2_starts_from_stage1_parameters_on_another_mesh(dataset, tmp_path):

@@ -12,7 +12,9 @@ A collective whose operand is only an upcast of narrower data (the CPU compiler'
 float-normalization-bf16 sends bfloat16 as float32) is counted at the narrower width.
 
 With a mesh, each collective is named by the mesh axes its replica groups (or source-target pairs)
-span, e.g. "sp" or "fsdp+sp". Device ids in the HLO are positions in the mesh's flattened devices.
+span, e.g. "sp" or "fsdp+sp". Device ids in the HLO are positions in the mesh's flattened devices;
+a Transfer's groups are translated to the devices' own ids (`lwm.sharding.make_mesh` does not list
+devices in id order), which is what a topology groups.
 A `Topology` ("8x900GBps,50GBps": devices per fast-link group x that bandwidth, the bandwidth
 between groups) turns bytes into seconds, a collective at the slow rate as soon as one of its groups
 leaves a fast-link group; no overlap with compute or between collectives is assumed.
@@ -46,7 +48,8 @@ class Transfer:
   count: int
   group_size: int
   axes: str            # mesh axes the groups span ("sp", "fsdp+sp"), "?" when unknown
-  groups: tuple        # device-id groups (collective-permute: the (source, target) pairs)
+  groups: tuple        # device-id groups (collective-permute: the (source, target) pairs): the
+                       # devices' own ids where the mesh was given, else the HLO's positions
 
   @property
   def total(self) -> float:
@@ -310,8 +313,17 @@ def transfers(hlo_text: str, mesh=None, num_devices: int | None = None) -> list[
         sent = _FACTOR[kind] * (group_size - 1) / group_size * buffer
       sent *= _upcast_ratio(line, m.group("op"), instructions, comps)
       found.append(Transfer(kind, _INSTR.match(line).group("name"), sent, times, group_size,
-                            group_axes(groups, mesh_shape), groups))
+                            group_axes(groups, mesh_shape), physical(groups, mesh)))
   return found
+
+
+def physical(groups: tuple, mesh=None) -> tuple:
+  """Groups of mesh positions (what the HLO names) as the devices' own ids (what a topology's
+  fast-link groups are made of): the same when the mesh lists devices in id order."""
+  if mesh is None:
+    return groups
+  ids = [d.id for d in mesh.devices.flat]
+  return tuple(tuple(ids[i] for i in group) for group in groups)
 
 
 def bytes_by(transfers_: list[Transfer], key: str = "kind") -> dict:

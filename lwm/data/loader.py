@@ -69,20 +69,16 @@ class Loader:
       self._setup_mesh(mesh)
 
   def _setup_mesh(self, mesh):
-    import jax
     from lwm import sharding as shd
     from lwm.ops import to_zigzag
-    rows_split = shd.axis_size(mesh, shd.mesh_axes("batch"))
-    self.num_shards = shd.seq_shards(mesh)
-    if self.global_batch_size % rows_split:
-      raise ValueError(f"global_batch_size {self.global_batch_size} must be divisible by "
-                       f"dp * fsdp = {rows_split}")
-    if self.seq_len % (2 * self.num_shards):
-      raise ValueError(f"seq_len {self.seq_len} must be divisible by 2 * sp = "
-                       f"{2 * self.num_shards} for the zigzag layout")
-    self.sharding = jax.sharding.NamedSharding(
-        shd.model_mesh(mesh), jax.sharding.PartitionSpec(shd.mesh_axes("batch"), shd.seq_axis()))
+    self.num_shards = shd.ring_shards(mesh)
+    if self.seq_len % shd.seq_multiple(mesh):
+      raise ValueError(f"seq_len {self.seq_len} must be divisible by 2 * sp * hp = "
+                       f"{shd.seq_multiple(mesh)} for the zigzag layout")
+    # Rows go over the `batch` rule's axes that divide the batch (a batch of 1 on fsdp=8 is
+    # replicated over fsdp, which still shards the parameters), tokens over the `seq` rule's.
     shape = (self.global_batch_size, self.seq_len)
+    self.sharding = shd.named_sharding(mesh, ("batch", "seq"), shape)
     row_slices = [idx[0] for idx in self.sharding.addressable_devices_indices_map(shape).values()]
     local = set()
     for s in row_slices:

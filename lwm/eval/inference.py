@@ -24,8 +24,9 @@ from lwm.model import decode
 # ------------------------------------------------------------------------------------ Shapes
 
 def padded_length(n: int, sp: int, buckets_per_octave: int = 8) -> int:
-  """`n` rounded up to a multiple of 2 * sp and of a power of two 1/8 of n's octave (<= 12.5%
-  waste), so prompts of similar length share one compilation."""
+  """`n` rounded up to a multiple of 2 * sp (sp: all the sequence shards, `shd.seq_shards`) and
+  of a power of two 1/8 of n's octave (<= 12.5% waste), so prompts of similar length share one
+  compilation."""
   if n < 1:
     raise ValueError(f"a prompt needs at least one token, got length {n}")
   step = 2 ** max(0, math.ceil(math.log2(n)) - int(math.log2(buckets_per_octave)))

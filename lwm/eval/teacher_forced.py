@@ -18,10 +18,10 @@ from lwm.eval import inference
 
 
 def forced_argmax(model, tokens, vision_mask, lengths, read):
-  """tokens, vision_mask: `[batch, seq]` natural order, padded (seq a multiple of 2 * sp);
+  """tokens, vision_mask: `[batch, seq]` natural order, padded (seq a multiple of 2 * sp * hp);
   lengths: `[batch]` tokens per row; read: `[batch, answer]` natural indices whose next-token
   argmax is wanted. Returns int32 `[batch, answer]`."""
-  sp = shd.seq_shards(model.get_mesh())
+  sp = shd.ring_shards(model.get_mesh())
   batch, seq = tokens.shape
   positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
   segments = (positions < lengths[:, None]).astype(jnp.int32)  # 0 = padding

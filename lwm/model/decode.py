@@ -47,17 +47,17 @@ def prefill(model, tokens, vision_mask, lengths, *, max_new_tokens: int):
   """Runs the prompt through the model with ring attention; returns (logits, cache).
 
   tokens: `[batch, seq]` int32 in natural order, each row's prompt first then padding (seq a
-  multiple of 2 * sp); vision_mask: `[batch, seq]` bool or None; lengths: `[batch]` int32, each
+  multiple of 2 * sp * hp); vision_mask: `[batch, seq]` bool or None; lengths: `[batch]` int32, each
   >= 1.
   Returns the float32 text logits `[batch, vocab]` that follow each row's last prompt token and a
   KVCache with room for `max_new_tokens` generated tokens.
   """
   config, mesh = model.config, model.get_mesh()
   batch, seq = tokens.shape
-  sp = shd.seq_shards(mesh)
-  if seq % (2 * sp):
-    raise ValueError(f"prompt length {seq} must be padded to a multiple of 2 * {shd.seq_axis()} = "
-                     f"{2 * sp}")
+  sp = shd.ring_shards(mesh)
+  if seq % shd.seq_multiple(mesh):
+    raise ValueError(f"prompt length {seq} must be padded to a multiple of 2 * the sequence shards "
+                     f"{shd.mesh_axes('seq')} = {shd.seq_multiple(mesh)}")
   config.check_length(seq + max_new_tokens, "padded prompt + max_new_tokens")
   positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
   valid = positions < lengths[:, None]

@@ -113,30 +113,58 @@ def attention_specs(mesh: Mesh, shape):
 
 def ring_self_attention(q, k, v, segment_ids, *, mesh: Mesh, block_q: int, block_kv: int,
                         impl: str = "auto"):
-  """Causal attention with the sequence (zigzag order) sharded over the `seq` rule's mesh axis and
-  heads over the `act_heads` rule's.
+  """Causal attention with the sequence (zigzag order over the ring) sharded over the `seq` rule's
+  mesh axes and heads over the `act_heads` rule's: ring attention over the ring axis, after an
+  all-to-all over the head-parallel axes if the mesh has them (`lwm.ops.head_parallel`).
 
   q: [batch, seq, heads, head_dim]; k, v: [batch, seq, kv_heads, head_dim]; segment_ids:
   [batch, seq] int32 (0 = padding) or None. Returns [batch, seq, heads, head_dim].
   """
-  heads_split = shd.axis_size(mesh, shd.mesh_axes("act_heads"))
-  shards = shd.seq_shards(mesh)
-  if q.shape[2] % heads_split or k.shape[2] % heads_split:
-    raise ValueError(f"the {shd.mesh_axes('act_heads')} mesh axes ({heads_split} devices) must "
-                     f"divide heads={q.shape[2]} and kv_heads={k.shape[2]}")
-  half = q.shape[1] // shards // 2
-  if half == 0 or q.shape[1] % (2 * shards):
-    raise ValueError(f"sequence length {q.shape[1]} must be a multiple of 2 * {shd.seq_axis()} = "
-                     f"{2 * shards}")
+  check_attention_mesh(mesh, q.shape[1], q.shape[2], k.shape[2])
   qkv_spec, seg_spec = attention_specs(mesh, k.shape)
-  fn = functools.partial(ops.ring_attention_sharded, axis_name=shd.seq_axis(), causal=True,
-                         layout="zigzag", block_q=divisor_at_most(half, block_q),
+  head_axes = shd.head_parallel_axes()
+  half = q.shape[1] // shd.ring_shards(mesh) // 2
+  fn = functools.partial(ops.head_parallel_attention_sharded,
+                         head_axis=head_axes[0] if head_axes else None, ring_axis=shd.ring_axis(),
+                         causal=True, layout="zigzag", block_q=divisor_at_most(half, block_q),
                          block_kv=divisor_at_most(half, block_kv), impl=impl)
   if segment_ids is None:
     return jax.shard_map(lambda a, b, c: fn(a, b, c), mesh=mesh, in_specs=(qkv_spec,) * 3,
                          out_specs=qkv_spec, check_vma=False)(q, k, v)
   return jax.shard_map(fn, mesh=mesh, in_specs=(qkv_spec,) * 3 + (seg_spec,),
                        out_specs=qkv_spec, check_vma=False)(q, k, v, segment_ids)
+
+
+def check_attention_mesh(mesh: Mesh | None, seq: int, heads: int, kv_heads: int) -> None:
+  """Refuses, in a sentence naming the constraint and a mesh that works, a mesh on which
+  attention cannot split `heads` or a sequence of `seq` tokens."""
+  if mesh is None:
+    return
+  size = lambda axes: shd.axis_size(mesh, axes)
+  tp, hp = size(shd.mesh_axes("act_heads")), size(shd.head_parallel_axes())
+  sp, names = shd.ring_shards(mesh), dict(mesh.shape)
+  if len(shd.head_parallel_axes()) > 1:
+    raise ValueError(f"the 'seq' rule names {len(shd.head_parallel_axes())} head-parallel axes "
+                     f"{shd.head_parallel_axes()}; attention all-to-alls over one")
+  if heads % tp or kv_heads % tp:
+    works = [d for d in range(1, kv_heads + 1) if kv_heads % d == 0 and heads % d == 0]
+    raise ValueError(f"tp={tp} must divide heads={heads} and kv_heads={kv_heads}: tensor "
+                     f"parallelism gives each device whole heads; use tp among {works}")
+  if (heads // tp) % hp:
+    fits = max(d for d in range(1, hp + 1) if (heads // tp) % d == 0 and hp % d == 0)
+    raise ValueError(f"hp={hp} must divide the {heads // tp} query heads a device holds "
+                     f"(heads={heads} / tp={tp}): the all-to-all gives each hp device a slice of "
+                     f"them; use {_mesh_text(names, hp=fits, sp=sp * hp // fits)} instead")
+  if seq % (2 * sp * hp):
+    raise ValueError(f"sequence length {seq} must be a multiple of 2 * sp * hp = {2 * sp * hp} on "
+                     f"mesh {_mesh_text(names)}: zigzag gives each of the sp={sp} ring shards two "
+                     f"chunks, cut into hp={hp} whole pieces; pad the sequence to a multiple of "
+                     f"{2 * sp * hp}")
+
+
+def _mesh_text(sizes: dict, **changes) -> str:
+  sizes = {**sizes, **changes}
+  return ",".join(f"{a}={n}" for a, n in sizes.items() if n != 1) or "a single device"
 
 
 def cached_attention(q, prompt_k, prompt_v, prompt_valid, k, v, step):

@@ -87,7 +87,7 @@ class DecoderStack(nnx.Module):
 
 
 class Transformer(nnx.Module):
-  """LLaMA-style decoder with LWM's vision vocabulary, sharded over a (dp, fsdp, tp, sp) mesh.
+  """LLaMA-style decoder with LWM's vision vocabulary, sharded over a (dp, fsdp, tp, hp, sp) mesh.
 
   `mesh=None` runs on one device (a 1x1x1x1 mesh over the first device). Any mesh is taken as
   `lwm.sharding.model_mesh` sees it (Auto axes; e.g. one made with `jax.make_mesh`'s defaults).
@@ -167,12 +167,12 @@ class Transformer(nnx.Module):
     Positions are 0..seq-1 (one document per row, unless segment_ids separate several: then
     attention stays inside each segment but positions do not restart; pass zigzag batches with
     their own positions to `hidden_states` for that). Any seq works: the model pads to a multiple
-    of 2 * sp, converts to the zigzag layout and back.
+    of 2 * sp * hp, converts to the zigzag layout and back.
     """
     batch, seq = tokens.shape
     self.config.check_length(seq)
-    sp = shd.seq_shards(self.get_mesh())
-    pad = (-seq) % (2 * sp)
+    sp = shd.ring_shards(self.get_mesh())
+    pad = (-seq) % shd.seq_multiple(self.get_mesh())
     if pad and segment_ids is None:
       segment_ids = jnp.ones((batch, seq), jnp.int32)
     padded = lambda a: jnp.pad(a, ((0, 0), (0, pad))) if pad else a

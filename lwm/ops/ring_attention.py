@@ -220,8 +220,9 @@ def ring_attention_sharded(q, k, v, segment_ids=None, *, axis_name="sp", causal=
   _check_shapes(q, k, v, segment_ids, layout, block_q, block_kv)
   if segment_ids is not None:
     segment_ids = segment_ids.astype(jnp.int32)
-  cfg = RingConfig(axis_name, layout, block_contract.Tiling(block_q, block_kv, causal),
-                   *impls.resolve(impl))
+  tiling = block_contract.Tiling(block_q, block_kv, causal)
+  chosen = impls.choose(impl, tiling, q.dtype, q.shape[3], segments=segment_ids is not None)
+  cfg = RingConfig(axis_name, layout, tiling, *chosen)
   return _ring(cfg, q, k, v, segment_ids)
 
 

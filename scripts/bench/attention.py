@@ -11,6 +11,13 @@ layout), the same causal attention on one device, and the all-gather-keys/values
 are measured in the same run. --memory-seq-lens adds compile-only memory rows (e.g. 1048576 on 8
 devices) of the ring with block implementation --impl.
 
+--hp-meshes 1x8,2x4,4x2,8x1 (hp x sp): per-device bytes sent by collective for one attention
+forward+backward at --comm-seq-len tokens, read from the compiled HLO next to the closed form
+(`lwm.bench.head_parallel_comm`), the compiled temp memory, and the communication time the
+--topology gives (no overlap); compile only, no run.
+
+  python scripts/bench/attention.py --seq-lens "" --hp-meshes 1x8,2x4,4x2,8x1
+
 --platform gpu: forward + backward TFLOP/s, bfloat16, causal, of the fused block kernel on one
 block, the xla block path, jax.nn.dot_product_attention(implementation="cudnn") and the whole ring
 on every local device, for --gpu-seq-lens; then the kernel's and the ring's relative L2 difference
@@ -34,6 +41,12 @@ def parse_args():
   parser.add_argument("--block", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--impl", default="xla", help="block implementation for the memory rows")
+  parser.add_argument("--hp-meshes", default="", help="hp x sp meshes, e.g. 1x8,2x4,4x2,8x1")
+  parser.add_argument("--comm-seq-len", type=int, default=65536)
+  parser.add_argument("--comm-heads", default="32:8", help="query:key/value heads")
+  parser.add_argument("--comm-head-dim", type=int, default=128)
+  parser.add_argument("--topology", default="4x900GBps,50GBps",
+                      help="fast-link group size x bandwidth, bandwidth between groups")
   parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
   parser.add_argument("--smoke", action="store_true",
                       help="with --platform gpu: tiny shapes on the CPU, to check the script")
@@ -91,6 +104,33 @@ def device_main(args):
         f"kernel {kernel_error:.2e}, ring grads {ring_error:.2e} -> {verdict} (bound 1e-2)")
 
 
+def comm_main(args):
+  """--hp-meshes: bytes by collective from the HLO and by formula, temp memory, estimated time."""
+  import jax.numpy as jnp
+  from lwm.bench import collectives, head_parallel_comm as hpc
+
+  meshes = [tuple(int(x) for x in m.split("x")) for m in args.hp_meshes.split(",") if m]
+  heads, kv_heads = (int(x) for x in args.comm_heads.split(":"))
+  seq, d = args.comm_seq_len, args.comm_head_dim
+  topology = collectives.parse_topology(args.topology)
+  print(f"attention forward+backward, {seq} tokens, {heads}:{kv_heads} heads x {d}, bfloat16, "
+        f"causal, zigzag, segment ids, block {args.block}; MiB sent per device (HLO / formula); "
+        f"time: {args.topology}, no overlap")
+  kinds = ("all-to-all", "collective-permute", "all-gather")
+  header = (f"{'hp x sp':>8} " + " ".join(f"{k:>24}" for k in kinds) +
+            f" {'temp MiB':>9} {'comm ms':>8}")
+  print(header)
+  print("-" * len(header))
+  mib = lambda b: b / 2**20
+  for hp, sp in meshes:
+    found, temp = hpc.compiled(seq, heads, kv_heads, d, hp, sp, block=args.block,
+                               dtype=jnp.bfloat16)
+    got, want = collectives.bytes_by(found), hpc.closed_form(seq, heads, kv_heads, d, hp, sp, 2)
+    cells = [f"{mib(got.get(k, 0)):>11.1f} / {mib(want.get(k, 0)):>10.1f}" for k in kinds]
+    seconds = collectives.comm_seconds(found, topology)
+    print(f"{hp:>3} x {sp:<2} " + " ".join(cells) + f" {mib(temp):>9.1f} {seconds * 1e3:>8.2f}")
+
+
 def main():
   args = parse_args()
   if args.platform == "gpu":
@@ -100,19 +140,25 @@ def main():
       os.environ["JAX_PLATFORMS"] = "cpu"
     device_main(args)
     return
-  count = max(args.devices, args.memory_devices if args.memory_seq_lens else 1)
+  hp_sp = [int(x) for m in args.hp_meshes.split(",") if m for x in m.split("x")]
+  count = max(args.devices, args.memory_devices if args.memory_seq_lens else 1,
+              *(a * b for a, b in zip(hp_sp[::2], hp_sp[1::2])))
   launch.set_device_count(count, replace=True)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  if hp_sp:
+    comm_main(args)
   from lwm.bench import attention_memory as measure  # after XLA_FLAGS: JAX reads them once
 
   mib = lambda b: b / 2**20
   shape = dict(heads=args.heads, head_dim=args.head_dim, block=args.block)
-  print(f"forward+backward, batch 1, {args.heads} heads x {args.head_dim}, float32, zigzag, "
-        f"block {args.block}, median of {args.repeats}")
-  header = f"{'tokens':>8} {'variant':<26} {'ms':>9} {'temp MiB':>9} {'x ring causal':>14}"
-  print(header)
-  print("-" * len(header))
-  for seq_len in [int(s) for s in args.seq_lens.split(",") if s]:
+  seq_lens = [int(s) for s in args.seq_lens.split(",") if s]
+  if seq_lens or args.memory_seq_lens:
+    print(f"forward+backward, batch 1, {args.heads} heads x {args.head_dim}, float32, zigzag, "
+          f"block {args.block}, median of {args.repeats}")
+    header = f"{'tokens':>8} {'variant':<26} {'ms':>9} {'temp MiB':>9} {'x ring causal':>14}"
+    print(header)
+    print("-" * len(header))
+  for seq_len in seq_lens:
     rows = [("ring_causal", args.devices, f"ring causal ({args.devices} dev)"),
             ("ring_full", args.devices, f"ring non-causal ({args.devices} dev)"),
             ("ring_causal", 1, "one device causal"),

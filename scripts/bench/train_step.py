@@ -28,7 +28,7 @@ def parse_args(argv=None):
                       "(default: the config's); see lwm.model.config.REMAT_POLICIES")
   parser.add_argument("--seq-len", type=int, default=16384)
   parser.add_argument("--batch", type=int, default=1)
-  parser.add_argument("--mesh", default="1,1,1,8", help="dp,fsdp,tp,sp sizes")
+  parser.add_argument("--mesh", default="1,1,1,8", help="dp,fsdp,tp,hp,sp or hp=2,sp=4")
   parser.add_argument("--layers", type=int, default=2)
   parser.add_argument("--hidden", type=int, default=256)
   parser.add_argument("--heads", type=int, default=4)
@@ -76,7 +76,7 @@ def random_batch(batch, seq_len, vocab, mesh):
              "target_vision_mask": ones == 0, "loss_mask": ones.astype(np.float32),
              "segment_ids": ones, "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32),
                                                                (batch, seq_len))}
-  sp = mesh.shape["sp"]
+  sp = shd.ring_shards(mesh)
   shardings = shd.batch_shardings(mesh, batch, BATCH_KEYS)
   return {k: jax.device_put(np.asarray(ops.to_zigzag(natural[k], sp)), shardings[k])
           for k in BATCH_KEYS}
@@ -86,7 +86,7 @@ def policy_label(config, mesh, batch, seq_len):
   """The policy's name, with what "auto" resolves to at this shape."""
   from lwm import sharding as shd
   per_device = batch * seq_len // (shd.axis_size(mesh, shd.batch_axes(mesh, batch))
-                                   * mesh.shape["sp"])
+                                   * shd.seq_shards(mesh))
   resolved = config.resolved_remat_policy(per_device, mesh.shape["tp"])
   name = config.remat_policy
   return name if resolved == name else f"{name}:{resolved}"
@@ -127,9 +127,10 @@ class Run:
 
 def main():
   args = parse_args()
-  devices = 1
-  for size in args.mesh.split(","):
-    devices *= int(size)
+  from lwm import mesh_spec
+  devices = mesh_spec.device_count(args.mesh)
+  if devices is None:
+    raise SystemExit(f"--mesh {args.mesh!r}: give every size (no -1) for a benchmark")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={devices}")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -145,7 +146,7 @@ def main():
   print(f"train step: {c0.num_layers} layers, hidden {c0.hidden_size}, {c0.num_heads} heads x "
         f"{c0.dim_per_head} ({c0.num_kv_heads} kv), intermediate {c0.intermediate_size}, vocab "
         f"{c0.vocab_size}+{c0.vision_vocab_size}, {c0.dtype}, batch {args.batch} x {args.seq_len} "
-        f"tokens, mesh dp,fsdp,tp,sp={args.mesh}, ffn chunk {c0.ffn_chunk}, loss chunk "
+        f"tokens, mesh {args.mesh}, ffn chunk {c0.ffn_chunk}, loss chunk "
         f"{c0.loss_chunk}, attention tiles {c0.attention_block_q}; {jax.device_count()} "
         f"{jax.devices()[0].platform} devices; median/min/max of {args.steps} steps after "
         f"{args.warmup} warm-up, policies interleaved", flush=True)
