@@ -59,7 +59,8 @@ def parse_args(argv=None):
   parser.add_argument("--attention-block", type=int, default=None)
   parser.add_argument("--max-new-tokens", type=int, default=64, help="prefill: generated slots")
   parser.add_argument("--prefill-chunk", type=int, default=0,
-                      help="prefill: plan one step of chunked prefill (this many tokens a chunk)")
+                      help="prefill: plan one step of chunked prefill (this many tokens a chunk) "
+                      "and, beside it, the one-shot prefill")
   parser.add_argument("--cpu-licm", action="store_true",
                       help="keep XLA's while-loop-invariant code motion (see CPU_FLAGS)")
   return parser.parse_args(argv)
@@ -188,6 +189,11 @@ def main(argv=None):
   print(f"arguments per device: {figures['arguments']:.2f} GiB ({what[0]})")
   print(f"outputs per device:   {figures['outputs']:.2f} GiB ({what[1]})")
   print(f"temp per device:      {figures['temp']:.2f} GiB ({what[2]})")
+  if args.prefill_chunk:
+    whole = inference.memory_figures(
+        inference.lower_prefill(config, mesh, seq_len, batch, args.max_new_tokens).compile())
+    print(f"one-shot prefill of the same prompt, for comparison: peak {whole['peak']:.2f} GiB "
+          f"(temp {whole['temp']:.2f} GiB)")
   print(f"peak per device: {figures['peak']:.2f} GiB")
 
 

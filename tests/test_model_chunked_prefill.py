@@ -1,5 +1,10 @@
 """Chunked prefill (lwm.model.decode.extend over a ChatCache) gives the logits and the keys and
 values of one-shot prefill, on one device and with the cache sharded over 8."""
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -68,3 +73,26 @@ def test_lower_prefill_plans_a_chunk_step():
   cache = 2 * config.num_layers * 4096 * config.num_kv_heads * config.dim_per_head * 4 / 8
   assert cache / 1024 ** 3 <= figures["outputs"] < 1.1 * cache / 1024 ** 3
   assert figures["peak"] >= figures["outputs"]
+
+
+def test_a_chunk_step_never_holds_the_chunks_scores_against_the_cache():
+  # The memory plan of one chunk step: its temporaries stay far below one [heads, chunk, cache
+  # piece] float32 score matrix (the untiled step held several).
+  config = get_config("tiny")
+  mesh = shd.make_mesh(sp=8)
+  tokens, chunk = 1 << 20, 1024  # the cache: tokens slots, 131,072 on each device
+  figures = inference.memory_figures(inference.lower_prefill(config, mesh, tokens - 64,
+                                                             chunk=chunk).compile())
+  scores = config.num_heads * chunk * (tokens // 8) * 4 / 1024 ** 3
+  assert figures["temp"] < scores / 4, (figures, scores)
+
+
+def test_plan_memory_prints_a_chunk_step_beside_the_one_shot_prefill():
+  script = os.path.join(os.path.dirname(__file__), "..", "scripts", "plan_memory.py")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, script, "--mode", "prefill", "--model", "tiny", "--seq-len",
+                        "512", "--mesh", "sp=8", "--prefill-chunk", "128"], capture_output=True,
+                       text=True, env=env, check=True, timeout=300).stdout
+  assert "(parameters, KV cache, chunk)" in out
+  assert re.search(r"one-shot prefill of the same prompt, for comparison: peak \d+\.\d+ GiB", out)
+  assert re.fullmatch(r"peak per device: \d+\.\d+ GiB", out.strip().splitlines()[-1])

@@ -138,14 +138,21 @@ def extend(model, cache: ChatCache, tokens, vision_mask, counts):
   cos, sin = layers.rope_angles(positions, config.dim_per_head, config.rope_theta,
                                 config.rope_scaling)
 
-  def body(x, inputs):
-    params, k, v = inputs
+  # The cache is carried and each layer's piece written back in place: as scanned inputs and
+  # outputs it would be read from one buffer and stacked into a second, a copy of the whole cache.
+  def body(carry, inputs):
+    x, k_all, v_all = carry
+    index, params = inputs
     params = jax.tree.map(lambda w: w.astype(config.compute_dtype), params)
-    layer_cache = layers.ChunkCache(k, v, cache.lengths, counts)
-    return layers.decoder_layer(params, x, cos=cos, sin=sin, config=config, mesh=mesh,
-                                mode="chunk", cache=layer_cache)
+    layer = lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False)
+    layer_cache = layers.ChunkCache(layer(k_all), layer(v_all), cache.lengths, counts)
+    x, (k, v) = layers.decoder_layer(params, x, cos=cos, sin=sin, config=config, mesh=mesh,
+                                     mode="chunk", cache=layer_cache)
+    put = lambda a, new: jax.lax.dynamic_update_index_in_dim(a, new, index, 0)
+    return (x, put(k_all, k), put(v_all, v)), None
 
-  x, (k, v) = jax.lax.scan(body, x, (model.layers.arrays(), cache.k, cache.v))
+  (x, k, v), _ = jax.lax.scan(body, (x, cache.k, cache.v),
+                              (jnp.arange(config.num_layers), model.layers.arrays()))
   last = jnp.maximum(counts - 1, 0)
   hidden = jnp.take_along_axis(x, last[:, None, None], axis=1)
   hidden = layers.rms_norm(hidden, model.final_norm[...], config.rms_norm_eps)
