@@ -205,6 +205,12 @@ def batch_axes(mesh: Mesh, batch: int) -> tuple[str, ...]:
   return spec_axes(logical_to_spec(("batch",), (batch,), mesh))
 
 
+def row_copies(mesh: Mesh, batch: int) -> int:
+  """How many devices of the `batch` rule's axes hold each of `batch` rows: 1 when the axes
+  divide the batch, more when some are left out (`logical_to_spec`) and replicate the rows."""
+  return axis_size(mesh, mesh_axes("batch")) // axis_size(mesh, batch_axes(mesh, batch))
+
+
 def param_shardings(state: nnx.State, mesh: Mesh):
   """NamedShardings for a parameter State whose Variables carry `logical_axes` metadata.
 

@@ -79,12 +79,10 @@ def train(config, workdir: str) -> dict:
   layers.check_attention_mesh(mesh, config.seq_len, cfg.num_heads, cfg.num_kv_heads)
   t = config.train
   micro_batch = t.batch_size // t.grad_accum
-  rows_split = sharding.axis_size(mesh, sharding.mesh_axes("batch"))
-  if micro_batch % rows_split:
+  if (copies := sharding.row_copies(mesh, micro_batch)) > 1:
     logger.warning("the micro-batch of %d rows is split over %s only (what divides it); "
-                   "dp*fsdp = %d devices hold %d copies of each row", micro_batch,
-                   sharding.batch_axes(mesh, micro_batch) or "no axis", rows_split,
-                   rows_split // sharding.axis_size(mesh, sharding.batch_axes(mesh, micro_batch)))
+                   "%d devices of dp*fsdp hold each row", micro_batch,
+                   sharding.batch_axes(mesh, micro_batch) or "no axis", copies)
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)

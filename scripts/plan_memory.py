@@ -163,8 +163,8 @@ def main(argv=None):
   # The model config training would build (no dataset: vocabularies stay the named size's).
   config = model_dir.model_config(c, {"text_vocab_size": 0}).replace(**planning_overrides(args))
   mesh = shd.make_mesh(*sizes)
-  data_axes, batch_axes = shd.batch_axes(mesh, batch), shd.mesh_axes("batch")
-  if shd.axis_size(mesh, data_axes) < shd.axis_size(mesh, batch_axes):
+  if shd.row_copies(mesh, batch) > 1:
+    batch_axes = shd.mesh_axes("batch")
     print(f"note: batch {batch} is not divisible by {'*'.join(batch_axes)}="
           f"{shd.axis_size(mesh, batch_axes)}; activations are replicated over the rest "
           "(parameters stay sharded). Prefer fsdp=1 and a larger sp for batch 1.")

@@ -15,7 +15,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from lwm import ops
 from lwm import sharding as shd
 from lwm.model import rope
-from lwm.ops import cache_attention
+from lwm.ops import cache_attention, head_parallel
 
 
 def rms_norm(x, weight, eps: float):
@@ -140,14 +140,14 @@ def check_attention_mesh(mesh: Mesh | None, seq: int, heads: int, kv_heads: int)
   attention cannot split `heads` or a sequence of `seq` tokens."""
   if mesh is None:
     return
-  size = lambda axes: shd.axis_size(mesh, axes)
-  tp, hp = size(shd.mesh_axes("act_heads")), size(shd.head_parallel_axes())
+  head_axes = shd.head_parallel_axes()
+  if len(head_axes) > 1:
+    raise ValueError(f"the 'seq' rule names {len(head_axes)} head-parallel axes {head_axes}; "
+                     "attention all-to-alls over one")
+  tp, hp = shd.axis_size(mesh, shd.mesh_axes("act_heads")), shd.axis_size(mesh, head_axes)
   sp, names = shd.ring_shards(mesh), dict(mesh.shape)
-  if len(shd.head_parallel_axes()) > 1:
-    raise ValueError(f"the 'seq' rule names {len(shd.head_parallel_axes())} head-parallel axes "
-                     f"{shd.head_parallel_axes()}; attention all-to-alls over one")
   if heads % tp or kv_heads % tp:
-    works = [d for d in range(1, kv_heads + 1) if kv_heads % d == 0 and heads % d == 0]
+    works = [d for d in head_parallel.divisors(kv_heads) if heads % d == 0]
     raise ValueError(f"tp={tp} must divide heads={heads} and kv_heads={kv_heads}: tensor "
                      f"parallelism gives each device whole heads; use tp among {works}")
   if (heads // tp) % hp:

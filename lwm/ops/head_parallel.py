@@ -61,8 +61,7 @@ def head_parallel_attention_sharded(q, k, v, segment_ids=None, *, head_axis, rin
   """
   hp = 1 if head_axis is None else lax.axis_size(head_axis)
   if hp == 1:
-    return ring_attention_sharded(q, k, v, segment_ids, axis_name=ring_axis,
-                                           **ring_kwargs)
+    return ring_attention_sharded(q, k, v, segment_ids, axis_name=ring_axis, **ring_kwargs)
   r = kv_repeats(q.shape[2], k.shape[2], hp)
   if r > 1:
     k, v = (jnp.repeat(t, r, axis=2) for t in (k, v))
