@@ -5,6 +5,13 @@ import os
 import time
 
 
+def compiled_peak_bytes(stats) -> int:
+  """Per-device peak of a compiled program from its `memory_analysis()`: arguments + outputs -
+  donated (aliased) bytes + temporaries."""
+  return (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+          + stats.temp_size_in_bytes)
+
+
 def train_step_flops(config, batch: int, seq_len: int) -> float:
   """Matmul and causal-attention FLOPs of one training step's forward + backward (3x forward, no
   recompute) for a `lwm.model.ModelConfig` on `batch` sequences of `seq_len` tokens: what MFU

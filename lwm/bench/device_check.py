@@ -24,10 +24,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lwm.bench import attention_throughput as tp
 from lwm.bench import mesh_plan, peaks
+from lwm.metrics import compiled_peak_bytes
 
 GIB = 1024 ** 3
 _NATIVE = {"pallas_gpu": ("gpu", "cuda", "rocm"), "pallas_tpu": ("tpu",)}
@@ -136,32 +136,13 @@ def attention_rows(settings: Settings) -> list[dict]:
   return rows
 
 
-def _random_batch(seq_len, vocab, mesh):
-  """One document of random tokens in the mesh's zigzag order, placed like the loader's batch."""
-  from lwm import ops, sharding as shd  # pylint: disable=import-outside-toplevel
-  from lwm.model import BATCH_KEYS  # pylint: disable=import-outside-toplevel
-  tokens = np.random.default_rng(0).integers(0, vocab, (1, seq_len + 1)).astype(np.int32)
-  ones = np.ones((1, seq_len), np.int32)
-  natural = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "vision_mask": ones == 0,
-             "target_vision_mask": ones == 0, "loss_mask": ones.astype(np.float32),
-             "segment_ids": ones, "positions": np.arange(seq_len, dtype=np.int32)[None]}
-  shardings = shd.batch_shardings(mesh, 1, BATCH_KEYS)
-  sp = mesh.shape["sp"]
-  return {k: jax.device_put(np.asarray(ops.to_zigzag(natural[k], sp)), shardings[k])
-          for k in BATCH_KEYS}
-
-
-def _peak_bytes(stats) -> int:
-  return (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-          + stats.temp_size_in_bytes)
-
-
 def train_rows(settings: Settings) -> list[dict]:
   """The train_step row and the memory row (the step's measured peak next to the planner's)."""
   # pylint: disable=import-outside-toplevel
   from lwm import mesh_spec, sharding as shd
   from lwm.metrics import train_step_flops
   from lwm.model import adamw, count_params, create_sharded, get_config, jit_train_step
+  from lwm.model.step import random_batch
   config = get_config(settings.model, **dict(settings.model_overrides))
   n = jax.device_count()
   seq = settings.train_seq_len
@@ -171,7 +152,7 @@ def train_rows(settings: Settings) -> list[dict]:
     tx = adamw()
     graphdef, params, opt_state = create_sharded(config, mesh, tx)
     num_params = count_params(params)
-    batch = _random_batch(seq, config.vocab_size, mesh)
+    batch = random_batch(1, seq, config.vocab_size, mesh)
     step = jit_train_step(graphdef, tx, params, mesh, 1)
     with jax.set_mesh(mesh):
       compiled = step.lower(params, opt_state, batch).compile()
@@ -198,7 +179,7 @@ def train_rows(settings: Settings) -> list[dict]:
     figures["mfu"] = flops / seconds / (peak * 1e12 * n)
   rows = [row("train_step", name, figures)]
 
-  memory = {"compiled_gib": _peak_bytes(compiled.memory_analysis()) / GIB}
+  memory = {"compiled_gib": compiled_peak_bytes(compiled.memory_analysis()) / GIB}
   sizes = tuple(n if axis == "sp" else 1 for axis in mesh_spec.MESH_AXES)
   on_cpu = jax.default_backend() == "cpu"
   options = mesh_plan.CPU_MEMORY_OPTIONS if on_cpu and settings.plan_cpu_options else None

@@ -14,6 +14,7 @@ import time
 
 from lwm import mesh_spec
 from lwm.bench import collectives
+from lwm.metrics import compiled_peak_bytes
 
 AUTO = "auto"  # config.mesh that asks for the planner's choice at stage start
 DEFAULT_BUDGET_GIB = 80.0
@@ -131,8 +132,7 @@ def measure(config, sizes: tuple, batch: int, seq_len: int, *, budget_gib: float
     return row
   row.compile_seconds = time.time() - start
   stats = for_memory.memory_analysis()
-  row.peak_gib = (stats.argument_size_in_bytes + stats.output_size_in_bytes -
-                  stats.alias_size_in_bytes + stats.temp_size_in_bytes) / GIB
+  row.peak_gib = compiled_peak_bytes(stats) / GIB
   found = collectives.transfers(compiled.as_text(), mesh)
   row.bytes_by_kind = collectives.bytes_by(found, "kind")
   row.bytes_by_axes = collectives.bytes_by(found, "axes")

@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lwm import sharding as shd
+from lwm.metrics import compiled_peak_bytes
 from lwm.model import decode
 
 
@@ -258,8 +259,7 @@ def memory_figures(compiled) -> dict:
   """Per-device GiB from `compiled.memory_analysis()`: arguments, outputs, temp, peak."""
   stats = compiled.memory_analysis()
   gib = lambda n: n / 1024 ** 3
-  peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes +
-          stats.temp_size_in_bytes)
+  peak = compiled_peak_bytes(stats)
   return {"arguments": gib(stats.argument_size_in_bytes),
           "outputs": gib(stats.output_size_in_bytes), "temp": gib(stats.temp_size_in_bytes),
           "peak": gib(peak)}

@@ -81,6 +81,22 @@ def abstract_batch(batch_size: int, seq_len: int, mesh: Mesh) -> dict:
           for k in BATCH_KEYS}
 
 
+def random_batch(batch: int, seq_len: int, vocab: int, mesh: Mesh, seed: int = 0) -> dict:
+  """One document per row of random tokens (benchmarks), in the mesh's zigzag order, placed like
+  the loader's batch."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from lwm import ops  # pylint: disable=import-outside-toplevel
+  tokens = np.random.default_rng(seed).integers(0, vocab, (batch, seq_len + 1)).astype(np.int32)
+  ones = np.ones((batch, seq_len), np.int32)
+  natural = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "vision_mask": ones == 0,
+             "target_vision_mask": ones == 0, "loss_mask": ones.astype(np.float32),
+             "segment_ids": ones, "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32),
+                                                               (batch, seq_len))}
+  shardings = shd.batch_shardings(mesh, batch, BATCH_KEYS)
+  return {k: jax.device_put(np.asarray(ops.to_zigzag(natural[k], shd.ring_shards(mesh))),
+                            shardings[k]) for k in BATCH_KEYS}
+
+
 def abstract_train_state(config: ModelConfig, mesh: Mesh, tx: optax.GradientTransformation):
   """(graphdef, params, opt_state) with sharded ShapeDtypeStruct leaves: targets for restoring a
   checkpoint onto `mesh`, or inputs for ahead-of-time compilation."""

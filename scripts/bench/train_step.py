@@ -62,26 +62,6 @@ def model_config(args, policy):
       attention_block_kv=args.attention_block, **overrides)
 
 
-def random_batch(batch, seq_len, vocab, mesh):
-  """One document per row of random tokens, in the mesh's zigzag order, placed like the loader's."""
-  import jax
-  import numpy as np
-  from lwm import ops
-  from lwm import sharding as shd
-  from lwm.model import BATCH_KEYS
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(0, vocab, (batch, seq_len + 1)).astype(np.int32)
-  ones = np.ones((batch, seq_len), np.int32)
-  natural = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "vision_mask": ones == 0,
-             "target_vision_mask": ones == 0, "loss_mask": ones.astype(np.float32),
-             "segment_ids": ones, "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32),
-                                                               (batch, seq_len))}
-  sp = shd.ring_shards(mesh)
-  shardings = shd.batch_shardings(mesh, batch, BATCH_KEYS)
-  return {k: jax.device_put(np.asarray(ops.to_zigzag(natural[k], sp)), shardings[k])
-          for k in BATCH_KEYS}
-
-
 def policy_label(config, mesh, batch, seq_len):
   """The policy's name, with what "auto" resolves to at this shape."""
   from lwm import sharding as shd
@@ -138,6 +118,7 @@ def main():
   from lwm import sharding as shd
   from lwm.metrics import train_step_flops
   from lwm.model import lower_train_step
+  from lwm.model.step import random_batch
 
   mesh = shd.parse_mesh(args.mesh, devices=jax.devices()[:devices])
   policies = [p for p in args.policies.split(",") if p] or [""]
