@@ -38,7 +38,8 @@ def test_load_model_restores_the_checkpoint_onto_a_mesh(workdir):
   fresh = Transformer(loaded.model.config, rngs=nnx.Rngs(0))  # make_workdir saved seed 0's
   np.testing.assert_array_equal(np.asarray(loaded.model.layers.wq[...]),
                                 np.asarray(fresh.layers.wq[...]))
-  assert loaded.model.layers.wq[...].sharding.mesh.shape == {"dp": 1, "fsdp": 2, "tp": 1, "sp": 4}
+  assert dict(loaded.model.layers.wq[...].sharding.mesh.shape) == {
+      "dp": 1, "fsdp": 2, "tp": 1, "hp": 1, "sp": 4}
 
 
 def test_eval_needle_text_writes_results_and_resumes(workdir, tmp_path):
