@@ -7,11 +7,15 @@ extends to 2048 tokens with a larger θ, sharded over 8 simulated devices with r
       --config.data.path out/data_long --config.init_from out/stage1
   python scripts/train.py --config configs/quickstart.py:control --workdir out/control \
       --config.data.path out/data_long   # the untrained control: initial parameters, saved
+  python scripts/train.py --config configs/quickstart.py:generate --workdir out/generate \
+      --config.data.path out/data_generate --config.init_from out/stage2
 
 `bash scripts/quickstart.sh` runs these (and everything around them); see docs/quickstart.md.
 Stage 1 runs on one device (fastest on a small CPU) and learns both retrievals on examples of up to
 512 tokens (text alone reaches 1.0 held-out at 512 tokens in ~600 steps; reading video digits is
-slower); stage 2 stretches them to 4x the context on mesh sp=8 with long examples only.
+slower); stage 2 stretches them to 4x the context on mesh sp=8 with long examples only. The
+generate stage is a short fine-tune of stage 2 on text -> video pairs (the vision loss on) that
+teaches drawing the numbers it has learnt to read.
 """
 from lwm.stage_schema import stage_config
 
@@ -31,6 +35,11 @@ STAGES = {
     "stage2": {"seq_len": 2048, "rope_theta": 1e5, "mesh": "sp=8", "train.steps": 600,
                "train.lr": 1e-3, "train.batch_size": 4, "train.warmup_steps": 10},
     # The control: stage 2's model at its initial parameters (lr 0, one step saves them).
+    # Text -> image and text -> video of every training number (short examples, so 512 tokens):
+    # only the frames are targets, so the vision loss is on.
+    "generate": {"seq_len": 512, "rope_theta": 1e5, "mesh": "sp=1", "train.steps": 300,
+                 "train.lr": 1e-3, "train.batch_size": 8, "train.warmup_steps": 10,
+                 "train.vision_loss_weight": 1.0},
     "control": {"seq_len": 2048, "rope_theta": 1e5, "mesh": "sp=1", "train.steps": 1,
                 "train.lr": 0.0, "train.batch_size": 1, "train.warmup_steps": 0},
 }

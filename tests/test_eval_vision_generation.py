@@ -167,28 +167,3 @@ def test_a_sharded_mesh_generates_the_same_greedy_codes(model):
   want = vg.generate_codes(model, COND, UNCOND, VOCAB, GREEDY, codes_per_frame=CODES)
   got = vg.generate_codes(sharded, COND, UNCOND, VOCAB, GREEDY, codes_per_frame=CODES)
   np.testing.assert_array_equal(got, want)
-
-
-def test_nearest_rendering_score_on_a_hand_made_case():
-  black, white = np.zeros((2, 2, 3)), np.full((2, 2, 3), 255.0)
-  grey = np.full((2, 2, 3), 100.0)
-  renderings = {"0": black, "1": white, "2": grey}
-  videos = np.stack([
-      np.stack([black, black]),  # asked "0": exact -> hit
-      np.stack([white, np.full((2, 2, 3), 200.0)]),  # asked "1": 55^2 / 2 from white -> hit
-      np.stack([black, black]),  # asked "2": black is nearer -> miss
-      np.stack([np.full((2, 2, 3), 50.0)] * 2),  # asked "0": 50^2 from black ties grey -> miss
-  ])
-  score, nearest = vg.nearest_rendering_score(videos, ["0", "1", "2", "0"], renderings)
-  assert score == 0.5
-  assert nearest[:3] == ["0", "1", "0"]
-  with pytest.raises(ValueError, match=r"no rendering of asked label\(s\) \['7'\]"):
-    vg.nearest_rendering_score(videos[:1], ["7"], renderings)
-
-
-def test_frame_strip_lays_videos_in_rows_and_frames_in_columns():
-  videos = np.arange(2 * 3 * 2 * 2 * 3, dtype=np.uint8).reshape(2, 3, 2, 2, 3)
-  strip = vg.frame_strip(videos, gap=1)
-  assert strip.shape == (2 * 2 + 1, 3 * 2 + 2, 3)
-  np.testing.assert_array_equal(strip[3:5, 6:8], videos[1, 2])
-  assert np.all(strip[2] == 255) and np.all(strip[:, 2] == 255)

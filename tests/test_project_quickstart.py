@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("text_needle_accuracy", "video_needle_accuracy", "control_text_needle_accuracy",
         "control_video_needle_accuracy", "niah_multivalue_accuracy", "video_order_accuracy",
         "control_niah_multivalue_accuracy", "control_video_order_accuracy",
-        "stage2_context_length", "seconds")
+        "generation_accuracy", "control_generation_accuracy", "stage2_context_length", "seconds")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -34,18 +34,21 @@ def test_summary_has_every_key_with_a_number(quickstart):
     summary = json.load(f)
   for key in KEYS:
     assert isinstance(summary[key], (int, float)), (key, summary.get(key))
-  for key in KEYS[:8]:
+  for key in KEYS[:10]:
     assert 0.0 <= summary[key] <= 1.0, (key, summary[key])
+  for key in KEYS[:8]:
     assert sorted(summary[key + "_by_length"]) == ["384", "512"]  # the heatmaps' columns
 
 
 @pytest.mark.slow
-def test_heatmaps_are_pngs_next_to_the_summary(quickstart):
+def test_heatmaps_and_generated_strips_are_pngs_next_to_the_summary(quickstart):
   out, _ = quickstart
   for prefix in ("", "control_"):
     for name in ("text_needle", "video_needle", "niah_multivalue", "video_order"):
       with open(os.path.join(out, f"{prefix}{name}_heatmap.png"), "rb") as f:
         assert f.read(8) == PNG
+    with open(os.path.join(out, f"{prefix}generation_strip.png"), "rb") as f:
+      assert f.read(8) == PNG
 
 
 @pytest.mark.slow
@@ -69,6 +72,13 @@ def test_results_cells_score_held_out_values(quickstart):
       answers = [json.loads(line)["text"] for line in f if '"prompt"' in line]
     values = [v for a in answers for v in re.findall(r"\d+", a)]  # multivalue answers hold four
     assert values and not any(corpus.is_held_out(v) for v in values), stage
+  for model in ("generate", "control"):  # generation is asked for held-out numbers only
+    with open(os.path.join(out, "eval", f"{model}_generation", "results.json")) as f:
+      samples = json.load(f)["samples"]
+    assert samples and all(corpus.is_held_out(s["asked"]) for s in samples), model
+  with open(os.path.join(out, "corpus_generate", "generate.jsonl")) as f:  # and taught on others
+    taught = [v for line in f for v in re.findall(r"\d+", json.loads(line)["text"])]
+  assert taught and not any(corpus.is_held_out(v) for v in taught)
   with open(os.path.join(out, "corpus", "short.jsonl")) as f:  # reading is taught on every value
     captions = [json.loads(line)["text"] for line in f if "numbers shown" in line]
   assert any(corpus.is_held_out(v) for c in captions for v in re.findall(r"\d+", c))

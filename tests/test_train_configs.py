@@ -127,6 +127,7 @@ def test_lwm_stages_pass_trainings_checks_on_the_papers_devices(dataset_dir, nam
     ("quickstart", "stage1", 512, 1e4, (1, 1, 1, 1, 1)),
     ("quickstart", "stage2", 2048, 1e5, (1, 1, 1, 1, 8)),
     ("quickstart", "control", 2048, 1e5, (1, 1, 1, 1, 1)),
+    ("quickstart", "generate", 512, 1e5, (1, 1, 1, 1, 1)),
 ])
 def test_cpu_stages_pass_trainings_checks(dataset_dir, name, arg, seq_len, theta, sizes):
   c = load(name, arg)

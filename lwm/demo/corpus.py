@@ -242,6 +242,33 @@ def plain_document(rng: np.random.Generator, sentences: Span) -> dict:
   return {"text": needle.synthetic_haystack(count, seed=int(rng.integers(1 << 30)))}
 
 
+# ------------------------------------------------------------------------------------ Generation
+
+GENERATION_FRAMES = 2  # frames of a number video to generate (scripts/eval_generation.py --frames)
+
+
+def write_generation_corpus(root: str) -> str:
+  """ROOT/generate.jsonl and its clips: LWM's text -> image and text -> video pairs for every
+  training value (`text_video`: only the frames are trained on). "Generate an image of the number
+  40" comes before one frame showing 40, "Generate a video of the number 40" before
+  GENERATION_FRAMES of them: LWM's two prompts (`vision_generation`), which generation feeds
+  (the first frame from the image prompt, the others after the video prompt). Held-out values are
+  never asked for here; they are what the evaluation asks for. Returns the manifest's path."""
+  from lwm.eval import generation_eval
+  from lwm.eval import vision_generation as vg
+  os.makedirs(os.path.join(root, "clips"), exist_ok=True)
+  records = []
+  for value in value_pool(held_out=False, digits=VIDEO_DIGITS):
+    frame = video_needle.needle_frame(value, FRAME_SIZE)
+    subject = generation_eval.SUBJECT.format(value)
+    for kind, template, count in (("image", vg.IMAGE_PROMPT, 1),
+                                  ("video", vg.VIDEO_PROMPT, GENERATION_FRAMES)):
+      name = f"clips/{kind}_{value}.mp4"
+      write_lossless(os.path.join(root, name), np.repeat(frame[None], count, 0))
+      records.append({"video": name, "text": template.format(subject), "order": "text_video"})
+  return write_manifest(os.path.join(root, "generate.jsonl"), records)
+
+
 # ------------------------------------------------------------------------------------ V-NIAH
 
 VNIAH_NEEDLES = 5  # LongVA's needle set has 5 images

@@ -5,8 +5,11 @@
 Steps: corpus -> text tokenizer -> VQGAN (on the number-heavy vqgan.jsonl) -> preprocess (stage 1
 and stage 2 data) -> train stage 1 -> train stage 2 (from stage 1, sp=8 ring attention) -> the
 untrained control -> text and video needle evaluations of both at several context lengths, and
-eval_long's niah_multivalue and video_order -> OUT/summary.json and the heatmaps in OUT/. A step
-whose output exists is skipped, so a rerun reuses finished work; `clean=True` starts over.
+eval_long's niah_multivalue and video_order -> the generate stage (stage 2 fine-tuned on text ->
+video pairs of the training numbers) and eval_generation of it and the control on held-out numbers
+-> OUT/summary.json, the heatmaps and the generated strips in OUT/. A step whose output exists is
+skipped, so a rerun reuses finished work (an older run gains only the steps it lacks);
+`clean=True` starts over.
 """
 import dataclasses
 import json
@@ -22,6 +25,7 @@ from lwm.demo import corpus
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "quickstart.py")
 DONE = "quickstart_done"  # written into a step's directory when its command succeeded
+GENERATION_CORPUS = "corpus_generate"  # generate.jsonl and its clips (a step of its own)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Settings:
   vqgan_steps: int = 2000    # on vqgan.jsonl (number-only videos and shapes): digits read better
   stage1: dict = dataclasses.field(default_factory=dict)   # --config.KEY=VALUE overrides
   stage2: dict = dataclasses.field(default_factory=dict)
+  generate: dict = dataclasses.field(default_factory=dict)
   context_length: int = 2048  # stage 2's seq_len: the longest evaluated length
   context_lengths: str = "512,1024,2048"  # the heatmaps' columns
   depths: str = "0,25,50,75,100"
@@ -51,6 +56,7 @@ SMALL = Settings(
     vocab_size=400, vqgan_steps=10,
     stage1={"seq_len": 128, "train.steps": 4, "train.batch_size": 4, "train.warmup_steps": 1},
     stage2={"seq_len": 512, "train.steps": 2, "train.batch_size": 1, "train.warmup_steps": 1},
+    generate={"seq_len": 128, "train.steps": 2, "train.batch_size": 2, "train.warmup_steps": 1},
     context_length=512, context_lengths="384,512", depths="0,100", rounds=1, long_samples=1,
     workers=1)
 
@@ -73,6 +79,16 @@ def run_step(name: str, command: list, done_dir: str, log) -> bool:
     f.write(f"{time.perf_counter() - start:.1f}\n")
   log(f"[quickstart] {name}: {time.perf_counter() - start:.0f} s")
   return True
+
+
+def write_once(name: str, directory: str, write, log) -> None:
+  """Calls `write()` (in this process) unless `directory` holds the marker of an earlier success."""
+  if os.path.exists(os.path.join(directory, DONE)):
+    log(f"[quickstart] {name}: done before, skipped ({directory})")
+    return
+  log(f"[quickstart] {name}: writing {directory}")
+  write()
+  open(os.path.join(directory, DONE), "w").close()
 
 
 def child_env() -> dict:
@@ -118,19 +134,21 @@ def steps(out: str, s: Settings) -> list:
   """(name, command, directory that marks it done) of every step, in order."""
   c = os.path.join(out, "corpus")
   tok, vq = os.path.join(out, "tokenizer"), os.path.join(out, "vqgan")
-  data = {k: os.path.join(out, f"data_{k}") for k in ("short", "long")}
-  work = {k: os.path.join(out, k) for k in ("stage1", "stage2", "control")}
+  data = {k: os.path.join(out, f"data_{k}") for k in ("short", "long", "generate")}
+  work = {k: os.path.join(out, k) for k in ("stage1", "stage2", "control", "generate")}
   result = [
       ("tokenizer", script("train_tokenizer.py", "--manifest", f"{c}/short.jsonl", "--output",
                            f"{tok}/tokenizer.model", "--vocab-size", s.vocab_size), tok),
       ("vqgan", script("train_vqgan.py", "--manifest", f"{c}/vqgan.jsonl", "--output", vq,
                        "--config", "tiny", "--steps", s.vqgan_steps, "--batch-size", 32,
                        "--learning-rate", 3e-3, "--seed", s.seed), vq)]
-  for k in ("short", "long"):
+  manifests = {"short": f"{c}/short.jsonl", "long": f"{c}/long.jsonl",
+               "generate": os.path.join(out, GENERATION_CORPUS, "generate.jsonl")}
+  for k, manifest in manifests.items():  # generation's images are single frames
     result.append((f"preprocess {k}", script(
-        "preprocess.py", "--manifest", f"{c}/{k}.jsonl", "--output", data[k], "--tokenizer",
-        f"{tok}/tokenizer.model", "--vqgan", vq, "--max-frames", 120, "--min-frames", 2,
-        "--workers", s.workers), data[k]))
+        "preprocess.py", "--manifest", manifest, "--output", data[k], "--tokenizer",
+        f"{tok}/tokenizer.model", "--vqgan", vq, "--max-frames", 120, "--min-frames",
+        1 if k == "generate" else 2, "--workers", s.workers), data[k]))
   train = lambda stage, data_dir, extra: script(
       "train.py", f"--config={CONFIG}:{stage}", f"--workdir={work[stage]}",
       f"--config.data.path={data_dir}", f"--config.seed={s.seed}", *overrides(extra))
@@ -151,6 +169,15 @@ def steps(out: str, s: Settings) -> list:
       values = os.path.join(c, f"held_out_{mode}.txt")
       result.append((f"eval {task} ({model})",
                      long_eval_command(work[model], task, output, values, s), output))
+  result.append(("train generate", train("generate", data["generate"],
+                                         dict(s.generate, init_from=work["stage2"])),
+                 work["generate"]))
+  for model in ("generate", "control"):
+    output = os.path.join(out, "eval", f"{model}_generation")
+    result.append((f"eval generation ({model})", script(
+        "eval_generation.py", "--checkpoint", work[model], "--values",
+        os.path.join(c, "held_out_video.txt"), "--output", output, "--frames",
+        corpus.GENERATION_FRAMES, "--mesh", "sp=1"), output))
   return result
 
 
@@ -198,6 +225,15 @@ def summarize(out: str, s: Settings, seconds: float) -> dict:
       results = os.path.join(out, "eval", f"{model}_{task}")
       _report(summary, out, f"{prefix}{task}", results,
               os.path.join(results, f"heatmap_{task}.png"), s.context_length)
+  for model, prefix in (("generate", ""), ("control", "control_")):
+    results = os.path.join(out, "eval", f"{model}_generation")
+    with open(os.path.join(results, "results.json")) as f:
+      generated = json.load(f)
+    summary[f"{prefix}generation_accuracy"] = generated["score"]
+    summary["chance"]["generation"] = generated["chance"]
+    shutil.copyfile(os.path.join(results, "strip.png"),
+                    os.path.join(out, f"{prefix}generation_strip.png"))
+    summary[f"{prefix}generation_strip"] = f"{prefix}generation_strip.png"
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   return summary
@@ -208,7 +244,7 @@ def side_by_side(summary: dict) -> str:
           f"{summary['depths']}; needles {summary['rounds']} rounds, long tasks "
           f"{summary['long_samples']} samples)",
           f"{'':16}{'trained':>10}{'control':>10}"]
-  for name in ("text_needle", "video_needle") + tuple(summary["long_tasks"]):
+  for name in ("text_needle", "video_needle", *summary["long_tasks"], "generation"):
     rows.append(f"{name:16}{summary[f'{name}_accuracy']:>10.2f}"
                 f"{summary[f'control_{name}_accuracy']:>10.2f}")
   return "\n".join(rows)
@@ -221,13 +257,11 @@ def run_pipeline(out: str, s: Settings = FULL, clean: bool = False, log=print) -
   os.makedirs(out, exist_ok=True)
   out = os.path.abspath(out)
   start = time.perf_counter()
-  corpus_dir = os.path.join(out, "corpus")
-  if os.path.exists(os.path.join(corpus_dir, DONE)):
-    log(f"[quickstart] corpus: done before, skipped ({corpus_dir})")
-  else:
-    log(f"[quickstart] corpus: writing {corpus_dir}")
-    corpus.write_corpus(corpus_dir, s.sizes, seed=s.seed)
-    open(os.path.join(corpus_dir, DONE), "w").close()
+  corpus_dir, generation_dir = os.path.join(out, "corpus"), os.path.join(out, GENERATION_CORPUS)
+  write_once("corpus", corpus_dir, lambda: corpus.write_corpus(corpus_dir, s.sizes, seed=s.seed),
+             log)
+  write_once("generation corpus", generation_dir,
+             lambda: corpus.write_generation_corpus(generation_dir), log)
   for name, command, done_dir in steps(out, s):
     run_step(name, command, done_dir, log)
   summary = summarize(out, s, time.perf_counter() - start)

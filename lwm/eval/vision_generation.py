@@ -232,48 +232,6 @@ def decode_frames(vqgan, codes) -> np.ndarray:
   return np.clip(np.round((pixels + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def frame_strip(videos, gap: int = 1) -> np.ndarray:
-  """uint8 videos `[n, frames, H, W, 3]` as one image: a row per video, its frames left to right,
-  `gap` white pixels between them."""
-  videos = np.asarray(videos, np.uint8)
-  n, frames, h, w, _ = videos.shape
-  strip = np.full((n * (h + gap) - gap, frames * (w + gap) - gap, 3), 255, np.uint8)
-  for i in range(n):
-    for f in range(frames):
-      strip[i * (h + gap):i * (h + gap) + h, f * (w + gap):f * (w + gap) + w] = videos[i, f]
-  return strip
-
-
-def nearest_rendering_score(videos, asked, renderings: dict) -> tuple:
-  """How often a generated video shows what was asked: (fraction of videos whose frames are
-  closer to the rendering of the asked label than to every other label's, nearest label of each).
-
-  videos: `[n, frames, H, W, 3]` (any numeric dtype); asked: n labels; renderings: {label: `[H,
-  W, 3]`}, one per label that could be asked. A video's distance to a rendering is the pixel mean
-  squared error averaged over its frames (float64); a tie with another label counts as a miss.
-  """
-  videos = np.asarray(videos, np.float64)
-  if len(videos) != len(asked) or not len(asked):
-    raise ValueError(f"need one asked label per video (at least one), got {len(asked)} labels "
-                     f"for {len(videos)} videos")
-  missing = sorted(set(asked) - set(renderings))
-  if missing:
-    raise ValueError(f"no rendering of asked label(s) {missing}")
-  labels = list(renderings)
-  table = np.stack([np.asarray(renderings[k], np.float64) for k in labels])  # [labels, H, W, 3]
-  if table.shape[1:] != videos.shape[2:]:
-    raise ValueError(f"renderings are {table.shape[1:]} but frames are {videos.shape[2:]}")
-  # [n, labels]: mean over frames and pixels of the squared difference
-  distance = ((videos[:, :, None] - table[None, None]) ** 2).mean(axis=(1, 3, 4, 5))
-  hits, nearest = [], []
-  for row, label in zip(distance, asked):
-    own = row[labels.index(label)]
-    others = np.delete(row, labels.index(label))
-    hits.append(bool(others.size == 0 or own < others.min()))
-    nearest.append(labels[int(np.argmin(row))])
-  return float(np.mean(hits)), nearest
-
-
 def write_png(path: str, frame: np.ndarray) -> None:
   """An RGB uint8 `[H, W, 3]` frame as a PNG file (8-bit truecolour, no filter)."""
   h, w, _ = frame.shape
