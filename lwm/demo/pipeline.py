@@ -247,6 +247,8 @@ def side_by_side(summary: dict) -> str:
   for name in ("text_needle", "video_needle", *summary["long_tasks"], "generation"):
     rows.append(f"{name:16}{summary[f'{name}_accuracy']:>10.2f}"
                 f"{summary[f'control_{name}_accuracy']:>10.2f}")
+  rows.append("generation: held-out numbers whose generated video is nearest their rendering "
+              f"(chance {summary['chance']['generation']:.3f})")
   return "\n".join(rows)
 
 
