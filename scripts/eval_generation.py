@@ -36,8 +36,9 @@ def main(argv=None):
   loaded = model_dir.load_for_command(args)
   if loaded.tokenizer is None or not loaded.vqgan_dir:
     sys.exit("this checkpoint records no tokenizer or VQGAN: pass --tokenizer and --vqgan")
-  settings = vg.Settings(args.cfg_scale, args.cfg_scale, args.top_k, args.top_k,
-                         args.temperature, args.temperature)
+  settings = vg.Settings(cfg_scale_image=args.cfg_scale, cfg_scale_video=args.cfg_scale,
+                         top_k_image=args.top_k, top_k_video=args.top_k,
+                         temperature_image=args.temperature, temperature_video=args.temperature)
   decoder = vqgan.load(loaded.vqgan_dir)
   vocab = video_needle.vocab_for(loaded.tokenizer, decoder.config.codebook_size, loaded.vocab)
   result = generation_eval.run_number_generation(

@@ -11,10 +11,11 @@ asked number (`video_needle.needle_frame`, what the corpus's videos show) than t
 other number of as many digits. Chance is one over that count.
 """
 import dataclasses
-import json
 import os
 
 import numpy as np
+
+from lwm import files
 
 SUBJECT = "the number {}"  # what is asked for: "Generate a video of the number 40"
 STRIP_SCALE = 4            # pixels of the strip PNG per frame pixel (16-pixel frames are small)
@@ -84,7 +85,8 @@ def run_number_generation(model, tokenizer, vocab, decoder, *, values, output: s
   VQGAN. Returns the results."""
   from lwm.eval import video_needle
   from lwm.eval import vision_generation as vg
-  settings = settings or vg.Settings(1.0, 1.0, 1, 1)  # greedy, conditional stream only
+  settings = settings or vg.Settings(cfg_scale_image=1.0, cfg_scale_video=1.0, top_k_image=1,
+                                     top_k_video=1)  # greedy, the conditional stream alone
   labels = number_labels(values)
   prompts = [vg.prompt_ids(tokenizer, vocab, subject.format(v)) for v in values]
   image, video, uncond = (list(p) for p in zip(*prompts))
@@ -101,8 +103,7 @@ def run_number_generation(model, tokenizer, vocab, decoder, *, values, output: s
             "samples": [{"asked": v, "nearest": k, "hit": hit}
                         for v, k, hit in zip(values, nearest, hits)]}
   os.makedirs(output, exist_ok=True)
-  with open(os.path.join(output, "results.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  files.write_json(os.path.join(output, "results.json"), result)
   rows = np.concatenate([np.stack([renderings[v] for v in values])[:, None], videos], axis=1)
   strip = frame_strip(rows.repeat(STRIP_SCALE, axis=2).repeat(STRIP_SCALE, axis=3))
   vg.write_png(os.path.join(output, "strip.png"), strip)
