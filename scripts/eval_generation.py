@@ -30,19 +30,16 @@ def parse_args(argv=None):
 def main(argv=None):
   args = parse_args(argv)
   launch.setup_devices_for_mesh(args.mesh)
-  from lwm import model_dir, vqgan
-  from lwm.eval import generation_eval, needle, video_needle
+  from lwm import model_dir
+  from lwm.eval import generation_eval, needle
   from lwm.eval import vision_generation as vg
   loaded = model_dir.load_for_command(args)
-  if loaded.tokenizer is None or not loaded.vqgan_dir:
-    sys.exit("this checkpoint records no tokenizer or VQGAN: pass --tokenizer and --vqgan")
+  tokenizer, decoder, vocab = vg.generation_assets(loaded)
   settings = vg.Settings(cfg_scale_image=args.cfg_scale, cfg_scale_video=args.cfg_scale,
                          top_k_image=args.top_k, top_k_video=args.top_k,
                          temperature_image=args.temperature, temperature_video=args.temperature)
-  decoder = vqgan.load(loaded.vqgan_dir)
-  vocab = video_needle.vocab_for(loaded.tokenizer, decoder.config.codebook_size, loaded.vocab)
   result = generation_eval.run_number_generation(
-      loaded.model, loaded.tokenizer, vocab, decoder, values=needle.read_values(args.values),
+      loaded.model, tokenizer, vocab, decoder, values=needle.read_values(args.values),
       output=args.output, frames=args.frames, settings=settings, seed=args.seed)
   print(f"[eval_generation] {result['score']:.2f} of {len(result['samples'])} videos show the "
         f"asked number (chance {result['chance']:.3f}) -> {args.output}", file=sys.stderr)

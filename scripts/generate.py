@@ -41,19 +41,13 @@ def main(argv=None):
   if kind == ".png" and frames != 1:
     sys.exit(f"a PNG holds one frame, got --frames {frames}; write an .mp4")
   launch.setup_devices_for_mesh(args.mesh)
-  from lwm import model_dir, vqgan
-  from lwm.eval import video_needle
+  from lwm import model_dir
   from lwm.eval import vision_generation as vg
   loaded = model_dir.load_for_command(args)
-  if loaded.tokenizer is None:
-    sys.exit("no tokenizer recorded for this checkpoint: pass --tokenizer PATH")
-  if not loaded.vqgan_dir:
-    sys.exit("no VQGAN recorded for this checkpoint: pass --vqgan DIR")
-  decoder = vqgan.load(loaded.vqgan_dir)
-  vocab = video_needle.vocab_for(loaded.tokenizer, decoder.config.codebook_size, loaded.vocab)
+  tokenizer, decoder, vocab = vg.generation_assets(loaded)
   settings = vg.Settings(args.cfg_scale_image, args.cfg_scale_video, args.top_k_image,
                          args.top_k_video, args.temperature_image, args.temperature_video)
-  image, video, uncond = vg.prompt_ids(loaded.tokenizer, vocab, args.prompt)
+  image, video, uncond = vg.prompt_ids(tokenizer, vocab, args.prompt)
   codes = vg.generate_codes(loaded.model, [image], [uncond], vocab, settings, frames=frames,
                             video_prompts=[video], codes_per_frame=decoder.config.codes_per_frame,
                             seed=args.seed, progress=True)

@@ -167,3 +167,13 @@ def test_a_sharded_mesh_generates_the_same_greedy_codes(model):
   want = vg.generate_codes(model, COND, UNCOND, VOCAB, GREEDY, codes_per_frame=CODES)
   got = vg.generate_codes(sharded, COND, UNCOND, VOCAB, GREEDY, codes_per_frame=CODES)
   np.testing.assert_array_equal(got, want)
+
+
+def test_generation_assets_name_the_flag_of_what_is_missing():
+  from lwm.model_dir import LoadedModel
+  bare = LoadedModel(model=None, tokenizer=None, vocab={}, vqgan_dir=None, sampling=None,
+                     source="x")
+  with pytest.raises(ValueError, match="pass --tokenizer PATH"):
+    vg.generation_assets(bare)
+  with pytest.raises(ValueError, match="pass --vqgan DIR"):
+    vg.generation_assets(LoadedModel(None, object(), {}, None, None, "x"))

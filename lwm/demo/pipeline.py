@@ -142,13 +142,14 @@ def steps(out: str, s: Settings) -> list:
       ("vqgan", script("train_vqgan.py", "--manifest", f"{c}/vqgan.jsonl", "--output", vq,
                        "--config", "tiny", "--steps", s.vqgan_steps, "--batch-size", 32,
                        "--learning-rate", 3e-3, "--seed", s.seed), vq)]
-  manifests = {"short": f"{c}/short.jsonl", "long": f"{c}/long.jsonl",
-               "generate": os.path.join(out, GENERATION_CORPUS, "generate.jsonl")}
-  for k, manifest in manifests.items():  # generation's images are single frames
+  # (manifest, fewest frames a video may have): generation's images are single frames
+  manifests = {"short": (f"{c}/short.jsonl", 2), "long": (f"{c}/long.jsonl", 2),
+               "generate": (os.path.join(out, GENERATION_CORPUS, "generate.jsonl"), 1)}
+  for k, (manifest, min_frames) in manifests.items():
     result.append((f"preprocess {k}", script(
         "preprocess.py", "--manifest", manifest, "--output", data[k], "--tokenizer",
         f"{tok}/tokenizer.model", "--vqgan", vq, "--max-frames", 120, "--min-frames",
-        1 if k == "generate" else 2, "--workers", s.workers), data[k]))
+        min_frames, "--workers", s.workers), data[k]))
   train = lambda stage, data_dir, extra: script(
       "train.py", f"--config={CONFIG}:{stage}", f"--workdir={work[stage]}",
       f"--config.data.path={data_dir}", f"--config.seed={s.seed}", *overrides(extra))
@@ -230,10 +231,10 @@ def summarize(out: str, s: Settings, seconds: float) -> dict:
     with open(os.path.join(results, "results.json")) as f:
       generated = json.load(f)
     summary[f"{prefix}generation_accuracy"] = generated["score"]
-    summary["chance"]["generation"] = generated["chance"]
     shutil.copyfile(os.path.join(results, "strip.png"),
                     os.path.join(out, f"{prefix}generation_strip.png"))
     summary[f"{prefix}generation_strip"] = f"{prefix}generation_strip.png"
+  summary["chance"]["generation"] = generated["chance"]  # the same labels for both models
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   return summary

@@ -71,6 +71,20 @@ def prompt_ids(tokenizer, vocab, text: str) -> tuple:
   return sentence(IMAGE_PROMPT), sentence(VIDEO_PROMPT), bos + list(vocab.vision_start)
 
 
+def generation_assets(loaded) -> tuple:
+  """(tokenizer, VQGAN, vocab) a loaded model (`lwm.model_dir.LoadedModel`) generates frames with,
+  or an error naming the flag that gives the missing one."""
+  from lwm import vqgan
+  from lwm.eval import video_needle
+  if loaded.tokenizer is None:
+    raise ValueError("no tokenizer recorded for this checkpoint: pass --tokenizer PATH")
+  if not loaded.vqgan_dir:
+    raise ValueError("no VQGAN recorded for this checkpoint: pass --vqgan DIR")
+  decoder = vqgan.load(loaded.vqgan_dir)
+  vocab = video_needle.vocab_for(loaded.tokenizer, decoder.config.codebook_size, loaded.vocab)
+  return loaded.tokenizer, decoder, vocab
+
+
 # ------------------------------------------------------------------------------------ Math
 
 def guided_logits(cond, uncond, scale):
